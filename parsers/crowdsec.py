@@ -1,0 +1,188 @@
+"""CrowdSec decision payloads to ``Decision`` records.
+
+Accepted shapes (all seen in the wild, see tests/data/corpus/SOURCES.md):
+- LAPI stream body ``{"new": [...], "deleted": [...]}`` (either may be ``null``; whole body ``null``);
+- ``GET /v1/decisions`` body: an array of decisions, or ``null``;
+- ``cscli decisions list -o json`` / ``cscli alerts list -o json`` / ``GET /v1/alerts``: an array of
+  alerts, each with a nested ``decisions`` array;
+- a JSON-lines file of any of the above, one body per line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_SCOPES = {"ip": "Ip", "range": "Range", "country": "Country", "as": "AS", "filter": "Filter"}
+
+
+class DecisionFormatError(ValueError):
+    """The payload is none of the known decision shapes."""
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Go ``time.Duration.String()`` to seconds (``-18897h25m52.8s`` is negative); None if not one."""
+    s = text.strip()
+    sign = 1.0
+    if s.startswith("-"):
+        sign, s = -1.0, s[1:]
+    elif s.startswith("+"):
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    for m in _GO_DURATION.finditer(s):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        return None
+    return sign * total
+
+
+def normalize_scope(scope: str) -> str:
+    """CrowdSec's ``NormalizeScope``: any case of ip/range/country/as to its canonical form."""
+    return _SCOPES.get(scope.lower(), scope)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One CrowdSec decision as the LAPI reports it."""
+
+    id: int | None
+    origin: str
+    scenario: str
+    scope: str  # normalised: Ip, Range, Country, AS, or as given
+    value: str
+    type: str
+    duration_s: float | None  # remaining seconds when reported; negative means expired
+    simulated: bool = False
+
+    @property
+    def key(self) -> str:
+        """Identity across new/deleted: the LAPI id, else scope+value+type+origin."""
+        if self.id is not None:
+            return f"id:{self.id}"
+        return f"{self.scope}:{self.value}:{self.type}:{self.origin}"
+
+    @property
+    def expired(self) -> bool:
+        return self.duration_s is not None and self.duration_s <= 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "origin": self.origin,
+            "scenario": self.scenario,
+            "scope": self.scope,
+            "value": self.value,
+            "type": self.type,
+            "duration_s": self.duration_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionDelta:
+    """What changed: decisions that are (still) active and decisions that went away."""
+
+    new: tuple[Decision, ...]
+    deleted: tuple[Decision, ...]
+    startup: bool = False
+
+
+def decision_from_obj(obj: object) -> Decision:
+    if not isinstance(obj, dict):
+        msg = f"decision is not an object: {type(obj).__name__}"
+        raise DecisionFormatError(msg)
+    value = obj.get("value")
+    scope = obj.get("scope")
+    if not isinstance(value, str) or not isinstance(scope, str):
+        msg = "decision lacks a string 'value' or 'scope'"
+        raise DecisionFormatError(msg)
+    raw_id = obj.get("id")
+    duration = obj.get("duration")
+    return Decision(
+        id=raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None,
+        origin=str(obj.get("origin") or ""),
+        scenario=str(obj.get("scenario") or ""),
+        scope=normalize_scope(scope),
+        value=value.strip(),
+        type=str(obj.get("type") or "ban"),
+        duration_s=parse_go_duration(duration) if isinstance(duration, str) else None,
+        simulated=bool(obj.get("simulated", False)),
+    )
+
+
+def _decision_list(items: object) -> list[Decision]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        msg = f"expected a list of decisions, got {type(items).__name__}"
+        raise DecisionFormatError(msg)
+    return [decision_from_obj(item) for item in items]
+
+
+def delta_from_obj(body: object, *, startup: bool = False) -> DecisionDelta:
+    """Any known decision shape, already JSON-decoded, to a delta."""
+    if body is None:
+        return DecisionDelta((), (), startup)
+    if isinstance(body, dict):
+        if "new" in body or "deleted" in body:
+            return DecisionDelta(
+                tuple(_decision_list(body.get("new"))),
+                tuple(_decision_list(body.get("deleted"))),
+                startup,
+            )
+        if "value" in body and "scope" in body:
+            return DecisionDelta((decision_from_obj(body),), (), startup)
+        msg = "object is neither a stream body ({new, deleted}) nor a decision"
+        raise DecisionFormatError(msg)
+    if isinstance(body, list):
+        new: list[Decision] = []
+        for item in body:
+            if isinstance(item, dict) and "decisions" in item:  # an alert
+                new.extend(_decision_list(item.get("decisions")))
+            else:
+                new.append(decision_from_obj(item))
+        # Expired decisions reported as active (cscli lists, old snapshots) count as deleted.
+        return DecisionDelta(
+            tuple(d for d in new if not d.expired),
+            tuple(d for d in new if d.expired),
+            startup,
+        )
+    msg = f"a decisions payload must be an object, a list or null, not {type(body).__name__}"
+    raise DecisionFormatError(msg)
+
+
+def parse_decisions(data: bytes, *, startup: bool = False) -> DecisionDelta:
+    """Parse a payload: one JSON document, or JSON lines of documents (merged in order)."""
+    try:
+        return delta_from_obj(orjson.loads(data), startup=startup)
+    except orjson.JSONDecodeError:
+        pass
+    new: list[Decision] = []
+    deleted: list[Decision] = []
+    seen_line = False
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        seen_line = True
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            msg = f"line {lineno}: not JSON ({exc})"
+            raise DecisionFormatError(msg) from None
+        delta = delta_from_obj(doc)
+        new.extend(delta.new)
+        deleted.extend(delta.deleted)
+    if not seen_line:
+        msg = "empty decisions payload"
+        raise DecisionFormatError(msg)
+    return DecisionDelta(tuple(new), tuple(deleted), startup)

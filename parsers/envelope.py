@@ -1,0 +1,117 @@
+"""Container log envelopes (CRI and docker json-file) around Traefik's lines.
+
+A node agent reads ``/var/log/containers/*.log``: each line wraps one piece of the container's
+output. This decoder strips the envelope and reassembles partial pieces per stream, with a cap on
+the merged size so a runaway partial sequence cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import Enum
+
+import orjson
+
+from parsers.records import ParseStats, SkipReason
+
+_CRI = re.compile(rb"^(\S+) (stdout|stderr) ([PF])(?::\S*)? ?(.*)$", re.DOTALL)
+MAX_MERGED_BYTES = 64 * 1024
+
+
+class Envelope(str, Enum):
+    AUTO = "auto"
+    RAW = "raw"
+    CRI = "cri"
+    DOCKER = "docker"
+
+
+def detect(line: bytes) -> Envelope:
+    """Pick the envelope from one line, the way kubelet does (CRI first, then docker JSON)."""
+    if _CRI.match(line):
+        return Envelope.CRI
+    if line.startswith(b"{") and b'"log"' in line:
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return Envelope.RAW
+        if type(d) is dict and type(d.get("log")) is str and "stream" in d:
+            return Envelope.DOCKER
+    return Envelope.RAW
+
+
+class EnvelopeDecoder:
+    """Stateful only in its per-stream partial buffers; no I/O."""
+
+    __slots__ = ("_overflow", "_partial", "kind", "max_merged_bytes")
+
+    def __init__(
+        self, kind: Envelope = Envelope.AUTO, max_merged_bytes: int = MAX_MERGED_BYTES
+    ) -> None:
+        self.kind = kind
+        self.max_merged_bytes = max_merged_bytes
+        self._partial: dict[bytes, list[bytes]] = {}
+        self._overflow: set[bytes] = set()
+
+    def unwrap(self, lines: Iterable[bytes], stats: ParseStats) -> list[bytes]:
+        out: list[bytes] = []
+        for line in lines:
+            if self.kind is Envelope.AUTO:
+                if not line.strip():
+                    out.append(line)
+                    continue
+                self.kind = detect(line)
+            if self.kind is Envelope.RAW:
+                out.append(line)
+            elif self.kind is Envelope.CRI:
+                self._cri(line, out, stats)
+            else:
+                self._docker(line, out, stats)
+        return out
+
+    def _piece(
+        self, stream: bytes, content: bytes, final: bool, out: list[bytes], stats: ParseStats
+    ) -> None:
+        if stream in self._overflow:
+            if final:
+                self._overflow.discard(stream)
+            return
+        parts = self._partial.get(stream)
+        if parts is None:
+            if final:
+                out.append(content)
+                return
+            parts = self._partial[stream] = []
+        parts.append(content)
+        if sum(map(len, parts)) > self.max_merged_bytes:
+            del self._partial[stream]
+            stats.lines += 1
+            stats.skip(SkipReason.PARTIAL_OVERFLOW)
+            if not final:
+                self._overflow.add(stream)
+            return
+        if final:
+            del self._partial[stream]
+            out.append(b"".join(parts))
+
+    def _cri(self, line: bytes, out: list[bytes], stats: ParseStats) -> None:
+        m = _CRI.match(line)
+        if m is None:
+            stats.lines += 1
+            stats.skip(SkipReason.EMPTY if not line.strip() else SkipReason.BAD_ENVELOPE)
+            return
+        self._piece(m.group(2), m.group(4), m.group(3) == b"F", out, stats)
+
+    def _docker(self, line: bytes, out: list[bytes], stats: ParseStats) -> None:
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            d = None
+        if type(d) is not dict or type(d.get("log")) is not str:
+            stats.lines += 1
+            stats.skip(SkipReason.EMPTY if not line.strip() else SkipReason.BAD_ENVELOPE)
+            return
+        text: str = d["log"]
+        stream = str(d.get("stream", "stdout")).encode()
+        final = text.endswith("\n")
+        self._piece(stream, text.removesuffix("\n").encode(), final, out, stats)

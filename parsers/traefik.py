@@ -1,0 +1,249 @@
+"""Traefik access log lines (JSON v1/v2/v3 and common format) to access records.
+
+Pure: bytes in, tuples and counters out. Never raises on input; every line either yields one
+record or bumps one bounded skip reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+import orjson
+
+from parsers.records import AccessRecord, ParseStats, SkipReason
+
+MAX_LINE_BYTES = 64 * 1024
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+# Keys whose presence marks an access line (Traefik's own JSON log has level/msg/time only).
+_ACCESS_KEYS = ("ClientAddr", "ClientHost", "RequestMethod")
+
+_CLF = re.compile(
+    rb'^(?P<host>.+?) (?P<ident>\S+) (?P<user>\S+) \[(?P<time>[^\]]*)\] "(?P<req>[^"]*)" '
+    rb"(?P<status>\S+) (?P<size>\S+)"
+    rb'(?: (?:"(?P<ref>(?:[^"\\]|\\.)*)"|-)'
+    rb' (?:"(?P<ua>(?:[^"\\]|\\.)*)"|-)'
+    rb"(?: (?P<count>\S+)"
+    rb'(?: (?:"(?P<router>(?:[^"\\]|\\.)*)"|(?P<router_bare>\S+)).*?'
+    rb"(?: (?P<dur>\d+)ms)?)?)?)?\s*$"
+)
+_APP_LOG_PREFIXES = (b'time="', b"DEBUG: ", b"INFO: ", b"WARN: ", b"ERROR: ", b"level=")
+
+_TS_CACHE_LIMIT = 8192
+
+
+class _TimeCache:
+    """Timestamp strings to epoch seconds, cached per second of log time.
+
+    Parsing a timestamp per line costs more than the rest of a record; one second of an
+    Invidious log holds hundreds of lines with the same seconds prefix.
+    """
+
+    __slots__ = ("_by_key",)
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, float] = {}
+
+    def utc(self, text: str) -> float:
+        """StartUTC: RFC3339Nano in UTC; the fraction is dropped."""
+        key = text[:19]
+        hit = self._by_key.get(key)
+        if hit is None:
+            hit = self._store(key, key + "+00:00")
+        return hit
+
+    def offset(self, text: str) -> float:
+        """``time``/StartLocal: RFC3339 with a zone offset (or Z)."""
+        hit = self._by_key.get(text)
+        if hit is None:
+            frac = text.find(".", 19)
+            iso = text
+            if frac > 0:
+                end = frac + 1
+                while end < len(text) and text[end].isdigit():
+                    end += 1
+                iso = text[:frac] + text[end:]
+            hit = self._store(text, iso.replace("Z", "+00:00").replace("z", "+00:00"))
+        return hit
+
+    def clf(self, text: str) -> float:
+        hit = self._by_key.get(text)
+        if hit is None:
+            try:
+                value = datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").timestamp()
+            except ValueError:
+                value = 0.0
+            hit = self._put(text, value)
+        return hit
+
+    def _store(self, key: str, iso: str) -> float:
+        try:
+            value = datetime.fromisoformat(iso).timestamp()
+        except ValueError:
+            value = 0.0
+        return self._put(key, value)
+
+    def _put(self, key: str, value: float) -> float:
+        if len(self._by_key) >= _TS_CACHE_LIMIT:
+            self._by_key.clear()
+        self._by_key[key] = value
+        return value
+
+
+def _host_of(addr: str) -> str:
+    """``ip:port`` / ``[v6]:port`` to the host part; anything else unchanged."""
+    if addr.startswith("["):
+        end = addr.find("]")
+        return addr[1:end] if end > 0 else addr
+    if addr.count(":") == 1:
+        return addr.partition(":")[0]
+    return addr
+
+
+def client_of(client_host: str, peer: str) -> str:
+    """The address CrowdSec's traefik-logs parser bans: last element of ClientHost, else peer."""
+    if client_host:
+        if "," in client_host:
+            return client_host.rpartition(",")[2].strip()
+        return client_host
+    return _host_of(peer) if peer else ""
+
+
+class TraefikParser:
+    """Parses batches of raw lines; keeps only a timestamp cache between batches."""
+
+    __slots__ = ("_times", "max_line_bytes")
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._times = _TimeCache()
+        self.max_line_bytes = max_line_bytes
+
+    def parse(self, lines: Iterable[bytes], stats: ParseStats) -> list[AccessRecord]:
+        """Parse a batch. Lines carry no trailing newline."""
+        out: list[AccessRecord] = []
+        append = out.append
+        loads = _loads
+        decode_error = _JSONDecodeError
+        utc = self._times.utc
+        limit = self.max_line_bytes
+        n = 0
+        n_json = 0
+        for line in lines:
+            n += 1
+            if len(line) > limit:
+                stats.skip(SkipReason.TOO_LONG)
+                continue
+            try:
+                d = loads(line)
+            except decode_error:
+                rec = self._non_json(line, stats)
+                if rec is not None:
+                    append(rec)
+                continue
+            if type(d) is not dict:
+                stats.skip(SkipReason.NOT_ACCESS_LOG)
+                continue
+            get = d.get
+            peer = get("ClientAddr", "")
+            ch = get("ClientHost", "")
+            if not peer and not ch and "RequestMethod" not in d:
+                stats.skip(SkipReason.NOT_ACCESS_LOG)
+                continue
+            start = get("StartUTC")
+            if type(start) is str and len(start) >= 19:
+                ts = utc(start)
+            else:
+                ts = self._fallback_time(d)
+            ep = get("entryPointName", "-")
+            host = get("RequestHost", "-")
+            router = get("RouterName", "-")
+            status = get("DownstreamStatus", 0)
+            xff = get("request_X-Forwarded-For", "")
+            rip = get("request_X-Real-Ip", "")
+            ua = get("request_User-Agent", "")
+            dur = get("Duration", 0)
+            if (
+                type(peer) is not str
+                or type(ch) is not str
+                or type(ep) is not str
+                or type(host) is not str
+                or type(router) is not str
+                or type(status) is not int
+                or type(xff) is not str
+                or type(rip) is not str
+                or type(ua) is not str
+                or type(dur) is not int
+            ):
+                stats.skip(SkipReason.BAD_FIELD)
+                continue
+            if ch:
+                client = ch.rpartition(",")[2].strip() if "," in ch else ch
+            else:
+                client = _host_of(peer)
+            n_json += 1
+            append((ts, ep, client, ch, peer, host, router, status, xff, rip, ua, dur))
+        stats.lines += n
+        stats.json += n_json
+        return out
+
+    def _fallback_time(self, d: dict[str, object]) -> float:
+        for key in ("time", "StartLocal"):
+            value = d.get(key)
+            if type(value) is str and len(value) >= 19:
+                return self._times.offset(value)
+        return 0.0
+
+    def _non_json(self, line: bytes, stats: ParseStats) -> AccessRecord | None:
+        """Error path: empty, invalid UTF-8, common format, Traefik's own log, or garbage."""
+        stripped = line.strip()
+        if not stripped:
+            stats.skip(SkipReason.EMPTY)
+            return None
+        try:
+            stripped.decode("utf-8")
+        except UnicodeDecodeError:
+            stats.skip(SkipReason.INVALID_UTF8)
+            return None
+        if stripped[:1] in (b"{", b"["):
+            stats.skip(SkipReason.INVALID_JSON)
+            return None
+        m = _CLF.match(stripped)
+        if m is None:
+            if stripped.startswith(_APP_LOG_PREFIXES):
+                stats.skip(SkipReason.NOT_ACCESS_LOG)
+            else:
+                stats.skip(SkipReason.UNRECOGNIZED)
+            return None
+        stats.common += 1
+        return self._clf_record(m)
+
+    def _clf_record(self, m: re.Match[bytes]) -> AccessRecord:
+        def text(name: str, default: str = "") -> str:
+            raw = m.group(name)
+            return raw.decode("utf-8") if raw is not None else default
+
+        ch = text("host")
+        if ch == "-":
+            ch = ""
+        status_raw = text("status")
+        dur_raw = m.group("dur")
+        router = text("router") or text("router_bare") or "-"
+        ua = text("ua")
+        return (
+            self._times.clf(text("time")),
+            "-",
+            client_of(ch, ""),
+            ch,
+            "",
+            "-",
+            router,
+            int(status_raw) if status_raw.isdigit() else 0,
+            "",
+            "",
+            "" if ua == "-" else ua,
+            int(dur_raw) * 1_000_000 if dur_raw is not None else 0,
+        )

@@ -1,0 +1,281 @@
+"""The one place that parses and classifies IP addresses and networks.
+
+Everything else hands strings to this module. Addresses become ``(version, int)`` pairs through
+``socket.inet_pton`` (strict, C speed) and are matched against integer prefixes, so the hot path
+never builds ``ipaddress`` objects; results are cached per address string.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_CACHE_LIMIT = 65536
+
+
+class AddrClass(str, Enum):
+    """Where an address lives. Ordered roughly from most to least harmful to ban."""
+
+    LOOPBACK = "loopback"
+    NODE = "node"
+    LOADBALANCER = "loadbalancer"
+    POD = "pod"
+    SERVICE = "service"
+    CGNAT = "cgnat"
+    DOCKER = "docker"
+    LINK_LOCAL = "link_local"
+    PRIVATE = "private"
+    RESERVED = "reserved"
+    PUBLIC = "public"
+    INVALID = "invalid"
+
+
+INTERNAL_CLASSES: frozenset[AddrClass] = frozenset(
+    {
+        AddrClass.LOOPBACK,
+        AddrClass.NODE,
+        AddrClass.LOADBALANCER,
+        AddrClass.POD,
+        AddrClass.SERVICE,
+        AddrClass.CGNAT,
+        AddrClass.DOCKER,
+        AddrClass.LINK_LOCAL,
+        AddrClass.PRIVATE,
+    }
+)
+# A ban on these takes the whole ingress path down, not just one neighbour.
+CRITICAL_CLASSES: frozenset[AddrClass] = frozenset(
+    {AddrClass.LOOPBACK, AddrClass.NODE, AddrClass.LOADBALANCER, AddrClass.POD}
+)
+# When networks overlap, the most specific prefix wins; on equal prefixes this rank decides.
+_RANK = {cls: i for i, cls in enumerate(AddrClass)}
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A CIDR with the class it stands for and where we learnt it."""
+
+    version: int
+    prefix: int  # network address as an int, host bits zero
+    length: int
+    cls: AddrClass
+    provenance: str
+
+    @property
+    def cidr(self) -> str:
+        return format_network(self.version, self.prefix, self.length)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The class of an address or range and the network that decided it."""
+
+    cls: AddrClass
+    network: Network | None
+
+    @property
+    def internal(self) -> bool:
+        return self.cls in INTERNAL_CLASSES
+
+    def as_dict(self) -> dict[str, str | None]:
+        net = self.network
+        return {
+            "class": self.cls.value,
+            "network": net.cidr if net else None,
+            "provenance": net.provenance if net else None,
+        }
+
+
+def _strip(text: str) -> str:
+    """Reduce ``[v6]:port``, ``v4:port``, ``v6%zone`` and whitespace to a bare address."""
+    s = text.strip()
+    if s.startswith("["):
+        end = s.find("]")
+        s = s[1:end] if end > 0 else s[1:]
+    elif s.count(":") == 1:  # IPv4 with a port; IPv6 has two colons or more
+        s = s.partition(":")[0]
+    zone = s.find("%")
+    if zone >= 0:
+        s = s[:zone]
+    return s
+
+
+def parse_address(text: str) -> tuple[int, int] | None:
+    """Return ``(4|6, int)`` for an address string, or None when it is not one.
+
+    IPv4-mapped IPv6 (``::ffff:10.42.0.1``) is returned as IPv4 so that it matches IPv4 networks.
+    """
+    s = _strip(text)
+    if not s:
+        return None
+    try:
+        if ":" in s:
+            raw = socket.inet_pton(socket.AF_INET6, s)
+            if raw[:12] == _V4_MAPPED_PREFIX:
+                return 4, int.from_bytes(raw[12:], "big")
+            return 6, int.from_bytes(raw, "big")
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, s), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def parse_network(text: str) -> tuple[int, int, int] | None:
+    """Return ``(version, prefix, length)`` for a CIDR or a bare address; host bits are cleared."""
+    addr_part, sep, len_part = text.strip().partition("/")
+    parsed = parse_address(addr_part)
+    if parsed is None:
+        return None
+    version, value = parsed
+    bits = 32 if version == 4 else 128
+    if sep:
+        if not len_part.isdigit():
+            return None
+        length = int(len_part)
+        # A /128-style length on a mapped address: translate to the IPv4 length.
+        if version == 4 and ":" in addr_part and length > 32:
+            length -= 96
+        if not 0 <= length <= bits:
+            return None
+    else:
+        length = bits
+    mask = ((1 << length) - 1) << (bits - length) if length else 0
+    return version, value & mask, length
+
+
+def format_network(version: int, prefix: int, length: int) -> str:
+    if version == 4:
+        addr = socket.inet_ntop(socket.AF_INET, prefix.to_bytes(4, "big"))
+    else:
+        addr = socket.inet_ntop(socket.AF_INET6, prefix.to_bytes(16, "big"))
+    return f"{addr}/{length}"
+
+
+def make_network(cidr: str, cls: AddrClass, provenance: str) -> Network:
+    parsed = parse_network(cidr)
+    if parsed is None:
+        msg = f"not a CIDR or IP address: {cidr!r}"
+        raise ValueError(msg)
+    return Network(parsed[0], parsed[1], parsed[2], cls, provenance)
+
+
+def _builtin(cidr: str, cls: AddrClass, why: str) -> Network:
+    return make_network(cidr, cls, why)
+
+
+# Well-known ranges. Cluster-specific ones (pod, service, node, LB) come from config/discovery.
+WELL_KNOWN: tuple[Network, ...] = (
+    _builtin("127.0.0.0/8", AddrClass.LOOPBACK, "RFC 1122 loopback"),
+    _builtin("::1/128", AddrClass.LOOPBACK, "RFC 4291 loopback"),
+    _builtin("169.254.0.0/16", AddrClass.LINK_LOCAL, "RFC 3927 link-local"),
+    _builtin("fe80::/10", AddrClass.LINK_LOCAL, "RFC 4291 link-local"),
+    _builtin("100.64.0.0/10", AddrClass.CGNAT, "RFC 6598 CGNAT (tailscale)"),
+    _builtin("fd7a:115c:a1e0::/48", AddrClass.CGNAT, "tailscale IPv6 ULA"),
+    _builtin("172.17.0.0/16", AddrClass.DOCKER, "docker0 default bridge"),
+    _builtin("10.0.0.0/8", AddrClass.PRIVATE, "RFC 1918 private"),
+    _builtin("172.16.0.0/12", AddrClass.PRIVATE, "RFC 1918 private"),
+    _builtin("192.168.0.0/16", AddrClass.PRIVATE, "RFC 1918 private"),
+    _builtin("fc00::/7", AddrClass.PRIVATE, "RFC 4193 unique local"),
+    _builtin("0.0.0.0/8", AddrClass.RESERVED, "RFC 1122 this network"),
+    _builtin("224.0.0.0/4", AddrClass.RESERVED, "multicast"),
+    _builtin("240.0.0.0/4", AddrClass.RESERVED, "reserved"),
+    _builtin("::/128", AddrClass.RESERVED, "unspecified"),
+    _builtin("ff00::/8", AddrClass.RESERVED, "multicast"),
+)
+
+K3S_POD_CIDR = "10.42.0.0/16"
+K3S_SERVICE_CIDR = "10.43.0.0/16"
+
+
+def k3s_defaults() -> tuple[Network, ...]:
+    return (
+        make_network(K3S_POD_CIDR, AddrClass.POD, "k3s default --cluster-cidr"),
+        make_network(K3S_SERVICE_CIDR, AddrClass.SERVICE, "k3s default --service-cidr"),
+    )
+
+
+class Classifier:
+    """Classifies addresses and ranges against a set of networks, with a per-address cache.
+
+    ``replace_networks`` swaps the cluster-specific set atomically (used by Kubernetes discovery)
+    and drops the cache.
+    """
+
+    __slots__ = ("_cache", "_networks")
+
+    def __init__(self, networks: Iterable[Network] = ()) -> None:
+        self._networks: tuple[Network, ...] = ()
+        self._cache: dict[str, Classification] = {}
+        self.replace_networks(networks)
+
+    def replace_networks(self, networks: Iterable[Network]) -> None:
+        merged = {(n.version, n.prefix, n.length, n.cls): n for n in (*networks, *WELL_KNOWN)}
+        # Most specific first, then by harm rank, so the first match is the answer.
+        self._networks = tuple(
+            sorted(merged.values(), key=lambda n: (-n.length, _RANK[n.cls]))
+        )
+        self._cache = {}
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        return self._networks
+
+    def classify(self, text: str) -> Classification:
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit
+        result = self._classify_uncached(text)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[text] = result
+        return result
+
+    def _classify_uncached(self, text: str) -> Classification:
+        parsed = parse_address(text)
+        if parsed is None:
+            return Classification(AddrClass.INVALID, None)
+        version, value = parsed
+        bits = 32 if version == 4 else 128
+        for net in self._networks:
+            if net.version == version and value >> (bits - net.length) == net.prefix >> (
+                bits - net.length
+            ):
+                return Classification(net.cls, net)
+        return Classification(AddrClass.PUBLIC, None)
+
+    def classify_range(self, text: str) -> Classification:
+        """Classify a CIDR: internal when it overlaps any internal network.
+
+        A /8 that swallows the pod CIDR is internal even though most of it is not; the most
+        harmful overlapped class wins.
+        """
+        parsed = parse_network(text)
+        if parsed is None:
+            return Classification(AddrClass.INVALID, None)
+        version, prefix, length = parsed
+        bits = 32 if version == 4 else 128
+        best: Network | None = None
+        for net in self._networks:
+            if net.version != version or net.cls not in INTERNAL_CLASSES:
+                continue
+            shorter = min(length, net.length)
+            shift = bits - shorter
+            if prefix >> shift == net.prefix >> shift and (
+                best is None or _RANK[net.cls] < _RANK[best.cls]
+            ):
+                best = net
+        if best is not None:
+            return Classification(best.cls, best)
+        # No internal overlap: the range is as public as its first address.
+        return self.classify(format_network(version, prefix, length).partition("/")[0])
+
+    def range_contains(self, cidr: str, address: str) -> bool:
+        net = parse_network(cidr)
+        addr = parse_address(address)
+        if net is None or addr is None or net[0] != addr[0]:
+            return False
+        bits = 32 if net[0] == 4 else 128
+        shift = bits - net[2]
+        return addr[1] >> shift == net[1] >> shift
