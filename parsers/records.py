@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from enum import Enum
 
-# ts, entrypoint, client, client_host_raw, peer, host, router, status, xff, real_ip, ua, duration_ns
+# The engine's grouping key is the contiguous prefix (ts, entrypoint, client, host, router), so it can
+# take C-level slices instead of indexing field by field.
 AccessRecord = tuple[float, str, str, str, str, str, str, int, str, str, str, int]
 
 TS = 0  # epoch seconds from StartUTC (or time/StartLocal); 0.0 when the line carries none
 ENTRYPOINT = 1  # entryPointName, "-" when absent (common format never has it)
 CLIENT = 2  # the address CrowdSec bans: last element of ClientHost, else host of ClientAddr
-CLIENT_HOST_RAW = 3  # ClientHost as written (may be an X-Forwarded-For list), "" when absent
-PEER = 4  # ClientAddr as written (the TCP peer, ``ip:port``), "" when absent
-HOST = 5  # RequestHost, "-" when absent
-ROUTER = 6  # RouterName, "-" when absent
+HOST = 3  # RequestHost, "-" when absent
+ROUTER = 4  # RouterName, "-" when absent
+CLIENT_HOST_RAW = 5  # ClientHost as written (may be an X-Forwarded-For list), "" when absent
+PEER = 6  # ClientAddr as written (the TCP peer, ``ip:port``), "" when absent
 STATUS = 7  # DownstreamStatus, 0 when absent
 XFF = 8  # request_X-Forwarded-For, "" when dropped/absent
 REAL_IP = 9  # request_X-Real-Ip, "" when dropped/absent

@@ -185,7 +185,7 @@ class TraefikParser:
             else:
                 client = _host_of(peer)
             n_json += 1
-            append((ts, ep, client, ch, peer, host, router, status, xff, rip, ua, dur))
+            append((ts, ep, client, host, router, ch, peer, status, xff, rip, ua, dur))
         stats.lines += n
         stats.json += n_json
         return out
@@ -237,10 +237,10 @@ class TraefikParser:
             self._times.clf(text("time")),
             "-",
             client_of(ch, ""),
-            ch,
-            "",
             "-",
             router,
+            ch,
+            "",
             int(status_raw) if status_raw.isdigit() else 0,
             "",
             "",

@@ -1,0 +1,55 @@
+"""The known fixes, worded once so every finding and command says the same thing."""
+
+from __future__ import annotations
+
+
+ALLOWLIST = (
+    "Stop CrowdSec from banning cluster addresses: add a whitelist parser (s02-enrich) for the "
+    "cluster CIDRs (`auditor allowlist` prints one), and list them in the bouncer's "
+    "clientTrustedIPs."
+)
+
+PRESERVE_CLIENT_IP = (
+    "Make Traefik see the real client: run Traefik as a DaemonSet on the nodes that hold the "
+    "external IPs and set `service.spec.externalTrafficPolicy: Local` on its Service; on k3s "
+    "either start the servers with `--disable servicelb` and use MetalLB, or keep servicelb with "
+    "`externalTrafficPolicy: Local`. Behind an external load balancer or CDN, enable PROXY "
+    "protocol (`entryPoints.<ep>.proxyProtocol.trustedIPs`) or trust its X-Forwarded-For "
+    "(`entryPoints.<ep>.forwardedHeaders.trustedIPs`) for exactly the proxy's addresses."
+)
+
+KEEP_HEADERS = (
+    "Keep the forwarding headers in the access log so the real client stays visible: "
+    "`accessLog.fields.headers.names.X-Forwarded-For: keep` and `X-Real-Ip: keep` "
+    "(Traefik drops all headers by default)."
+)
+
+JSON_FORMAT = (
+    "Set `accessLog.format: json` (Helm chart >= v41; `logs.access.format: json` on older charts "
+    "and k3s' HelmChartConfig). Traefik writes common log format by default, so CrowdSec setups "
+    "that expect JSON silently make no decisions."
+)
+
+
+def internal_ban_fix(value: str, scope: str) -> str:
+    flag = "--range" if scope == "Range" else "--ip"
+    return " ".join(
+        (
+            f"Remove the decision now: `cscli decisions delete {flag} {value}`.",
+            ALLOWLIST,
+            PRESERVE_CLIENT_IP,
+        )
+    )
+
+
+def masked_fix(headers_kept: bool, visible: bool) -> str:
+    parts = [PRESERVE_CLIENT_IP]
+    if visible:
+        parts.append(
+            "The kept X-Forwarded-For / X-Real-Ip headers already carry the real client: trust "
+            "the forwarding hop in `forwardedHeaders.trustedIPs` so Traefik uses it."
+        )
+    elif not headers_kept:
+        parts.append(KEEP_HEADERS)
+    parts.append(ALLOWLIST)
+    return " ".join(parts)

@@ -1,0 +1,112 @@
+"""Secrets (API keys) read from a file or an environment variable, never from argv.
+
+A ``Secret`` never shows its value in ``repr``/``str``/f-strings/logs; code that must send it
+calls ``reveal()`` at the last moment. Errors name where the secret was looked for, never its value.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final, NoReturn
+
+from pipeline.errors import ConfigError
+
+REDACTED: Final = "***"
+
+
+class Secret:
+    """An opaque string; compare with ``==`` (constant time), read with ``reveal()``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        object.__setattr__(self, "_value", value)
+
+    def reveal(self) -> str:
+        value: str = object.__getattribute__(self, "_value")
+        return value
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        msg = "Secret is immutable"
+        raise AttributeError(msg)
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self.reveal().encode(), other.reveal().encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self.reveal()))
+
+    def __reduce__(self) -> NoReturn:
+        msg = "Secret cannot be pickled"
+        raise TypeError(msg)
+
+    def __bool__(self) -> bool:
+        return bool(self.reveal())
+
+
+def secret_from_file(path: str | Path, *, what: str = "secret") -> tuple[Secret, str]:
+    """Read a secret file (surrounding whitespace stripped, as Kubernetes secret files often end
+    with a newline). Returns the secret and a description of its source for error messages."""
+    p = Path(path)
+    source = f"file {p}"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        msg = f"{what}: {source} does not exist"
+        raise ConfigError(msg) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{what}: cannot read {source}: {type(exc).__name__}"
+        raise ConfigError(msg) from None
+    value = text.strip()
+    if not value:
+        msg = f"{what}: {source} is empty"
+        raise ConfigError(msg)
+    return Secret(value), source
+
+
+def secret_from_env(
+    name: str, *, what: str = "secret", environ: Mapping[str, str] | None = None
+) -> tuple[Secret, str]:
+    """Read a secret from an environment variable (whitespace stripped)."""
+    env = os.environ if environ is None else environ
+    source = f"environment variable {name}"
+    raw = env.get(name)
+    if raw is None:
+        msg = f"{what}: {source} is not set"
+        raise ConfigError(msg)
+    value = raw.strip()
+    if not value:
+        msg = f"{what}: {source} is empty"
+        raise ConfigError(msg)
+    return Secret(value), source
+
+
+def load_secret(
+    *,
+    file: str | Path | None = None,
+    env: str | None = None,
+    what: str = "secret",
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Secret, str]:
+    """Exactly one of ``file``/``env``; returns ``(secret, source description)``."""
+    if (file is None) == (env is None):
+        msg = f"{what}: give exactly one of a key file or a key environment variable"
+        raise ConfigError(msg)
+    if file is not None:
+        return secret_from_file(file, what=what)
+    assert env is not None
+    return secret_from_env(env, what=what, environ=environ)

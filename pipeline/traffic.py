@@ -1,0 +1,258 @@
+"""Traffic tallies on the data's own time line: per-minute summaries, a sliding window, a span total.
+
+Batches are folded in with C-level counting over ``(entrypoint, client)`` pairs; the Python loop
+runs once per distinct pair, not per line. Every structure is capped so memory stays flat whatever
+the input size (top clients are pruned, distinct-value sets stop growing at a cap and say so).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
+
+from parsers.records import CLIENT, ENTRYPOINT, HOST, REAL_IP, ROUTER, TS, XFF, AccessRecord
+from pipeline.addresses import AddrClass, Classification
+
+SET_CAP = 4096
+CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
+
+_pair = itemgetter(ENTRYPOINT, CLIENT)
+_host = itemgetter(HOST)
+_router = itemgetter(ROUTER)
+
+Classify = Callable[[str], Classification]
+
+
+def _add_capped(target: set[str], values: Iterable[str]) -> None:
+    if len(target) < SET_CAP:
+        target.update(values)
+
+
+class InternalClient:
+    """What one internal address did: how much traffic, to which hosts and routers."""
+
+    __slots__ = ("cls", "count", "hosts", "routers", "visible")
+
+    def __init__(self, cls: AddrClass) -> None:
+        self.cls = cls
+        self.count = 0
+        self.hosts: set[str] = set()
+        self.routers: set[str] = set()
+        self.visible = 0  # lines whose kept XFF/X-Real-Ip header named a public client
+
+    def merge(self, other: InternalClient) -> None:
+        self.count += other.count
+        _add_capped(self.hosts, other.hosts)
+        _add_capped(self.routers, other.routers)
+        self.visible += other.visible
+
+
+class Summary:
+    """Tallies of one stretch of traffic; mergeable."""
+
+    __slots__ = (
+        "by_class",
+        "clients",
+        "ep_clients",
+        "ep_internal",
+        "ep_total",
+        "ep_visible",
+        "header_lines",
+        "hosts",
+        "internal",
+        "routers",
+        "total",
+        "visible_example",
+    )
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.ep_total: dict[str, int] = {}
+        self.ep_internal: dict[str, int] = {}
+        self.ep_clients: dict[str, set[str]] = {}
+        self.ep_visible: dict[str, int] = {}
+        self.by_class: dict[tuple[str, AddrClass], int] = {}
+        self.clients: dict[str, int] = {}
+        self.internal: dict[str, InternalClient] = {}
+        self.hosts: set[str] = set()
+        self.routers: set[str] = set()
+        self.header_lines = 0
+        self.visible_example = ""
+
+    def add(self, records: Sequence[AccessRecord], classify: Classify) -> None:
+        """Fold one run of records (all in this summary's time slot) in."""
+        ep_total = self.ep_total
+        ep_internal = self.ep_internal
+        clients = self.clients
+        by_class = self.by_class
+        internal_seen: dict[str, InternalClient] = {}
+        for (ep, client), n in Counter(map(_pair, records)).items():
+            self.total += n
+            ep_total[ep] = ep_total.get(ep, 0) + n
+            clients[client] = clients.get(client, 0) + n
+            ep_set = self.ep_clients.get(ep)
+            if ep_set is None:
+                ep_set = self.ep_clients[ep] = set()
+            if len(ep_set) < SET_CAP:
+                ep_set.add(client)
+            c = classify(client)
+            key = (ep, c.cls)
+            by_class[key] = by_class.get(key, 0) + n
+            if c.internal:
+                ep_internal[ep] = ep_internal.get(ep, 0) + n
+                ic = self.internal.get(client)
+                if ic is None:
+                    ic = self.internal[client] = InternalClient(c.cls)
+                ic.count += n
+                internal_seen[client] = ic
+        _add_capped(self.hosts, map(_host, records))
+        _add_capped(self.routers, map(_router, records))
+        if internal_seen:
+            self._internal_details(records, internal_seen, classify)
+        if len(clients) > CLIENTS_CAP:
+            self._prune_clients()
+
+    def _internal_details(
+        self,
+        records: Sequence[AccessRecord],
+        seen: dict[str, InternalClient],
+        classify: Classify,
+    ) -> None:
+        for r in records:
+            ic = seen.get(r[CLIENT])
+            if ic is None:
+                continue
+            if len(ic.hosts) < SET_CAP:
+                ic.hosts.add(r[HOST])
+            if len(ic.routers) < SET_CAP:
+                ic.routers.add(r[ROUTER])
+            hint = r[XFF] or r[REAL_IP]
+            if hint:
+                self.header_lines += 1
+                # The original client is the leftmost X-Forwarded-For entry.
+                first = hint.partition(",")[0].strip()
+                if classify(first).cls is AddrClass.PUBLIC:
+                    ic.visible += 1
+                    ep = r[ENTRYPOINT]
+                    self.ep_visible[ep] = self.ep_visible.get(ep, 0) + 1
+                    if not self.visible_example:
+                        self.visible_example = first
+
+    def _prune_clients(self) -> None:
+        keep = sorted(self.clients.items(), key=itemgetter(1), reverse=True)[: CLIENTS_CAP // 2]
+        self.clients = dict(keep)
+
+    def merge(self, other: Summary, *, full: bool = True) -> None:
+        self.total += other.total
+        pairs = [
+            (other.ep_total, self.ep_total),
+            (other.ep_internal, self.ep_internal),
+            (other.ep_visible, self.ep_visible),
+        ]
+        if full:
+            pairs.append((other.clients, self.clients))
+        for src, dst in pairs:
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+        for k2, v2 in other.by_class.items():
+            self.by_class[k2] = self.by_class.get(k2, 0) + v2
+        if full:
+            for ep, clients in other.ep_clients.items():
+                _add_capped(self.ep_clients.setdefault(ep, set()), clients)
+        for addr, ic in other.internal.items():
+            mine = self.internal.get(addr)
+            if mine is None:
+                mine = self.internal[addr] = InternalClient(ic.cls)
+            mine.merge(ic)
+        _add_capped(self.hosts, other.hosts)
+        _add_capped(self.routers, other.routers)
+        self.header_lines += other.header_lines
+        if not self.visible_example:
+            self.visible_example = other.visible_example
+        if len(self.clients) > CLIENTS_CAP:
+            self._prune_clients()
+
+    def top_clients(self, k: int) -> list[tuple[str, int]]:
+        return sorted(self.clients.items(), key=itemgetter(1), reverse=True)[:k]
+
+
+class Timeline:
+    """Per-bucket summaries on the data's time line, a sliding window over them, a span total.
+
+    Closed buckets fold into ``span`` immediately; the window keeps the last ``window_s`` worth.
+    Data that arrives late (older than the newest bucket) joins the newest bucket: logs are close
+    to time-ordered and exact placement of stragglers is not worth a per-line cost.
+    """
+
+    __slots__ = ("_buckets", "bucket_s", "first_ts", "last_ts", "span", "window_s")
+
+    def __init__(self, window_s: int, bucket_s: int) -> None:
+        self.window_s = window_s
+        self.bucket_s = bucket_s
+        self.span = Summary()  # everything folded so far except the open bucket
+        self._buckets: deque[tuple[int, Summary]] = deque()
+        self.first_ts = 0.0
+        self.last_ts = 0.0
+
+    def add(self, records: Sequence[AccessRecord], classify: Classify) -> list[int]:
+        """Fold a batch in; returns the bucket ids that closed (for data-driven evaluation)."""
+        if not records:
+            return []
+        closed: list[int] = []
+        bucket_s = self.bucket_s
+        first = records[0][TS]
+        last = records[-1][TS]
+        if self.first_ts == 0.0 or (0.0 < first < self.first_ts):
+            self.first_ts = first or self.first_ts
+        if int(first) // bucket_s == int(last) // bucket_s:
+            closed += self._add_run(int(last) // bucket_s, records, classify)
+        else:
+            start = 0
+            current = int(first) // bucket_s
+            for i, r in enumerate(records):
+                b = int(r[TS]) // bucket_s
+                if b != current:
+                    closed += self._add_run(current, records[start:i], classify)
+                    start, current = i, b
+            closed += self._add_run(current, records[start:], classify)
+        self.last_ts = max(self.last_ts, last)
+        return closed
+
+    def _add_run(
+        self, bucket: int, records: Sequence[AccessRecord], classify: Classify
+    ) -> list[int]:
+        summary, closed = self._open(bucket)
+        summary.add(records, classify)
+        return closed
+
+    def _open(self, bucket: int) -> tuple[Summary, list[int]]:
+        closed: list[int] = []
+        if self._buckets and bucket <= self._buckets[-1][0]:
+            return self._buckets[-1][1], closed
+        if self._buckets:
+            closed.append(self._buckets[-1][0])
+            self.span.merge(self._buckets[-1][1])
+        self._buckets.append((bucket, Summary()))
+        horizon = bucket - max(1, self.window_s // self.bucket_s)
+        while self._buckets and self._buckets[0][0] <= horizon:
+            self._buckets.popleft()
+        return self._buckets[-1][1], closed
+
+    def window(self, *, full: bool = False) -> Summary:
+        """A fresh merge of the buckets in the sliding window (evaluation time, not per line).
+
+        ``full=False`` skips the per-client tables, which only evidence of a raised finding needs.
+        """
+        out = Summary()
+        for _, s in self._buckets:
+            out.merge(s, full=full)
+        return out
+
+    def whole(self) -> Summary:
+        """Span total including the open bucket."""
+        out = Summary()
+        out.merge(self.span)
+        if self._buckets:
+            out.merge(self._buckets[-1][1])
+        return out

@@ -1,0 +1,184 @@
+"""The replay report: one JSON object, or a table / markdown rendering of it for humans."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from parsers.records import ParseStats
+from pipeline.engine import Engine
+from pipeline.findings import Finding
+
+
+def _iso(ts: float) -> str | None:
+    if not ts:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def sorted_findings(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (-f.severity.rank, f.kind.value, f.target))
+
+
+def build_report(engine: Engine, inputs: list[str]) -> dict[str, Any]:
+    total = ParseStats()
+    for st in engine.stats.values():
+        total.merge(st)
+    whole = engine.timeline.whole()
+    tl = engine.timeline
+    entrypoints = [
+        {
+            "name": ep,
+            "requests": n,
+            "internal_requests": whole.ep_internal.get(ep, 0),
+            "internal_share": round(whole.ep_internal.get(ep, 0) / n, 4) if n else 0.0,
+            "distinct_clients": len(whole.ep_clients.get(ep, ())),
+        }
+        for ep, n in sorted(whole.ep_total.items(), key=lambda kv: -kv[1])
+    ]
+    top = [
+        {
+            "address": addr,
+            "requests": n,
+            "share": round(n / whole.total, 4) if whole.total else 0.0,
+            "class": engine.classifier.classify(addr).cls.value,
+        }
+        for addr, n in whole.top_clients(engine.config.top_k)
+    ]
+    internal_decisions = [a for a in engine.decisions.values() if a.target.internal]
+    by_scope: dict[str, int] = {}
+    for a in engine.decisions.values():
+        by_scope[a.decision.scope] = by_scope.get(a.decision.scope, 0) + 1
+    findings = sorted_findings(list(engine.findings.values()))
+    by_severity: dict[str, int] = {}
+    for f in findings:
+        by_severity[f.severity.value] = by_severity.get(f.severity.value, 0) + 1
+    summary = {
+        "inputs": inputs,
+        "lines": {
+            "read": total.lines,
+            "parsed": total.parsed,
+            "json": total.json,
+            "common": total.common,
+            "skipped": {r.value: n for r, n in total.skipped.items() if n},
+        },
+        "time_span": {
+            "first": _iso(tl.first_ts),
+            "last": _iso(tl.last_ts),
+            "seconds": round(tl.last_ts - tl.first_ts, 3) if tl.first_ts else 0.0,
+        },
+        "requests": whole.total,
+        "entrypoints": entrypoints,
+        "top_clients": top,
+        "decisions": {
+            "active": len(engine.decisions),
+            "internal": len(internal_decisions),
+            "by_scope": by_scope,
+        },
+        "findings": by_severity,
+    }
+    return {"summary": summary, "findings": [f.as_dict() for f in findings]}
+
+
+def render_json(report: dict[str, Any]) -> str:
+    return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return out
+
+
+def render_table(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = s["lines"]
+    out = [
+        f"Lines: {lines['read']} read, {lines['parsed']} parsed "
+        f"({lines['json']} JSON, {lines['common']} common format), "
+        f"{lines['read'] - lines['parsed']} skipped"
+        + (
+            " (" + ", ".join(f"{k}: {v}" for k, v in lines["skipped"].items()) + ")"
+            if lines["skipped"]
+            else ""
+        ),
+        f"Time span: {s['time_span']['first']} .. {s['time_span']['last']}",
+        f"Decisions: {s['decisions']['active']} active, {s['decisions']['internal']} on internal targets",
+        "",
+        "Entrypoints:",
+    ]
+    out += _table(
+        ["entrypoint", "requests", "internal", "share", "clients"],
+        [
+            [e["name"], str(e["requests"]), str(e["internal_requests"]), _pct(e["internal_share"]),
+             str(e["distinct_clients"])]
+            for e in s["entrypoints"]
+        ],
+    )
+    out += ["", "Top clients:"]
+    out += _table(
+        ["address", "requests", "share", "class"],
+        [[c["address"], str(c["requests"]), _pct(c["share"]), c["class"]] for c in s["top_clients"]],
+    )
+    out += ["", f"Findings ({len(report['findings'])}):"]
+    if not report["findings"]:
+        out.append("  none")
+    for f in report["findings"]:
+        out.append(f"  [{f['severity'].upper()}] {f['kind']} {f['target']}: {f['summary']}")
+        blast = f["evidence"].get("blast_radius")
+        if blast:
+            out.append(
+                f"    blast radius: {blast['requests']}/{blast['total_requests']} requests "
+                f"({_pct(blast['request_share'])}), {blast['hosts']} hosts "
+                f"({_pct(blast['host_share'])}), {blast['routers']} routers "
+                f"({_pct(blast['router_share'])})"
+            )
+        out.append(f"    fix: {f['fix']}")
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = s["lines"]
+    out = [
+        "# ban-auditor replay report",
+        "",
+        f"- Lines: {lines['read']} read, {lines['parsed']} parsed, "
+        f"{lines['read'] - lines['parsed']} skipped",
+        f"- Time span: {s['time_span']['first']} .. {s['time_span']['last']}",
+        f"- Decisions: {s['decisions']['active']} active, {s['decisions']['internal']} internal",
+        "",
+        "## Entrypoints",
+        "",
+        "| entrypoint | requests | internal | share |",
+        "|---|---:|---:|---:|",
+    ]
+    out += [
+        f"| {e['name']} | {e['requests']} | {e['internal_requests']} | {_pct(e['internal_share'])} |"
+        for e in s["entrypoints"]
+    ]
+    out += ["", "## Findings", ""]
+    if not report["findings"]:
+        out.append("None.")
+    for f in report["findings"]:
+        out += [
+            f"### {f['severity'].upper()} {f['kind']}: `{f['target']}`",
+            "",
+            f["summary"],
+            "",
+            f"**Fix:** {f['fix']}",
+            "",
+            "```json",
+            orjson.dumps(f["evidence"], option=orjson.OPT_INDENT_2).decode(),
+            "```",
+            "",
+        ]
+    return "\n".join(out) + "\n"
