@@ -1,7 +1,8 @@
 """CrowdSec decision payloads to ``Decision`` records.
 
 Accepted shapes (all seen in the wild, see tests/data/corpus/SOURCES.md):
-- LAPI stream body ``{"new": [...], "deleted": [...]}`` (either may be ``null``; whole body ``null``);
+- LAPI stream body ``{"new": [...], "deleted": [...]}`` (either list, or the body, may be
+  ``null``);
 - ``GET /v1/decisions`` body: an array of decisions, or ``null``;
 - ``cscli decisions list -o json`` / ``cscli alerts list -o json`` / ``GET /v1/alerts``: an array of
   alerts, each with a nested ``decisions`` array;
@@ -26,7 +27,7 @@ class DecisionFormatError(ValueError):
 
 
 def parse_go_duration(text: str) -> float | None:
-    """Go ``time.Duration.String()`` to seconds (``-18897h25m52.8s`` is negative); None if not one."""
+    """Go ``time.Duration.String()`` to seconds (``-18897h25m52.8s`` is negative), else None."""
     s = text.strip()
     sign = 1.0
     if s.startswith("-"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 
 import orjson
 
@@ -19,7 +19,7 @@ _CRI = re.compile(rb"^(\S+) (stdout|stderr) ([PF])(?::\S*)? ?(.*)$", re.DOTALL)
 MAX_MERGED_BYTES = 64 * 1024
 
 
-class Envelope(str, Enum):
+class Envelope(StrEnum):
     AUTO = "auto"
     RAW = "raw"
     CRI = "cri"

@@ -43,22 +43,22 @@ class _TimeCache:
     Invidious log holds hundreds of lines with the same seconds prefix.
     """
 
-    __slots__ = ("_by_key",)
+    __slots__ = ("by_key",)
 
     def __init__(self) -> None:
-        self._by_key: dict[str, float] = {}
+        self.by_key: dict[str, float] = {}
 
     def utc(self, text: str) -> float:
         """StartUTC: RFC3339Nano in UTC; the fraction is dropped."""
         key = text[:19]
-        hit = self._by_key.get(key)
+        hit = self.by_key.get(key)
         if hit is None:
             hit = self._store(key, key + "+00:00")
         return hit
 
     def offset(self, text: str) -> float:
         """``time``/StartLocal: RFC3339 with a zone offset (or Z)."""
-        hit = self._by_key.get(text)
+        hit = self.by_key.get(text)
         if hit is None:
             frac = text.find(".", 19)
             iso = text
@@ -71,7 +71,7 @@ class _TimeCache:
         return hit
 
     def clf(self, text: str) -> float:
-        hit = self._by_key.get(text)
+        hit = self.by_key.get(text)
         if hit is None:
             try:
                 value = datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").timestamp()
@@ -88,9 +88,9 @@ class _TimeCache:
         return self._put(key, value)
 
     def _put(self, key: str, value: float) -> float:
-        if len(self._by_key) >= _TS_CACHE_LIMIT:
-            self._by_key.clear()
-        self._by_key[key] = value
+        if len(self.by_key) >= _TS_CACHE_LIMIT:
+            self.by_key.clear()
+        self.by_key[key] = value
         return value
 
 
@@ -129,6 +129,7 @@ class TraefikParser:
         loads = _loads
         decode_error = _JSONDecodeError
         utc = self._times.utc
+        seconds = self._times.by_key
         limit = self.max_line_bytes
         n = 0
         n_json = 0
@@ -155,15 +156,15 @@ class TraefikParser:
                 continue
             start = get("StartUTC")
             if type(start) is str and len(start) >= 19:
-                ts = utc(start)
+                ts = seconds.get(start[:19]) or utc(start)
             else:
                 ts = self._fallback_time(d)
             ep = get("entryPointName", "-")
             host = get("RequestHost", "-")
             router = get("RouterName", "-")
-            status = get("DownstreamStatus", 0)
             xff = get("request_X-Forwarded-For", "")
             rip = get("request_X-Real-Ip", "")
+            status = get("DownstreamStatus", 0)
             ua = get("request_User-Agent", "")
             dur = get("Duration", 0)
             if (
@@ -172,9 +173,9 @@ class TraefikParser:
                 or type(ep) is not str
                 or type(host) is not str
                 or type(router) is not str
-                or type(status) is not int
                 or type(xff) is not str
                 or type(rip) is not str
+                or type(status) is not int
                 or type(ua) is not str
                 or type(dur) is not int
             ):
@@ -185,7 +186,7 @@ class TraefikParser:
             else:
                 client = _host_of(peer)
             n_json += 1
-            append((ts, ep, client, host, router, ch, peer, status, xff, rip, ua, dur))
+            append((ts, ep, client, host, router, xff, rip, ch, peer, status, ua, dur))
         stats.lines += n
         stats.json += n_json
         return out
@@ -239,11 +240,11 @@ class TraefikParser:
             client_of(ch, ""),
             "-",
             router,
+            "",
+            "",
             ch,
             "",
             int(status_raw) if status_raw.isdigit() else 0,
-            "",
-            "",
             "" if ua == "-" else ua,
             int(dur_raw) * 1_000_000 if dur_raw is not None else 0,
         )

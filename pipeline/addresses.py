@@ -10,13 +10,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _CACHE_LIMIT = 65536
 
 
-class AddrClass(str, Enum):
+class AddrClass(StrEnum):
     """Where an address lives. Ordered roughly from most to least harmful to ban."""
 
     LOOPBACK = "loopback"
@@ -213,9 +213,7 @@ class Classifier:
     def replace_networks(self, networks: Iterable[Network]) -> None:
         merged = {(n.version, n.prefix, n.length, n.cls): n for n in (*networks, *WELL_KNOWN)}
         # Most specific first, then by harm rank, so the first match is the answer.
-        self._networks = tuple(
-            sorted(merged.values(), key=lambda n: (-n.length, _RANK[n.cls]))
-        )
+        self._networks = tuple(sorted(merged.values(), key=lambda n: (-n.length, _RANK[n.cls])))
         self._cache = {}
 
     @property

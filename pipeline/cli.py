@@ -22,6 +22,7 @@ EXIT_USAGE = 2
 
 COMMANDS: tuple[str, ...] = (
     "pipeline.replay",
+    "pipeline.run",
 )
 
 

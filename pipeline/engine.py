@@ -132,6 +132,9 @@ class Engine:
             )
             self._evaluate_decision(key)
 
+    def request_classes(self) -> dict[tuple[str, AddrClass], int]:
+        return self.timeline.by_class()
+
     def drain_events(self) -> list[FindingEvent]:
         events, self._events = self._events, []
         return events
@@ -325,7 +328,11 @@ class Engine:
                 severity=Severity.MEDIUM,
                 target=source,
                 summary=f"{pct}% of access lines from {source} are in common log format, not JSON",
-                evidence={"common_lines": st.common, "json_lines": st.json, "common_share": pct / 100},
+                evidence={
+                    "common_lines": st.common,
+                    "json_lines": st.json,
+                    "common_share": pct / 100,
+                },
                 fix=fixes.JSON_FORMAT,
                 key=f"log_format:{source}",
             )

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     INFO = "info"
     LOW = "low"
     MEDIUM = "medium"
@@ -27,7 +27,7 @@ class Severity(str, Enum):
 _SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     INTERNAL_BAN = "internal_ban"
     MASKED_CLIENT_IP = "masked_client_ip"
     LOG_FORMAT = "log_format"
@@ -36,7 +36,7 @@ class Kind(str, Enum):
     REMEDIATION = "remediation"
 
 
-class State(str, Enum):
+class State(StrEnum):
     RAISED = "raised"
     UPDATED = "updated"
     CLEARED = "cleared"

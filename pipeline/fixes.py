@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 ALLOWLIST = (
     "Stop CrowdSec from banning cluster addresses: add a whitelist parser (s02-enrich) for the "
     "cluster CIDRs (`auditor allowlist` prints one), and list them in the bouncer's "

@@ -20,17 +20,36 @@ NETWORK_KEYS: dict[str, AddrClass] = {
 
 def add_network_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("internal networks (IPv4 or IPv6; repeatable)")
-    g.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR",
-                   help="pod network (default k3s 10.42.0.0/16)")
-    g.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
-                   help="service network (default k3s 10.43.0.0/16)")
+    g.add_argument(
+        "--pod-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="pod network (default k3s 10.42.0.0/16)",
+    )
+    g.add_argument(
+        "--service-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="service network (default k3s 10.43.0.0/16)",
+    )
     g.add_argument("--node-ip", action="append", default=[], metavar="IP", help="a node address")
-    g.add_argument("--lb-ip", action="append", default=[], metavar="IP",
-                   help="a load-balancer address")
-    g.add_argument("--internal-cidr", action="append", default=[], metavar="CIDR",
-                   help="any other internal network")
-    g.add_argument("--no-k3s-defaults", action="store_true",
-                   help="do not assume k3s' default pod/service CIDRs")
+    g.add_argument(
+        "--lb-ip", action="append", default=[], metavar="IP", help="a load-balancer address"
+    )
+    g.add_argument(
+        "--internal-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="any other internal network",
+    )
+    g.add_argument(
+        "--no-k3s-defaults",
+        action="store_true",
+        help="do not assume k3s' default pod/service CIDRs",
+    )
 
 
 def build_networks(

@@ -36,21 +36,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "1 (findings at or above --fail-on) or 2 (usage or input error).",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="access log file, .gz, or - (stdin)")
-    p.add_argument("--decisions", action="append", default=[], metavar="FILE",
-                   help="CrowdSec decisions: LAPI stream/decisions body, cscli decisions/alerts "
-                   "list -o json, or JSON lines of those (repeatable)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="output format (default: table on a terminal, json otherwise)")
-    p.add_argument("--fail-on", choices=[s.value for s in Severity], default="high",
-                   help="lowest severity that makes the exit code 1 (default: high)")
-    p.add_argument("--envelope", choices=[e.value for e in Envelope], default="auto",
-                   help="container log envelope around each line (default: detect)")
-    p.add_argument("--window", type=int, default=900, metavar="SECONDS",
-                   help="sliding window for the masked-client share (default 900)")
-    p.add_argument("--masked-share", type=float, default=0.5, metavar="SHARE",
-                   help="internal-client share that flags masking (default 0.5)")
-    p.add_argument("--masked-min-requests", type=int, default=30, metavar="N",
-                   help="requests a window needs before masking is judged (default 30)")
+    p.add_argument(
+        "--decisions",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="CrowdSec decisions: LAPI stream/decisions body, cscli decisions/alerts "
+        "list -o json, or JSON lines of those (repeatable)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="output format (default: table on a terminal, json otherwise)",
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=[s.value for s in Severity],
+        default="high",
+        help="lowest severity that makes the exit code 1 (default: high)",
+    )
+    p.add_argument(
+        "--envelope",
+        choices=[e.value for e in Envelope],
+        default="auto",
+        help="container log envelope around each line (default: detect)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help="sliding window for the masked-client share (default 900)",
+    )
+    p.add_argument(
+        "--masked-share",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="internal-client share that flags masking (default 0.5)",
+    )
+    p.add_argument(
+        "--masked-min-requests",
+        type=int,
+        default=30,
+        metavar="N",
+        help="requests a window needs before masking is judged (default 30)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_network_args(p)
     p.set_defaults(func=run_replay)

@@ -1,4 +1,4 @@
-"""Traffic tallies on the data's own time line: per-minute summaries, a sliding window, a span total.
+"""Traffic tallies on the data's own time line: per-minute summaries, a window, a span total.
 
 Batches are folded in with C-level counting over ``(entrypoint, client)`` pairs; the Python loop
 runs once per distinct pair, not per line. Every structure is capped so memory stays flat whatever
@@ -11,15 +11,13 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 
-from parsers.records import CLIENT, ENTRYPOINT, HOST, REAL_IP, ROUTER, TS, XFF, AccessRecord
+from parsers.records import KEY, TS, AccessRecord
 from pipeline.addresses import AddrClass, Classification
 
 SET_CAP = 4096
 CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
 
-_pair = itemgetter(ENTRYPOINT, CLIENT)
-_host = itemgetter(HOST)
-_router = itemgetter(ROUTER)
+_key = itemgetter(KEY)
 
 Classify = Callable[[str], Classification]
 
@@ -81,63 +79,58 @@ class Summary:
         self.visible_example = ""
 
     def add(self, records: Sequence[AccessRecord], classify: Classify) -> None:
-        """Fold one run of records (all in this summary's time slot) in."""
+        """Fold one run of records (all in this summary's time slot) in.
+
+        One C-level ``Counter`` pass over the key slice of each record; everything else runs once
+        per distinct (entrypoint, client, host, router, xff, real_ip).
+        """
         ep_total = self.ep_total
         ep_internal = self.ep_internal
+        ep_clients = self.ep_clients
         clients = self.clients
         by_class = self.by_class
-        internal_seen: dict[str, InternalClient] = {}
-        for (ep, client), n in Counter(map(_pair, records)).items():
+        internal = self.internal
+        hosts = self.hosts
+        routers = self.routers
+        for (ep, client, host, router, xff, rip), n in Counter(map(_key, records)).items():
             self.total += n
             ep_total[ep] = ep_total.get(ep, 0) + n
             clients[client] = clients.get(client, 0) + n
-            ep_set = self.ep_clients.get(ep)
+            ep_set = ep_clients.get(ep)
             if ep_set is None:
-                ep_set = self.ep_clients[ep] = set()
+                ep_set = ep_clients[ep] = set()
             if len(ep_set) < SET_CAP:
                 ep_set.add(client)
+            if len(hosts) < SET_CAP:
+                hosts.add(host)
+            if len(routers) < SET_CAP:
+                routers.add(router)
             c = classify(client)
             key = (ep, c.cls)
             by_class[key] = by_class.get(key, 0) + n
-            if c.internal:
-                ep_internal[ep] = ep_internal.get(ep, 0) + n
-                ic = self.internal.get(client)
-                if ic is None:
-                    ic = self.internal[client] = InternalClient(c.cls)
-                ic.count += n
-                internal_seen[client] = ic
-        _add_capped(self.hosts, map(_host, records))
-        _add_capped(self.routers, map(_router, records))
-        if internal_seen:
-            self._internal_details(records, internal_seen, classify)
-        if len(clients) > CLIENTS_CAP:
-            self._prune_clients()
-
-    def _internal_details(
-        self,
-        records: Sequence[AccessRecord],
-        seen: dict[str, InternalClient],
-        classify: Classify,
-    ) -> None:
-        for r in records:
-            ic = seen.get(r[CLIENT])
-            if ic is None:
+            if not c.internal:
                 continue
+            ep_internal[ep] = ep_internal.get(ep, 0) + n
+            ic = internal.get(client)
+            if ic is None:
+                ic = internal[client] = InternalClient(c.cls)
+            ic.count += n
             if len(ic.hosts) < SET_CAP:
-                ic.hosts.add(r[HOST])
+                ic.hosts.add(host)
             if len(ic.routers) < SET_CAP:
-                ic.routers.add(r[ROUTER])
-            hint = r[XFF] or r[REAL_IP]
+                ic.routers.add(router)
+            hint = xff or rip
             if hint:
-                self.header_lines += 1
+                self.header_lines += n
                 # The original client is the leftmost X-Forwarded-For entry.
                 first = hint.partition(",")[0].strip()
                 if classify(first).cls is AddrClass.PUBLIC:
-                    ic.visible += 1
-                    ep = r[ENTRYPOINT]
-                    self.ep_visible[ep] = self.ep_visible.get(ep, 0) + 1
+                    ic.visible += n
+                    self.ep_visible[ep] = self.ep_visible.get(ep, 0) + n
                     if not self.visible_example:
                         self.visible_example = first
+        if len(clients) > CLIENTS_CAP:
+            self._prune_clients()
 
     def _prune_clients(self) -> None:
         keep = sorted(self.clients.items(), key=itemgetter(1), reverse=True)[: CLIENTS_CAP // 2]
@@ -247,6 +240,14 @@ class Timeline:
         out = Summary()
         for _, s in self._buckets:
             out.merge(s, full=full)
+        return out
+
+    def by_class(self) -> dict[tuple[str, AddrClass], int]:
+        """Cumulative requests per (entrypoint, client class), cheap enough for every scrape."""
+        out = dict(self.span.by_class)
+        if self._buckets:
+            for key, n in self._buckets[-1][1].by_class.items():
+                out[key] = out.get(key, 0) + n
         return out
 
     def whole(self) -> Summary:

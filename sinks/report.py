@@ -91,7 +91,9 @@ def _pct(x: float) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -111,22 +113,31 @@ def render_table(report: dict[str, Any]) -> str:
             else ""
         ),
         f"Time span: {s['time_span']['first']} .. {s['time_span']['last']}",
-        f"Decisions: {s['decisions']['active']} active, {s['decisions']['internal']} on internal targets",
+        f"Decisions: {s['decisions']['active']} active, "
+        f"{s['decisions']['internal']} on internal targets",
         "",
         "Entrypoints:",
     ]
     out += _table(
         ["entrypoint", "requests", "internal", "share", "clients"],
         [
-            [e["name"], str(e["requests"]), str(e["internal_requests"]), _pct(e["internal_share"]),
-             str(e["distinct_clients"])]
+            [
+                e["name"],
+                str(e["requests"]),
+                str(e["internal_requests"]),
+                _pct(e["internal_share"]),
+                str(e["distinct_clients"]),
+            ]
             for e in s["entrypoints"]
         ],
     )
     out += ["", "Top clients:"]
     out += _table(
         ["address", "requests", "share", "class"],
-        [[c["address"], str(c["requests"]), _pct(c["share"]), c["class"]] for c in s["top_clients"]],
+        [
+            [c["address"], str(c["requests"]), _pct(c["share"]), c["class"]]
+            for c in s["top_clients"]
+        ],
     )
     out += ["", f"Findings ({len(report['findings'])}):"]
     if not report["findings"]:
@@ -162,7 +173,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     out += [
-        f"| {e['name']} | {e['requests']} | {e['internal_requests']} | {_pct(e['internal_share'])} |"
+        f"| {e['name']} | {e['requests']} | {e['internal_requests']} "
+        f"| {_pct(e['internal_share'])} |"
         for e in s["entrypoints"]
     ]
     out += ["", "## Findings", ""]

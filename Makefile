@@ -1,0 +1,36 @@
+# One venv in .venv; every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Replay the bundled sample: a k3s cluster whose servicelb masks clients, and a CrowdSec ban on the hop.
+demo: $(STAMP)
+	-$(BIN)/auditor replay examples/demo/access.log --decisions examples/demo/decisions.json --format table
+
+## The whole suite (real CrowdSec, Tansu broker, Prometheus/promtool, kubectl; see .ci/run for installs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check pipeline parsers sinks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out
