@@ -23,7 +23,7 @@ from pipeline.addresses import (
     parse_network,
 )
 from pipeline.findings import Finding, FindingEvent, Kind, Severity, State
-from pipeline.traffic import Summary, Timeline
+from pipeline.traffic import Run, Summary, Timeline, count_runs
 
 BAN_TYPES = frozenset({"ban", "captcha"})
 
@@ -78,11 +78,15 @@ class Engine:
     # -- inputs ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[AccessRecord], stats: ParseStats, source: str) -> None:
         """Fold a parsed batch in. Evaluation happens when a data-time bucket closes."""
+        self.ingest_runs(count_runs(records, self.config.bucket_s), stats, source)
+
+    def ingest_runs(self, runs: Sequence[Run], stats: ParseStats, source: str) -> None:
+        """Fold pre-counted runs in (``count_runs`` output, possibly from another process)."""
         mine = self.stats.get(source)
         if mine is None:
             mine = self.stats[source] = ParseStats()
         mine.merge(stats)
-        closed = self.timeline.add(records, self.classifier.classify)
+        closed = self.timeline.add_runs(runs, self.classifier.classify)
         if closed:
             self._evaluate_masked()
         if stats.common:
@@ -120,6 +124,9 @@ class Engine:
 
     def finish(self) -> None:
         """End of a replay: evaluate everything once more on the full input."""
+        for source, st in self.stats.items():
+            if st.common:
+                self._evaluate_format(source)
         self._evaluate_masked()
         for key in list(self.decisions):
             self._evaluate_decision(key)

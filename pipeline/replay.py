@@ -7,19 +7,21 @@ Same parsers and engine as ``run``; the sources read to the end instead of follo
 from __future__ import annotations
 
 import argparse
+import gzip
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
-from parsers.envelope import Envelope
+from parsers.envelope import Envelope, detect
 from pipeline.addresses import Classifier
 from pipeline.audit import SourceAuditor
 from pipeline.engine import Engine, EngineConfig
 from pipeline.errors import UsageError
 from pipeline.findings import Severity, at_or_above
 from pipeline.netconfig import add_network_args, networks_from_args
+from pipeline.parallel import audit_parallel
 from pipeline.progress import Progress
 from pipeline.sources.readfile import input_size, line_batches, open_input
 from sinks.report import build_report, render_json, render_markdown, render_table
@@ -83,6 +85,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="requests a window needs before masking is judged (default 30)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="parse plain files with N processes (same report; default 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_network_args(p)
     p.set_defaults(func=run_replay)
@@ -102,6 +111,8 @@ def load_decisions(paths: list[str]) -> list[DecisionDelta]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.jobs < 1:
+        raise UsageError("--jobs: must be at least 1")
     if args.window <= 0:
         raise UsageError("--window: must be a positive number of seconds")
     if not 0.0 < args.masked_share <= 1.0:
@@ -140,6 +151,18 @@ def audit_path(
             source.feed(batch)
 
 
+def _parallel_ok(path: str, envelope: Envelope) -> bool:
+    """Chunks can be cut only in plain files of bare lines (no gzip, no stdin, no envelopes)."""
+    if path == "-" or envelope not in (Envelope.AUTO, Envelope.RAW):
+        return False
+    with open_input(path) as fh:
+        head = fh.read(4096)
+    if isinstance(fh, gzip.GzipFile):
+        return False
+    first = next((ln for ln in head.split(b"\n") if ln.strip()), b"")
+    return envelope is Envelope.RAW or detect(first) is Envelope.RAW
+
+
 def run_replay(args: argparse.Namespace) -> int:
     _check_args(args)
     engine = build_engine(args)
@@ -148,7 +171,10 @@ def run_replay(args: argparse.Namespace) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     progress = Progress(sum(input_size(f) for f in args.files), enabled=show)
     for path in args.files:
-        audit_path(engine, path, Envelope(args.envelope), progress.advance)
+        if args.jobs > 1 and _parallel_ok(path, Envelope(args.envelope)):
+            audit_parallel(engine, path, args.jobs, progress.advance)
+        else:
+            audit_path(engine, path, Envelope(args.envelope), progress.advance)
     progress.close()
     engine.finish()
     report = build_report(engine, list(args.files))

@@ -8,7 +8,7 @@ the input size (top clients are pruned, distinct-value sets stop growing at a ca
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 
 from parsers.records import KEY, TS, AccessRecord
@@ -18,6 +18,9 @@ SET_CAP = 4096
 CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
 
 _key = itemgetter(KEY)
+
+Key = tuple[str, str, str, str, str, str]  # entrypoint, client, host, router, xff, real_ip
+Run = tuple[int, Counter[Key], float, float]  # bucket id, key counts, first ts, last ts
 
 Classify = Callable[[str], Classification]
 
@@ -78,12 +81,8 @@ class Summary:
         self.header_lines = 0
         self.visible_example = ""
 
-    def add(self, records: Sequence[AccessRecord], classify: Classify) -> None:
-        """Fold one run of records (all in this summary's time slot) in.
-
-        One C-level ``Counter`` pass over the key slice of each record; everything else runs once
-        per distinct (entrypoint, client, host, router, xff, real_ip).
-        """
+    def add_counts(self, counts: Mapping[Key, int], classify: Classify) -> None:
+        """Fold counted keys in; runs once per distinct (ep, client, host, router, xff, real_ip)."""
         ep_total = self.ep_total
         ep_internal = self.ep_internal
         ep_clients = self.ep_clients
@@ -92,7 +91,7 @@ class Summary:
         internal = self.internal
         hosts = self.hosts
         routers = self.routers
-        for (ep, client, host, router, xff, rip), n in Counter(map(_key, records)).items():
+        for (ep, client, host, router, xff, rip), n in counts.items():
             self.total += n
             ep_total[ep] = ep_total.get(ep, 0) + n
             clients[client] = clients.get(client, 0) + n
@@ -170,6 +169,32 @@ class Summary:
         return sorted(self.clients.items(), key=itemgetter(1), reverse=True)[:k]
 
 
+def count_runs(records: Sequence[AccessRecord], bucket_s: int) -> list[Run]:
+    """The per-line part of tallying: split a batch into time-bucket runs and count their keys.
+
+    A batch usually falls inside one bucket, so the common case is a single C-level ``Counter``
+    pass; logs are close to time-ordered, so a batch that spans buckets splits into few runs.
+    """
+    if not records:
+        return []
+    first = records[0][TS]
+    last = records[-1][TS]
+    if int(first) // bucket_s == int(last) // bucket_s:
+        return [(int(last) // bucket_s, Counter(map(_key, records)), first, last)]
+    runs: list[Run] = []
+    start = 0
+    current = int(first) // bucket_s
+    for i, r in enumerate(records):
+        b = int(r[TS]) // bucket_s
+        if b != current:
+            run = records[start:i]
+            runs.append((current, Counter(map(_key, run)), run[0][TS], run[-1][TS]))
+            start, current = i, b
+    run = records[start:]
+    runs.append((current, Counter(map(_key, run)), run[0][TS], run[-1][TS]))
+    return runs
+
+
 class Timeline:
     """Per-bucket summaries on the data's time line, a sliding window over them, a span total.
 
@@ -190,33 +215,18 @@ class Timeline:
 
     def add(self, records: Sequence[AccessRecord], classify: Classify) -> list[int]:
         """Fold a batch in; returns the bucket ids that closed (for data-driven evaluation)."""
-        if not records:
-            return []
-        closed: list[int] = []
-        bucket_s = self.bucket_s
-        first = records[0][TS]
-        last = records[-1][TS]
-        if self.first_ts == 0.0 or (0.0 < first < self.first_ts):
-            self.first_ts = first or self.first_ts
-        if int(first) // bucket_s == int(last) // bucket_s:
-            closed += self._add_run(int(last) // bucket_s, records, classify)
-        else:
-            start = 0
-            current = int(first) // bucket_s
-            for i, r in enumerate(records):
-                b = int(r[TS]) // bucket_s
-                if b != current:
-                    closed += self._add_run(current, records[start:i], classify)
-                    start, current = i, b
-            closed += self._add_run(current, records[start:], classify)
-        self.last_ts = max(self.last_ts, last)
-        return closed
+        return self.add_runs(count_runs(records, self.bucket_s), classify)
 
-    def _add_run(
-        self, bucket: int, records: Sequence[AccessRecord], classify: Classify
-    ) -> list[int]:
-        summary, closed = self._open(bucket)
-        summary.add(records, classify)
+    def add_runs(self, runs: Sequence[Run], classify: Classify) -> list[int]:
+        """Fold pre-counted runs in (what parallel replay workers send back)."""
+        closed: list[int] = []
+        for bucket, counts, first, last in runs:
+            if first and (self.first_ts == 0.0 or first < self.first_ts):
+                self.first_ts = first
+            self.last_ts = max(self.last_ts, last)
+            summary, just_closed = self._open(bucket)
+            closed += just_closed
+            summary.add_counts(counts, classify)
         return closed
 
     def _open(self, bucket: int) -> tuple[Summary, list[int]]:

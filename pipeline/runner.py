@@ -1,0 +1,266 @@
+"""The live sidecar behind ``auditor run``: follows access logs and CrowdSec decisions, keeps
+metrics and findings current.
+
+Wiring: producers (file tailer, LAPI stream, ticker) put items on one bounded queue; a single
+consumer drives the engine and the sinks synchronously, so a slow sink stops the queue from
+draining and the tailer stops reading (backpressure without unbounded buffers). A stop signal
+reaches producers only; the consumer drains what is queued, checkpoints are written, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from parsers.crowdsec import DecisionDelta
+from parsers.envelope import Envelope
+from pipeline.addresses import Classifier
+from pipeline.audit import SourceAuditor
+from pipeline.config import RunConfig, listen_address
+from pipeline.engine import Engine, EngineConfig
+from pipeline.errors import UsageError
+from pipeline.lapi import LapiAuthError, LapiConfig, LapiStream
+from pipeline.netconfig import build_networks
+from pipeline.secrets import load_secret
+from pipeline.tail import FileTailer, TailBatch, TailConfig
+from sinks.findings import JsonlFindings
+from sinks.http import MetricsServer
+from sinks.prometheus import Metrics, SourceHealth
+
+log = logging.getLogger("auditor.run")
+
+QUEUE_ITEMS = 8
+TICK_S = 1.0
+CHECKPOINT_EVERY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    at: float
+
+
+_DONE = object()
+
+
+def lapi_from_config(config: RunConfig) -> LapiStream | None:
+    if not config.lapi_url:
+        return None
+    if config.lapi_key_file:
+        key, source = load_secret(file=config.lapi_key_file, what="lapi_key_file")
+    else:
+        key, source = load_secret(env=config.lapi_key_env, what="lapi key")
+    return LapiStream(
+        LapiConfig(
+            url=config.lapi_url,
+            key=key,
+            key_source=source,
+            poll_interval=config.lapi_poll_interval,
+        )
+    )
+
+
+def engine_from_config(config: RunConfig, clock: Callable[[], float]) -> Engine:
+    networks = build_networks(
+        {
+            "pod_cidr": config.pod_cidr,
+            "service_cidr": config.service_cidr,
+            "node_ip": config.node_ip,
+            "lb_ip": config.lb_ip,
+            "internal_cidr": config.internal_cidr,
+        },
+        k3s=config.k3s_defaults,
+        origin="config",
+    )
+    engine_config = EngineConfig(
+        window_s=config.window,
+        blast_scope="window",
+        masked_share=config.masked_share,
+        masked_min_requests=config.masked_min_requests,
+        clear_recovered=True,
+    )
+    return Engine(engine_config, Classifier(networks), clock)
+
+
+class Runner:
+    """One live auditor. ``run()`` returns the exit code; ``stop`` ends it gracefully."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.engine = engine_from_config(config, clock)
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.stop = asyncio.Event()
+        self.lapi = lapi_from_config(config)
+        self.tailer = FileTailer(
+            TailConfig(
+                paths=tuple(config.access_log),
+                checkpoint_dir=config.checkpoint_dir,
+                start_at=config.start_at,  # type: ignore[arg-type]
+                max_line_bytes=config.max_line_bytes,
+                poll_interval=config.poll_interval,
+                rotate_wait=config.rotate_wait,
+            )
+        )
+        self.envelope = Envelope(config.envelope)
+        self.source_kind = (
+            "container" if self.envelope in (Envelope.CRI, Envelope.DOCKER) else "file"
+        )
+        self._sources: dict[str, SourceAuditor] = {}
+        self._source_kinds: dict[str, str] = {}
+        self.server: MetricsServer | None = None
+        self.findings: JsonlFindings | None = None
+        self._fatal: BaseException | None = None
+        self._last_checkpoint = 0.0
+        self._started = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> int:
+        host, port = listen_address(self.config)
+        self.server = MetricsServer(host, port, self.metrics.exposition, self._ready)
+        try:
+            await self.server.start()
+        except OSError as exc:
+            msg = (
+                f"config key 'metrics_listen': cannot listen on {self.config.metrics_listen}: {exc}"
+            )
+            raise UsageError(msg) from None
+        self.findings = JsonlFindings(self.config.findings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop.set)
+        log.info(
+            "listening on %s:%d; following %s",
+            host,
+            self.server.port,
+            ", ".join(self.config.access_log),
+        )
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_ITEMS)
+        producers = [self._tail(queue), self._ticker(queue)]
+        if self.lapi is not None:
+            producers.append(self._lapi(queue, self.lapi))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                consumer = tg.create_task(self._consume(queue, len(producers)))
+                for coro in producers:
+                    tg.create_task(self._producer(coro, queue))
+                self._started = True
+                await consumer
+        finally:
+            self.tailer.flush_checkpoints()
+            if self.lapi is not None:
+                await self.lapi.aclose()
+            await self.server.close()
+            self.findings.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        if self._fatal is not None:
+            log.error("%s", self._fatal)
+            return 2
+        return 0
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting"
+        if self.lapi is not None and not self.lapi.status.up:
+            return False, f"lapi down: {self.lapi.status.last_error or 'no successful poll yet'}"
+        return True, "ready"
+
+    async def _producer(self, coro: Any, queue: asyncio.Queue[Any]) -> None:
+        try:
+            await coro
+        except LapiAuthError as exc:
+            self._fatal = exc
+            self.stop.set()
+        finally:
+            await queue.put(_DONE)
+
+    # -- producers --------------------------------------------------------------------------
+    async def _tail(self, queue: asyncio.Queue[Any]) -> None:
+        async for batch in self.tailer.batches(self.stop):
+            await queue.put(batch)
+
+    async def _lapi(self, queue: asyncio.Queue[Any], lapi: LapiStream) -> None:
+        async for delta in lapi.deltas(self.stop):
+            await queue.put(delta)
+
+    async def _ticker(self, queue: asyncio.Queue[Any]) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), TICK_S)
+            await queue.put(_Tick(self.clock()))
+
+    # -- consumer ---------------------------------------------------------------------------
+    async def _consume(self, queue: asyncio.Queue[Any], producers: int) -> None:
+        done = 0
+        while done < producers:
+            item = await queue.get()
+            if item is _DONE:
+                done += 1
+            elif isinstance(item, TailBatch):
+                self.handle_batch(item)
+            elif isinstance(item, DecisionDelta):
+                self.engine.apply(item)
+            elif isinstance(item, _Tick):
+                self.engine.tick()
+                self._refresh()
+            self._emit()
+        self.engine.tick()
+        self._emit()
+        self._refresh()
+
+    def handle_batch(self, batch: TailBatch) -> None:
+        src = self._sources.get(batch.file_key)
+        if src is None:
+            src = self._sources[batch.file_key] = SourceAuditor(
+                self.engine, batch.path, self.envelope, self.config.max_line_bytes
+            )
+            self._source_kinds[batch.path] = self.source_kind
+        src.feed(batch.lines)
+        self.metrics.mark_event(self.source_kind, self.clock())
+        self.tailer.ack(batch)
+
+    def _emit(self) -> None:
+        events = self.engine.drain_events()
+        if events and self.findings is not None:
+            self.findings.emit(events)
+            for e in events:
+                log.info(
+                    "finding %s: %s %s", e.state.value, e.finding.kind.value, e.finding.summary
+                )
+
+    def _refresh(self) -> None:
+        lapi = self.lapi.status if self.lapi is not None else None
+        stats = self.tailer.stats
+        self.metrics.refresh(
+            self.engine,
+            self._source_kinds,
+            SourceHealth(
+                lapi_configured=lapi is not None,
+                lapi_up=bool(lapi and lapi.up),
+                lapi_last_success=lapi.last_success if lapi else None,
+                lapi_polls_ok=lapi.polls_ok if lapi else 0,
+                lapi_polls_failed=lapi.polls_failed if lapi else 0,
+                tail_lag_bytes=stats.lag_bytes,
+                tail_rotations=stats.rotations + stats.truncations,
+            ),
+        )
+        now = time.monotonic()
+        if now - self._last_checkpoint >= CHECKPOINT_EVERY_S:
+            self._last_checkpoint = now
+            self.tailer.flush_checkpoints()
