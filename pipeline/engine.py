@@ -8,7 +8,7 @@ drive the same code and tests can step time by hand.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from parsers.crowdsec import Decision, DecisionDelta
@@ -138,6 +138,28 @@ class Engine:
                 active.decision, self._classify_target(active.decision), active.expires_at
             )
             self._evaluate_decision(key)
+
+    def replace_findings(self, group: str, findings: Sequence[Finding]) -> None:
+        """Set the findings an outside checker owns (config audit, CrowdSec health...).
+
+        Findings of ``group`` not in ``findings`` are cleared; new ones raised, changed ones
+        updated. Keys are prefixed with the group so checkers cannot clash.
+        """
+        prefix = f"{group}:"
+        wanted = {prefix + (f.key or f"{f.kind.value}:{f.check}:{f.target}"): f for f in findings}
+        for key in [k for k in self.findings if k.startswith(prefix) and k not in wanted]:
+            self._clear(key)
+        for key, f in wanted.items():
+            self._emit(replace(f, key=key))
+
+    def note(self, finding: Finding) -> None:
+        """A one-off event (e.g. a remediation action): raised and cleared at once, so it is
+        logged and counted without staying active."""
+        key = f"note:{len(self._events)}:{finding.kind.value}:{finding.target}"
+        f = replace(finding, key=key)
+        k = (f.kind, f.severity)
+        self.raised_total[k] = self.raised_total.get(k, 0) + 1
+        self._events.append(FindingEvent(State.RAISED, f, self.clock()))
 
     def request_classes(self) -> dict[tuple[str, AddrClass], int]:
         return self.timeline.by_class()

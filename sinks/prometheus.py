@@ -109,14 +109,10 @@ class Metrics:
         self.remediations = Counter(
             "auditor_remediations", "Remediation actions", ["action", "result"], registry=r
         )
-        self.kube_up = Gauge(
-            "auditor_kubernetes_up", "1 when Kubernetes discovery is in sync", registry=r
-        )
-        self.kube_sync = Gauge(
-            "auditor_kubernetes_sync_timestamp_seconds",
-            "Time of the last successful Kubernetes sync",
-            registry=r,
-        )
+        # Created on the first refresh with discovery configured: a 0 from an auditor that does
+        # not do discovery would fire the discovery-down alert.
+        self.kube_up: Gauge | None = None
+        self.kube_sync: Gauge | None = None
         self.kafka_published = Counter(
             "auditor_kafka_events_published", "Access events acknowledged by Kafka", registry=r
         )
@@ -148,7 +144,6 @@ class Metrics:
         for res in ("done", "dry_run", "error", "rate_limited"):
             self.remediations.labels("delete_decision", res)
         self.lapi_up.set(0)
-        self.kube_up.set(0)
 
     @staticmethod
     def _advance(
@@ -217,6 +212,17 @@ class Metrics:
             self.tail_rotations.inc(health.tail_rotations - self._seen_rotations)
             self._seen_rotations = health.tail_rotations
         if health.kube_configured:
+            if self.kube_up is None or self.kube_sync is None:
+                self.kube_up = Gauge(
+                    "auditor_kubernetes_up",
+                    "1 when Kubernetes discovery is in sync",
+                    registry=self.registry,
+                )
+                self.kube_sync = Gauge(
+                    "auditor_kubernetes_sync_timestamp_seconds",
+                    "Time of the last successful Kubernetes sync",
+                    registry=self.registry,
+                )
             self.kube_up.set(1 if health.kube_up else 0)
             if health.kube_last_sync:
                 self.kube_sync.set(health.kube_last_sync)

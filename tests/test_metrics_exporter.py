@@ -134,3 +134,12 @@ async def test_http_routes() -> None:
         assert "404" in (await get("/nope"))[0]
     finally:
         await server.close()
+
+
+def test_kubernetes_gauges_only_with_discovery() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.refresh(_engine(), {}, SourceHealth())
+    assert b"auditor_kubernetes_up" not in metrics.exposition()
+    metrics.refresh(_engine(), {}, SourceHealth(kube_configured=True, kube_up=False))
+    assert registry.get_sample_value("auditor_kubernetes_up") == 0.0
