@@ -14,9 +14,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +27,8 @@ from pipeline.audit import SourceAuditor
 from pipeline.config import RunConfig, listen_address
 from pipeline.engine import Engine, EngineConfig
 from pipeline.errors import UsageError
+from pipeline.extensions import attach_all
+from pipeline.findings import FindingEvent
 from pipeline.lapi import LapiAuthError, LapiConfig, LapiStream
 from pipeline.netconfig import build_networks
 from pipeline.secrets import load_secret
@@ -48,6 +50,45 @@ class _Tick:
 
 
 _DONE = object()
+
+Post = Callable[[Callable[["Runner"], None]], Awaitable[None]]
+
+
+class EventSink(Protocol):
+    """Receives finding state changes (JSONL file, Kafka findings topic, remediation...)."""
+
+    def emit(self, events: Sequence[FindingEvent]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Service(Protocol):
+    """A background producer (CrowdSec health poller, Kubernetes discovery...).
+
+    It never touches the engine directly: it posts callables that the single consumer runs
+    between batches, which keeps the engine single-threaded and ordered.
+    """
+
+    async def run(self, stop: asyncio.Event, post: Post) -> None: ...
+
+
+class Publisher(Protocol):
+    """Sends a batch elsewhere (Kafka) and returns once it is durably acknowledged."""
+
+    async def publish(self, batch: TailBatch) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _JsonlSink:
+    def __init__(self, target: str) -> None:
+        self._out = JsonlFindings(target)
+
+    def emit(self, events: Sequence[FindingEvent]) -> None:
+        self._out.emit(events)
+
+    async def aclose(self) -> None:
+        self._out.close()
 
 
 def lapi_from_config(config: RunConfig) -> LapiStream | None:
@@ -122,13 +163,18 @@ class Runner:
         self._sources: dict[str, SourceAuditor] = {}
         self._source_kinds: dict[str, str] = {}
         self.server: MetricsServer | None = None
-        self.findings: JsonlFindings | None = None
+        self.sinks: list[EventSink] = []
+        self.services: list[Service] = []
+        self.publisher: Publisher | None = None
+        self.audit_locally = True
+        self.kube_status: Any = None  # set by discovery: .up, .last_sync
         self._fatal: BaseException | None = None
         self._last_checkpoint = 0.0
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> int:
+        attach_all(self)
         host, port = listen_address(self.config)
         self.server = MetricsServer(host, port, self.metrics.exposition, self._ready)
         try:
@@ -138,7 +184,7 @@ class Runner:
                 f"config key 'metrics_listen': cannot listen on {self.config.metrics_listen}: {exc}"
             )
             raise UsageError(msg) from None
-        self.findings = JsonlFindings(self.config.findings)
+        self.sinks.insert(0, _JsonlSink(self.config.findings))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -153,6 +199,11 @@ class Runner:
         producers = [self._tail(queue), self._ticker(queue)]
         if self.lapi is not None:
             producers.append(self._lapi(queue, self.lapi))
+
+        async def post(fn: Callable[[Runner], None]) -> None:
+            await queue.put(fn)
+
+        producers += [svc.run(self.stop, post) for svc in self.services]
         try:
             async with asyncio.TaskGroup() as tg:
                 consumer = tg.create_task(self._consume(queue, len(producers)))
@@ -164,8 +215,11 @@ class Runner:
             self.tailer.flush_checkpoints()
             if self.lapi is not None:
                 await self.lapi.aclose()
+            if self.publisher is not None:
+                await self.publisher.aclose()
             await self.server.close()
-            self.findings.close()
+            for sink in self.sinks:
+                await sink.aclose()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -184,7 +238,7 @@ class Runner:
     async def _producer(self, coro: Any, queue: asyncio.Queue[Any]) -> None:
         try:
             await coro
-        except LapiAuthError as exc:
+        except (LapiAuthError, UsageError) as exc:
             self._fatal = exc
             self.stop.set()
         finally:
@@ -213,18 +267,24 @@ class Runner:
             if item is _DONE:
                 done += 1
             elif isinstance(item, TailBatch):
-                self.handle_batch(item)
+                if self.publisher is not None:
+                    await self.publisher.publish(item)
+                if self.audit_locally:
+                    self.feed(item)
+                self.tailer.ack(item)
             elif isinstance(item, DecisionDelta):
                 self.engine.apply(item)
             elif isinstance(item, _Tick):
                 self.engine.tick()
                 self._refresh()
+            elif callable(item):
+                item(self)
             self._emit()
         self.engine.tick()
         self._emit()
         self._refresh()
 
-    def handle_batch(self, batch: TailBatch) -> None:
+    def feed(self, batch: TailBatch) -> None:
         src = self._sources.get(batch.file_key)
         if src is None:
             src = self._sources[batch.file_key] = SourceAuditor(
@@ -233,12 +293,12 @@ class Runner:
             self._source_kinds[batch.path] = self.source_kind
         src.feed(batch.lines)
         self.metrics.mark_event(self.source_kind, self.clock())
-        self.tailer.ack(batch)
 
     def _emit(self) -> None:
         events = self.engine.drain_events()
-        if events and self.findings is not None:
-            self.findings.emit(events)
+        if events:
+            for sink in self.sinks:
+                sink.emit(events)
             for e in events:
                 log.info(
                     "finding %s: %s %s", e.state.value, e.finding.kind.value, e.finding.summary
@@ -258,6 +318,9 @@ class Runner:
                 lapi_polls_failed=lapi.polls_failed if lapi else 0,
                 tail_lag_bytes=stats.lag_bytes,
                 tail_rotations=stats.rotations + stats.truncations,
+                kube_configured=self.kube_status is not None,
+                kube_up=bool(self.kube_status is not None and self.kube_status.up),
+                kube_last_sync=getattr(self.kube_status, "last_sync", None),
             ),
         )
         now = time.monotonic()
