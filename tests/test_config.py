@@ -83,13 +83,24 @@ def test_cli_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "bogus_key" in capsys.readouterr().err
 
 
-def test_print_config_redacts(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_print_config_redacts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = tmp_path / "key"
     key.write_text("very-secret-key\n")
     monkeypatch.setenv("AUDITOR_LAPI_KEY", "env-secret")
-    rc = main(["run", "--print-config", "--access-log", "/x.log", "--lapi-url",
-               "http://127.0.0.1:1/", "--lapi-key-file", str(key)])
+    rc = main(
+        [
+            "run",
+            "--print-config",
+            "--access-log",
+            "/x.log",
+            "--lapi-url",
+            "http://127.0.0.1:1/",
+            "--lapi-key-file",
+            str(key),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "very-secret-key" not in out and "env-secret" not in out

@@ -24,10 +24,23 @@ class Clock:
         return self.now
 
 
-def _rec(ts: float, ep: str, client: str) -> tuple[float, str, str, str, str, str, str, int,
-                                                  str, str, str, int]:
-    return (ts, ep, client, "video.example", "invidious@kubernetes", client, client + ":1", 200,
-            "", "", "", 1)
+def _rec(
+    ts: float, ep: str, client: str
+) -> tuple[float, str, str, str, str, str, str, int, str, str, str, int]:
+    return (
+        ts,
+        ep,
+        client,
+        "video.example",
+        "invidious@kubernetes",
+        client,
+        client + ":1",
+        200,
+        "",
+        "",
+        "",
+        1,
+    )
 
 
 def _engine() -> Engine:
@@ -51,11 +64,25 @@ def test_every_contract_metric_is_exposed_with_allowed_labels() -> None:
     stats = ParseStats()
     stats.lines = stats.json = 3
     engine.ingest([_rec(1_700_000_000.0, "web", "10.42.0.9")] * 3, stats, "/var/log/a.log")
-    engine.apply(parse_decisions(b'[{"id":1,"origin":"crowdsec","scenario":"x","scope":"Ip",'
-                                 b'"type":"ban","value":"10.42.0.9","duration":"4h"}]'))
-    metrics.refresh(engine, {"/var/log/a.log": "file"}, SourceHealth(
-        lapi_configured=True, lapi_up=True, lapi_last_success=1.0, lapi_polls_ok=2,
-        kube_configured=True, kube_up=True, kube_last_sync=2.0))
+    engine.apply(
+        parse_decisions(
+            b'[{"id":1,"origin":"crowdsec","scenario":"x","scope":"Ip",'
+            b'"type":"ban","value":"10.42.0.9","duration":"4h"}]'
+        )
+    )
+    metrics.refresh(
+        engine,
+        {"/var/log/a.log": "file"},
+        SourceHealth(
+            lapi_configured=True,
+            lapi_up=True,
+            lapi_last_success=1.0,
+            lapi_polls_ok=2,
+            kube_configured=True,
+            kube_up=True,
+            kube_last_sync=2.0,
+        ),
+    )
     metrics.mark_event("file", 3.0)
     metrics.kafka_published.inc(0)
     metrics.kafka_consumed.inc(0)
@@ -68,9 +95,11 @@ def test_every_contract_metric_is_exposed_with_allowed_labels() -> None:
             for label, value in sample_labels.items():
                 allowed = allowed_values(name, label)
                 assert allowed is None or value in allowed, (name, label, value)
-    value = dict((tuple(sorted(lab.items())), v) for lab, v in scraped["auditor_internal_bans_active"])
-    assert value[(("target_class", "pod"),)] == 1.0
-    req = {(lab["entrypoint"], lab["client_class"]): v for lab, v in scraped["auditor_requests_total"]}
+    bans = {lab["target_class"]: v for lab, v in scraped["auditor_internal_bans_active"]}
+    assert bans["pod"] == 1.0
+    req = {
+        (lab["entrypoint"], lab["client_class"]): v for lab, v in scraped["auditor_requests_total"]
+    }
     assert req[("web", "pod")] == 3.0
     lines = {(lab["source"], lab["result"]): v for lab, v in scraped["auditor_lines_total"]}
     assert lines[("file", "json")] == 3.0
@@ -100,18 +129,28 @@ def test_counters_advance_by_difference() -> None:
         stats.lines = stats.json = 2
         engine.ingest([_rec(1_700_000_000.0 + i, "web", "198.51.100.1")] * 2, stats, "a")
         metrics.refresh(engine, {"a": "file"}, SourceHealth())
-    assert registry.get_sample_value(
-        "auditor_requests_total", {"entrypoint": "web", "client_class": "public"}) == 6.0
-    assert registry.get_sample_value(
-        "auditor_lines_total", {"source": "file", "result": "json"}) == 6.0
+    assert (
+        registry.get_sample_value(
+            "auditor_requests_total", {"entrypoint": "web", "client_class": "public"}
+        )
+        == 6.0
+    )
+    assert (
+        registry.get_sample_value("auditor_lines_total", {"source": "file", "result": "json"})
+        == 6.0
+    )
 
 
 async def test_http_routes() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ready = {"ok": False}
-    server = MetricsServer("127.0.0.1", 0, metrics.exposition,
-                           lambda: (ready["ok"], "ready" if ready["ok"] else "lapi down"))
+    server = MetricsServer(
+        "127.0.0.1",
+        0,
+        metrics.exposition,
+        lambda: (ready["ok"], "ready" if ready["ok"] else "lapi down"),
+    )
     await server.start()
 
     async def get(path: str) -> tuple[str, bytes]:
