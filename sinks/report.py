@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,7 +153,17 @@ def render_table(report: dict[str, Any]) -> str:
                 f"({_pct(blast['host_share'])}), {blast['routers']} routers "
                 f"({_pct(blast['router_share'])})"
             )
-        out.append(f"    fix: {f['fix']}")
+        hops = f["evidence"].get("internal_hops")
+        if hops:
+            ev = f["evidence"]
+            out.append(
+                f"    window: {ev['internal_requests']}/{ev['requests']} requests from "
+                f"internal hops ({', '.join(h['address'] for h in hops[:3])}); "
+                f"headers kept: {'yes' if ev['headers_kept'] else 'no'}"
+            )
+        out += textwrap.wrap(
+            f"fix: {f['fix']}", width=100, initial_indent="    ", subsequent_indent="         "
+        )
     return "\n".join(out) + "\n"
 
 
