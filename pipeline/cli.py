@@ -23,6 +23,8 @@ EXIT_USAGE = 2
 COMMANDS: tuple[str, ...] = (
     "pipeline.replay",
     "pipeline.run",
+    "pipeline.check",
+    "pipeline.allowlist",
 )
 
 
