@@ -168,8 +168,9 @@ def parse_decisions(data: bytes, *, startup: bool = False) -> DecisionDelta:
         return delta_from_obj(orjson.loads(data), startup=startup)
     except orjson.JSONDecodeError:
         pass
-    new: list[Decision] = []
-    deleted: list[Decision] = []
+    # JSON lines are a recording: replay them in order, so a later line wins over an earlier one.
+    active: dict[str, Decision] = {}
+    deleted: dict[str, Decision] = {}
     seen_line = False
     for lineno, line in enumerate(data.splitlines(), 1):
         if not line.strip():
@@ -181,9 +182,12 @@ def parse_decisions(data: bytes, *, startup: bool = False) -> DecisionDelta:
             msg = f"line {lineno}: not JSON ({exc})"
             raise DecisionFormatError(msg) from None
         delta = delta_from_obj(doc)
-        new.extend(delta.new)
-        deleted.extend(delta.deleted)
+        for d in delta.deleted:
+            active.pop(d.key, None)
+            deleted[d.key] = d
+        for d in delta.new:
+            active[d.key] = d
     if not seen_line:
         msg = "empty decisions payload"
         raise DecisionFormatError(msg)
-    return DecisionDelta(tuple(new), tuple(deleted), startup)
+    return DecisionDelta(tuple(active.values()), tuple(deleted.values()), startup)

@@ -7,7 +7,7 @@ record or bumps one bounded skip reason.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import datetime
 
 import orjson
@@ -23,7 +23,7 @@ _JSONDecodeError = orjson.JSONDecodeError
 _ACCESS_KEYS = ("ClientAddr", "ClientHost", "RequestMethod")
 
 _CLF = re.compile(
-    rb'^(?P<host>.+?) (?P<ident>\S+) (?P<user>\S+) \[(?P<time>[^\]]*)\] "(?P<req>[^"]*)" '
+    rb'^(?P<host>[^\[]+?) (?P<ident>\S+) (?P<user>\S+) \[(?P<time>[^\]]*)\] "(?P<req>[^"]*)" '
     rb"(?P<status>\S+) (?P<size>\S+)"
     rb'(?: (?:"(?P<ref>(?:[^"\\]|\\.)*)"|-)'
     rb' (?:"(?P<ua>(?:[^"\\]|\\.)*)"|-)'
@@ -31,6 +31,7 @@ _CLF = re.compile(
     rb'(?: (?:"(?P<router>(?:[^"\\]|\\.)*)"|(?P<router_bare>\S+)).*?'
     rb"(?: (?P<dur>\d+)ms)?)?)?)?\s*$"
 )
+_BOM = b"\xef\xbb\xbf"
 _APP_LOG_PREFIXES = (b'time="', b"DEBUG: ", b"INFO: ", b"WARN: ", b"ERROR: ", b"level=")
 
 _TS_CACHE_LIMIT = 8192
@@ -109,7 +110,7 @@ def client_of(client_host: str, peer: str) -> str:
     if client_host:
         if "," in client_host:
             return client_host.rpartition(",")[2].strip()
-        return client_host
+        return client_host.strip()
     return _host_of(peer) if peer else ""
 
 
@@ -122,22 +123,22 @@ class TraefikParser:
         self._times = _TimeCache()
         self.max_line_bytes = max_line_bytes
 
-    def parse(self, lines: Iterable[bytes], stats: ParseStats) -> list[AccessRecord]:
-        """Parse a batch. Lines carry no trailing newline."""
+    def parse(self, lines: Sequence[bytes], stats: ParseStats) -> list[AccessRecord]:
+        """Parse a batch. Lines carry no trailing newline.
+
+        The loop has a fast path for the usual Traefik line (every core key present, the second
+        of ``StartUTC`` already seen): plain subscripts inside a ``try`` that costs nothing until
+        a key is missing; anything else takes ``_record``, the general path.
+        """
         out: list[AccessRecord] = []
         append = out.append
         loads = _loads
         decode_error = _JSONDecodeError
-        utc = self._times.utc
         seconds = self._times.by_key
-        limit = self.max_line_bytes
-        n = 0
-        n_json = 0
+        if lines and max(map(len, lines)) > self.max_line_bytes:
+            lines = self._drop_long(lines, stats)
+        common = stats.common
         for line in lines:
-            n += 1
-            if len(line) > limit:
-                stats.skip(SkipReason.TOO_LONG)
-                continue
             try:
                 d = loads(line)
             except decode_error:
@@ -145,28 +146,23 @@ class TraefikParser:
                 if rec is not None:
                     append(rec)
                 continue
-            if type(d) is not dict:
-                stats.skip(SkipReason.NOT_ACCESS_LOG)
+            try:
+                peer = d["ClientAddr"]
+                ch = d["ClientHost"]
+                ts = seconds[d["StartUTC"][:19]]
+                ep = d["entryPointName"]
+                host = d["RequestHost"]
+                status = d["DownstreamStatus"]
+                dur = d["Duration"]
+            except (KeyError, TypeError, IndexError):
+                rec = self._record(d, stats)
+                if rec is not None:
+                    append(rec)
                 continue
-            get = d.get
-            peer = get("ClientAddr", "")
-            ch = get("ClientHost", "")
-            if not peer and not ch and "RequestMethod" not in d:
-                stats.skip(SkipReason.NOT_ACCESS_LOG)
-                continue
-            start = get("StartUTC")
-            if type(start) is str and len(start) >= 19:
-                ts = seconds.get(start[:19]) or utc(start)
-            else:
-                ts = self._fallback_time(d)
-            ep = get("entryPointName", "-")
-            host = get("RequestHost", "-")
-            router = get("RouterName", "-")
-            xff = get("request_X-Forwarded-For", "")
-            rip = get("request_X-Real-Ip", "")
-            status = get("DownstreamStatus", 0)
-            ua = get("request_User-Agent", "")
-            dur = get("Duration", 0)
+            router = d.get("RouterName", "-")
+            xff = d.get("request_X-Forwarded-For", "")
+            rip = d.get("request_X-Real-Ip", "")
+            ua = d.get("request_User-Agent", "")
             if (
                 type(peer) is not str
                 or type(ch) is not str
@@ -182,14 +178,61 @@ class TraefikParser:
                 stats.skip(SkipReason.BAD_FIELD)
                 continue
             if ch:
-                client = ch.rpartition(",")[2].strip() if "," in ch else ch
+                client = ch.rpartition(",")[2].strip() if "," in ch else ch.strip()
             else:
                 client = _host_of(peer)
-            n_json += 1
             append((ts, ep, client, host, router, xff, rip, ch, peer, status, ua, dur))
-        stats.lines += n
-        stats.json += n_json
+        stats.lines += len(lines)
+        stats.json += len(out) - (stats.common - common)
         return out
+
+    def _drop_long(self, lines: Sequence[bytes], stats: ParseStats) -> list[bytes]:
+        limit = self.max_line_bytes
+        kept = [line for line in lines if len(line) <= limit]
+        dropped = len(lines) - len(kept)
+        stats.skip(SkipReason.TOO_LONG, dropped)
+        stats.lines += dropped
+        return kept
+
+    def _record(self, d: object, stats: ParseStats) -> AccessRecord | None:
+        """The general path: any JSON value, any subset of keys, wrong types."""
+        if type(d) is not dict:
+            stats.skip(SkipReason.NOT_ACCESS_LOG)
+            return None
+        get = d.get
+        peer = get("ClientAddr", "")
+        ch = get("ClientHost", "")
+        if not peer and not ch and "RequestMethod" not in d:
+            stats.skip(SkipReason.NOT_ACCESS_LOG)
+            return None
+        start = get("StartUTC")
+        if type(start) is str and len(start) >= 19:
+            ts = self._times.utc(start)
+        else:
+            ts = self._fallback_time(d)
+        ep = get("entryPointName", "-")
+        host = get("RequestHost", "-")
+        router = get("RouterName", "-")
+        xff = get("request_X-Forwarded-For", "")
+        rip = get("request_X-Real-Ip", "")
+        status = get("DownstreamStatus", 0)
+        ua = get("request_User-Agent", "")
+        dur = get("Duration", 0)
+        if (
+            type(peer) is not str
+            or type(ch) is not str
+            or type(ep) is not str
+            or type(host) is not str
+            or type(router) is not str
+            or type(xff) is not str
+            or type(rip) is not str
+            or type(status) is not int
+            or type(ua) is not str
+            or type(dur) is not int
+        ):
+            stats.skip(SkipReason.BAD_FIELD)
+            return None
+        return (ts, ep, client_of(ch, peer), host, router, xff, rip, ch, peer, status, ua, dur)
 
     def _fallback_time(self, d: dict[str, object]) -> float:
         for key in ("time", "StartLocal"):
@@ -209,15 +252,20 @@ class TraefikParser:
         except UnicodeDecodeError:
             stats.skip(SkipReason.INVALID_UTF8)
             return None
+        if stripped.startswith(_BOM):
+            try:
+                return self._record(_loads(stripped[len(_BOM) :]), stats)
+            except _JSONDecodeError:
+                stripped = stripped[len(_BOM) :]
         if stripped[:1] in (b"{", b"["):
             stats.skip(SkipReason.INVALID_JSON)
             return None
+        if stripped.startswith(_APP_LOG_PREFIXES):
+            stats.skip(SkipReason.NOT_ACCESS_LOG)
+            return None
         m = _CLF.match(stripped)
         if m is None:
-            if stripped.startswith(_APP_LOG_PREFIXES):
-                stats.skip(SkipReason.NOT_ACCESS_LOG)
-            else:
-                stats.skip(SkipReason.UNRECOGNIZED)
+            stats.skip(SkipReason.UNRECOGNIZED)
             return None
         stats.common += 1
         return self._clf_record(m)
@@ -244,7 +292,7 @@ class TraefikParser:
             "",
             ch,
             "",
-            int(status_raw) if status_raw.isdigit() else 0,
+            int(status_raw) if status_raw.isascii() and status_raw.isdigit() else 0,
             "" if ua == "-" else ua,
             int(dur_raw) * 1_000_000 if dur_raw is not None else 0,
         )

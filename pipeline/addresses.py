@@ -131,7 +131,7 @@ def parse_network(text: str) -> tuple[int, int, int] | None:
     version, value = parsed
     bits = 32 if version == 4 else 128
     if sep:
-        if not len_part.isdigit():
+        if not (len_part.isascii() and len_part.isdigit()):
             return None
         length = int(len_part)
         # A /128-style length on a mapped address: translate to the IPv4 length.

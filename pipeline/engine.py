@@ -86,9 +86,7 @@ class Engine:
         if mine is None:
             mine = self.stats[source] = ParseStats()
         mine.merge(stats)
-        closed = self.timeline.add_runs(runs, self.classifier.classify)
-        if closed:
-            self._evaluate_masked()
+        self.timeline.add_runs(runs, self.classifier.classify, self._evaluate_masked)
         if stats.common:
             self._evaluate_format(source)
 
@@ -305,13 +303,9 @@ class Engine:
         total = window.ep_total.get(ep, 0)
         internal = window.ep_internal.get(ep, 0)
         share = _share(internal, total)
-        hops = sorted(
-            ((a, ic.count, ic.cls.value) for a, ic in window.internal.items()),
-            key=lambda t: t[1],
-            reverse=True,
-        )[:5]
+        hops = sorted(window.ep_hops.get(ep, {}).items(), key=lambda t: (-t[1], t[0]))[:5]
         visible = window.ep_visible.get(ep, 0)
-        headers_kept = window.header_lines > 0
+        headers_kept = window.ep_headers.get(ep, 0) > 0
         pct = round(share * 100)
         label = "(no entrypoint name)" if ep == "-" else ep
         evidence = {
@@ -321,10 +315,13 @@ class Engine:
             "internal_requests": internal,
             "internal_share": share,
             "distinct_clients": len(window.ep_clients.get(ep, ())),
-            "internal_hops": [{"address": a, "requests": n, "class": c} for a, n, c in hops],
+            "internal_hops": [
+                {"address": a, "requests": n, "class": self.classifier.classify(a).cls.value}
+                for a, n in hops
+            ],
             "headers_kept": headers_kept,
             "real_client_visible": visible,
-            "real_client_example": window.visible_example or None,
+            "real_client_example": window.ep_example.get(ep),
             "window_end": self.timeline.last_ts,
         }
         summary = (

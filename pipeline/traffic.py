@@ -15,6 +15,8 @@ from parsers.records import KEY, TS, AccessRecord
 from pipeline.addresses import AddrClass, Classification
 
 SET_CAP = 4096
+# Distinct internal addresses tracked per summary; a whole /16 of pods fits with room to spare.
+INTERNAL_CAP = 1 << 17
 CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
 
 _key = itemgetter(KEY)
@@ -56,15 +58,17 @@ class Summary:
         "by_class",
         "clients",
         "ep_clients",
+        "ep_example",
+        "ep_headers",
+        "ep_hops",
         "ep_internal",
         "ep_total",
         "ep_visible",
-        "header_lines",
         "hosts",
         "internal",
+        "internal_overflow",
         "routers",
         "total",
-        "visible_example",
     )
 
     def __init__(self) -> None:
@@ -76,10 +80,12 @@ class Summary:
         self.by_class: dict[tuple[str, AddrClass], int] = {}
         self.clients: dict[str, int] = {}
         self.internal: dict[str, InternalClient] = {}
+        self.internal_overflow = 0  # requests from internal addresses past INTERNAL_CAP
         self.hosts: set[str] = set()
         self.routers: set[str] = set()
-        self.header_lines = 0
-        self.visible_example = ""
+        self.ep_hops: dict[str, dict[str, int]] = {}  # internal clients per entrypoint
+        self.ep_headers: dict[str, int] = {}  # internal-client lines with XFF/X-Real-Ip kept
+        self.ep_example: dict[str, str] = {}  # a real client those headers revealed
 
     def add_counts(self, counts: Mapping[Key, int], classify: Classify) -> None:
         """Fold counted keys in; runs once per distinct (ep, client, host, router, xff, real_ip)."""
@@ -110,24 +116,34 @@ class Summary:
             if not c.internal:
                 continue
             ep_internal[ep] = ep_internal.get(ep, 0) + n
+            hops = self.ep_hops.get(ep)
+            if hops is None:
+                hops = self.ep_hops[ep] = {}
+            if client in hops or len(hops) < SET_CAP:
+                hops[client] = hops.get(client, 0) + n
+            hint = xff or rip
+            visible = False
+            if hint:
+                self.ep_headers[ep] = self.ep_headers.get(ep, 0) + n
+                # The original client is the leftmost X-Forwarded-For entry.
+                first = hint.partition(",")[0].strip()
+                if classify(first).cls is AddrClass.PUBLIC:
+                    visible = True
+                    self.ep_visible[ep] = self.ep_visible.get(ep, 0) + n
+                    self.ep_example.setdefault(ep, first)
             ic = internal.get(client)
             if ic is None:
+                if len(internal) >= INTERNAL_CAP:
+                    self.internal_overflow += n
+                    continue
                 ic = internal[client] = InternalClient(c.cls)
             ic.count += n
             if len(ic.hosts) < SET_CAP:
                 ic.hosts.add(host)
             if len(ic.routers) < SET_CAP:
                 ic.routers.add(router)
-            hint = xff or rip
-            if hint:
-                self.header_lines += n
-                # The original client is the leftmost X-Forwarded-For entry.
-                first = hint.partition(",")[0].strip()
-                if classify(first).cls is AddrClass.PUBLIC:
-                    ic.visible += n
-                    self.ep_visible[ep] = self.ep_visible.get(ep, 0) + n
-                    if not self.visible_example:
-                        self.visible_example = first
+            if visible:
+                ic.visible += n
         if len(clients) > CLIENTS_CAP:
             self._prune_clients()
 
@@ -141,6 +157,7 @@ class Summary:
             (other.ep_total, self.ep_total),
             (other.ep_internal, self.ep_internal),
             (other.ep_visible, self.ep_visible),
+            (other.ep_headers, self.ep_headers),
         ]
         if full:
             pairs.append((other.clients, self.clients))
@@ -152,16 +169,25 @@ class Summary:
         if full:
             for ep, clients in other.ep_clients.items():
                 _add_capped(self.ep_clients.setdefault(ep, set()), clients)
+        self.internal_overflow += other.internal_overflow
         for addr, ic in other.internal.items():
             mine = self.internal.get(addr)
             if mine is None:
+                if len(self.internal) >= INTERNAL_CAP:
+                    self.internal_overflow += ic.count
+                    continue
                 mine = self.internal[addr] = InternalClient(ic.cls)
             mine.merge(ic)
         _add_capped(self.hosts, other.hosts)
         _add_capped(self.routers, other.routers)
-        self.header_lines += other.header_lines
-        if not self.visible_example:
-            self.visible_example = other.visible_example
+        for ep, example in other.ep_example.items():
+            self.ep_example.setdefault(ep, example)
+        if full:
+            for ep, hops in other.ep_hops.items():
+                mine_hops = self.ep_hops.setdefault(ep, {})
+                for addr, n in hops.items():
+                    if addr in mine_hops or len(mine_hops) < SET_CAP:
+                        mine_hops[addr] = mine_hops.get(addr, 0) + n
         if len(self.clients) > CLIENTS_CAP:
             self._prune_clients()
 
@@ -217,23 +243,36 @@ class Timeline:
         """Fold a batch in; returns the bucket ids that closed (for data-driven evaluation)."""
         return self.add_runs(count_runs(records, self.bucket_s), classify)
 
-    def add_runs(self, runs: Sequence[Run], classify: Classify) -> list[int]:
-        """Fold pre-counted runs in (what parallel replay workers send back)."""
+    def add_runs(
+        self,
+        runs: Sequence[Run],
+        classify: Classify,
+        on_close: Callable[[], None] | None = None,
+    ) -> list[int]:
+        """Fold pre-counted runs in (what parallel replay workers send back).
+
+        ``on_close`` runs when a bucket closes, before the window slides past it, so data-driven
+        evaluation sees every bucket inside a window even across a gap in the data.
+        """
         closed: list[int] = []
         for bucket, counts, first, last in runs:
             if first and (self.first_ts == 0.0 or first < self.first_ts):
                 self.first_ts = first
+            summary, just_closed = self._open(bucket, on_close)
             self.last_ts = max(self.last_ts, last)
-            summary, just_closed = self._open(bucket)
             closed += just_closed
             summary.add_counts(counts, classify)
         return closed
 
-    def _open(self, bucket: int) -> tuple[Summary, list[int]]:
+    def _open(
+        self, bucket: int, on_close: Callable[[], None] | None = None
+    ) -> tuple[Summary, list[int]]:
         closed: list[int] = []
         if self._buckets and bucket <= self._buckets[-1][0]:
             return self._buckets[-1][1], closed
         if self._buckets:
+            if on_close is not None:
+                on_close()
             closed.append(self._buckets[-1][0])
             self.span.merge(self._buckets[-1][1])
         self._buckets.append((bucket, Summary()))

@@ -32,8 +32,8 @@ def open_input(path: str) -> BinaryIO:
         msg = f"input file not readable: {path}"
         raise UsageError(msg) from None
     if raw.read(2) == b"\x1f\x8b":
-        raw.seek(0)
-        return gzip.open(raw, "rb")  # type: ignore[return-value]
+        raw.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # owns (and closes) the file
     raw.seek(0)
     return raw
 
