@@ -99,7 +99,15 @@ class Engine:
                 if key not in incoming:
                     self._drop_decision(key)
         for d in delta.deleted:
-            self._drop_decision(d.key)
+            if d.key in self.decisions:
+                self._drop_decision(d.key)
+                continue
+            # CrowdSec 1.4.6 streams one decision per value (the longest) under `new` but reports
+            # the deletion under another decision's id, and only once none is left on the value.
+            for key, active in list(self.decisions.items()):
+                a = active.decision
+                if (a.scope, a.value, a.type) == (d.scope, d.value, d.type):
+                    self._drop_decision(key)
         for d in delta.new:
             if d.expired:
                 self._drop_decision(d.key)

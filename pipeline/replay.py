@@ -92,6 +92,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="parse plain files with N processes (same report; default 1)",
     )
+    p.add_argument(
+        "--geoip-db",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="MaxMind DB (GeoLite2/DB-IP/ip-location-db country, city or ASN) to add country "
+        "and AS of public addresses to the report (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_network_args(p)
     p.set_defaults(func=run_replay)
@@ -166,6 +174,11 @@ def _parallel_ok(path: str, envelope: Envelope) -> bool:
 def run_replay(args: argparse.Namespace) -> int:
     _check_args(args)
     engine = build_engine(args)
+    geo = None
+    if args.geoip_db:
+        from pipeline.geoip import GeoIP  # maxminddb only when asked for
+
+        geo = GeoIP.open(args.geoip_db, engine.classifier)  # a bad file fails before any input
     for delta in load_decisions(args.decisions):
         engine.apply(delta)
     show = not args.no_progress and sys.stderr.isatty()
@@ -177,7 +190,9 @@ def run_replay(args: argparse.Namespace) -> int:
             audit_path(engine, path, Envelope(args.envelope), progress.advance)
     progress.close()
     engine.finish()
-    report = build_report(engine, list(args.files))
+    report = build_report(engine, list(args.files), geo)
+    if geo is not None:
+        geo.close()
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
     render = {"table": render_table, "json": render_json, "markdown": render_markdown}[fmt]
     sys.stdout.write(render(report))

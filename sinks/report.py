@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import textwrap
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from parsers.records import ParseStats
 from pipeline.engine import Engine
 from pipeline.findings import Finding
+
+if TYPE_CHECKING:
+    from pipeline.geoip import GeoIP
 
 
 def _iso(ts: float) -> str | None:
@@ -23,7 +26,9 @@ def sorted_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (-f.severity.rank, f.kind.value, f.target))
 
 
-def build_report(engine: Engine, inputs: list[str]) -> dict[str, Any]:
+def build_report(engine: Engine, inputs: list[str], geo: GeoIP | None = None) -> dict[str, Any]:
+    """The report; with ``geo``, public top clients get a ``geo`` object ({} when no database
+    knows them) and findings that mention public addresses get ``evidence.geo``."""
     total = ParseStats()
     for st in engine.stats.values():
         total.merge(st)
@@ -39,7 +44,7 @@ def build_report(engine: Engine, inputs: list[str]) -> dict[str, Any]:
         }
         for ep, n in sorted(whole.ep_total.items(), key=lambda kv: -kv[1])
     ]
-    top = [
+    top: list[dict[str, Any]] = [
         {
             "address": addr,
             "requests": n,
@@ -48,6 +53,10 @@ def build_report(engine: Engine, inputs: list[str]) -> dict[str, Any]:
         }
         for addr, n in whole.top_clients(engine.config.top_k)
     ]
+    if geo is not None:
+        for client in top:
+            if client["class"] == "public":
+                client["geo"] = geo.lookup(client["address"]) or {}
     internal_decisions = [a for a in engine.decisions.values() if a.target.internal]
     by_scope: dict[str, int] = {}
     for a in engine.decisions.values():
@@ -80,7 +89,10 @@ def build_report(engine: Engine, inputs: list[str]) -> dict[str, Any]:
         },
         "findings": by_severity,
     }
-    return {"summary": summary, "findings": [f.as_dict() for f in findings]}
+    rendered = [f.as_dict() for f in findings]
+    if geo is not None:
+        rendered = [geo.enrich_dict(f) for f in rendered]
+    return {"summary": summary, "findings": rendered}
 
 
 def render_json(report: dict[str, Any]) -> str:
@@ -89,6 +101,18 @@ def render_json(report: dict[str, Any]) -> str:
 
 def _pct(x: float) -> str:
     return f"{x * 100:.1f}%"
+
+
+def geo_text(geo: dict[str, Any] | None) -> str:
+    """``DE AS3320 Deutsche Telekom AG``; ``-`` when nothing is known."""
+    if not geo:
+        return "-"
+    parts = [str(geo["country"])] if geo.get("country") else []
+    if geo.get("asn") is not None:
+        parts.append(f"AS{geo['asn']}")
+    if geo.get("as_org"):
+        parts.append(str(geo["as_org"]))
+    return " ".join(parts) or "-"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -133,10 +157,17 @@ def render_table(report: dict[str, Any]) -> str:
         ],
     )
     out += ["", "Top clients:"]
+    with_geo = any("geo" in c for c in s["top_clients"])
     out += _table(
-        ["address", "requests", "share", "class"],
+        ["address", "requests", "share", "class", *(["geo"] if with_geo else [])],
         [
-            [c["address"], str(c["requests"]), _pct(c["share"]), c["class"]]
+            [
+                c["address"],
+                str(c["requests"]),
+                _pct(c["share"]),
+                c["class"],
+                *([geo_text(c.get("geo"))] if with_geo else []),
+            ]
             for c in s["top_clients"]
         ],
     )
@@ -145,6 +176,8 @@ def render_table(report: dict[str, Any]) -> str:
         out.append("  none")
     for f in report["findings"]:
         out.append(f"  [{f['severity'].upper()}] {f['kind']} {f['target']}: {f['summary']}")
+        for addr, g in (f["evidence"].get("geo") or {}).items():
+            out.append(f"    {addr}: {geo_text(g)}")
         blast = f["evidence"].get("blast_radius")
         if blast:
             out.append(
