@@ -371,24 +371,11 @@ def register(subparsers: Any) -> None:
 
 async def _discover(args: argparse.Namespace) -> tuple[ClusterFacts, list[Network], str]:
     # Lazy: Kubernetes costs ~60 MB and is only needed with --kubeconfig/--context.
-    from pipeline.kube.api import KubeApiError
-    from pipeline.kube.client import connect
-    from pipeline.kube.discovery import Discovery, DiscoveryOptions
-    from pipeline.kube.extract import FactOptions
+    from pipeline.kube.discovery import discover_once
     from pipeline.kube.networks import cluster_networks
 
-    api = await connect(args.kubeconfig, args.context)
-    try:
-        disc = Discovery(
-            api, DiscoveryOptions(facts=FactOptions(traefik_selector=args.traefik_selector))
-        )
-        facts = await disc.sync_once()
-    except KubeApiError as exc:
-        msg = f"{api.description}: {exc}"
-        raise UsageError(msg) from None
-    finally:
-        await api.close()
-    return facts, cluster_networks(facts), f"discovered from {api.description}"
+    facts, where = await discover_once(args.kubeconfig, args.context, args.traefik_selector)
+    return facts, cluster_networks(facts), f"discovered from {where}"
 
 
 def run_allowlist(args: argparse.Namespace) -> int:

@@ -169,24 +169,11 @@ def internal_ban_findings(decisions: Sequence[Decision], classifier: Classifier)
 # -- run ------------------------------------------------------------------------------------------
 async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
     # Lazy: Kubernetes costs ~60 MB; `import pipeline.check` must stay light for the CLI.
-    from pipeline.kube.api import KubeApiError
     from pipeline.kube.audit import audit
-    from pipeline.kube.client import connect
-    from pipeline.kube.discovery import Discovery, DiscoveryOptions
-    from pipeline.kube.extract import FactOptions
+    from pipeline.kube.discovery import discover_once
     from pipeline.kube.networks import cluster_networks
 
-    api = await connect(args.kubeconfig, args.context)
-    try:
-        disc = Discovery(
-            api, DiscoveryOptions(facts=FactOptions(traefik_selector=args.traefik_selector))
-        )
-        facts = await disc.sync_once()
-    except KubeApiError as exc:
-        msg = f"{api.description}: {exc}"
-        raise UsageError(msg) from None
-    finally:
-        await api.close()
+    facts, where = await discover_once(args.kubeconfig, args.context, args.traefik_selector)
     discovered = cluster_networks(facts)
     classes = {n.cls for n in discovered}
     networks = (*(n for n in k3s_defaults() if n.cls not in classes), *discovered)
@@ -198,13 +185,11 @@ async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
         findings += internal_ban_findings(active, Classifier(networks))
     findings.sort(key=lambda f: -f.severity.rank)
     return CheckResult(
-        source=api.description,
+        source=where,
         facts=facts,
         networks=networks,
         findings=tuple(findings),
-        allowlist=allowlist_from_facts(
-            facts, networks, source=f"discovered from {api.description}"
-        ),
+        allowlist=allowlist_from_facts(facts, networks, source=f"discovered from {where}"),
         decisions=decisions,
     )
 

@@ -374,3 +374,27 @@ class Discovery:
     @staticmethod
     def _jitter(delay: float) -> float:
         return delay * (0.5 + random.random() / 2)
+
+
+async def discover_once(
+    kubeconfig: str | None, context: str | None, traefik_selector: str
+) -> tuple[ClusterFacts, str]:
+    """One list of the cluster for the one-shot commands (check, allowlist).
+
+    Returns the facts and a description of the API server; an unreachable or refusing API
+    becomes a ``UsageError`` naming it (exit 2).
+    """
+    from pipeline.errors import UsageError
+    from pipeline.kube.client import connect
+
+    api = await connect(kubeconfig, context)
+    try:
+        disc = Discovery(
+            api, DiscoveryOptions(facts=extract.FactOptions(traefik_selector=traefik_selector))
+        )
+        return await disc.sync_once(), api.description
+    except KubeApiError as exc:
+        msg = f"{api.description}: {exc}"
+        raise UsageError(msg) from None
+    finally:
+        await api.close()
