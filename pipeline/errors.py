@@ -9,3 +9,7 @@ class UsageError(Exception):
 
 class ConfigError(UsageError):
     """A config key is unknown or has a bad value; the message names the key."""
+
+
+class FatalSourceError(Exception):
+    """A source cannot work with this config (e.g. the LAPI refuses the key): stop, exit 2."""

@@ -20,6 +20,7 @@ import aiohttp
 
 import pipeline
 from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
+from pipeline.errors import FatalSourceError
 from pipeline.secrets import Secret
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class LapiError(Exception):
     """A fatal LAPI answer (bad URL, rejected request): retrying would not help."""
 
 
-class LapiAuthError(LapiError):
+class LapiAuthError(LapiError, FatalSourceError):
     """The LAPI rejected the bouncer key (401/403); the message names its source, never the key."""
 
 

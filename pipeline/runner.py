@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -26,16 +26,18 @@ from pipeline.addresses import Classifier
 from pipeline.audit import SourceAuditor
 from pipeline.config import RunConfig, listen_address
 from pipeline.engine import Engine, EngineConfig
-from pipeline.errors import UsageError
+from pipeline.errors import FatalSourceError, UsageError
 from pipeline.extensions import attach_all
 from pipeline.findings import FindingEvent
-from pipeline.lapi import LapiAuthError, LapiConfig, LapiStream
 from pipeline.netconfig import build_networks
 from pipeline.secrets import load_secret
 from pipeline.tail import FileTailer, TailBatch, TailConfig
 from sinks.findings import JsonlFindings
 from sinks.http import MetricsServer
 from sinks.prometheus import Metrics, SourceHealth
+
+if TYPE_CHECKING:
+    from pipeline.lapi import LapiStream
 
 log = logging.getLogger("auditor.run")
 
@@ -94,6 +96,9 @@ class _JsonlSink:
 def lapi_from_config(config: RunConfig) -> LapiStream | None:
     if not config.lapi_url:
         return None
+    # Imported here: aiohttp costs ~10 MB of RSS, which a sidecar without a LAPI need not pay.
+    from pipeline.lapi import LapiConfig, LapiStream
+
     if config.lapi_key_file:
         key, source = load_secret(file=config.lapi_key_file, what="lapi_key_file")
     else:
@@ -238,7 +243,7 @@ class Runner:
     async def _producer(self, coro: Any, queue: asyncio.Queue[Any]) -> None:
         try:
             await coro
-        except (LapiAuthError, UsageError) as exc:
+        except (FatalSourceError, UsageError) as exc:
             self._fatal = exc
             self.stop.set()
         finally:
