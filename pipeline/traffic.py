@@ -20,6 +20,7 @@ INTERNAL_CAP = 1 << 17
 CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
 
 _key = itemgetter(KEY)
+_ts = itemgetter(TS)
 
 Key = tuple[str, str, str, str, str, str]  # entrypoint, client, host, router, xff, real_ip
 Run = tuple[int, Counter[Key], float, float]  # bucket id, key counts, first ts, last ts
@@ -195,29 +196,37 @@ class Summary:
         return sorted(self.clients.items(), key=itemgetter(1), reverse=True)[:k]
 
 
+def _earliest(records: Sequence[AccessRecord]) -> float:
+    """Smallest known timestamp (0.0 marks a line without one)."""
+    return min(filter(None, map(_ts, records)), default=0.0)
+
+
 def count_runs(records: Sequence[AccessRecord], bucket_s: int) -> list[Run]:
     """The per-line part of tallying: split a batch into time-bucket runs and count their keys.
 
     A batch usually falls inside one bucket, so the common case is a single C-level ``Counter``
-    pass; logs are close to time-ordered, so a batch that spans buckets splits into few runs.
+    pass. Lines are logged in order of request *end*, so a slow request lands late with an
+    older timestamp: such stragglers stay in the current run (the timeline would put them in
+    its open bucket anyway), and a new run starts only when time moves past every bucket seen.
     """
     if not records:
         return []
-    first = records[0][TS]
-    last = records[-1][TS]
-    if int(first) // bucket_s == int(last) // bucket_s:
-        return [(int(last) // bucket_s, Counter(map(_key, records)), first, last)]
+    lo = _earliest(records)
+    hi = max(map(_ts, records))
+    first_bucket = int(records[0][TS]) // bucket_s
+    if first_bucket == int(hi) // bucket_s:
+        return [(first_bucket, Counter(map(_key, records)), lo, hi)]
     runs: list[Run] = []
     start = 0
-    current = int(first) // bucket_s
+    current = first_bucket
     for i, r in enumerate(records):
         b = int(r[TS]) // bucket_s
-        if b != current:
+        if b > current:
             run = records[start:i]
-            runs.append((current, Counter(map(_key, run)), run[0][TS], run[-1][TS]))
+            runs.append((current, Counter(map(_key, run)), _earliest(run), max(map(_ts, run))))
             start, current = i, b
     run = records[start:]
-    runs.append((current, Counter(map(_key, run)), run[0][TS], run[-1][TS]))
+    runs.append((current, Counter(map(_key, run)), _earliest(run), max(map(_ts, run))))
     return runs
 
 
