@@ -110,3 +110,11 @@ def test_print_config_redacts(
 
 def test_defaults_are_loopback_safe() -> None:
     assert RunConfig().metrics_listen.startswith("127.0.0.1:")
+
+
+def test_shipped_example_config_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "run.toml"
+    assert main(["run", "--config", str(example), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert '"lapi_url": "http://127.0.0.1:8080/"' in out
+    assert '"lapi_key": "<from file /run/secrets/ban-auditor/api-key>"' in out
