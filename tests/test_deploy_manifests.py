@@ -140,7 +140,7 @@ def test_common_objects(rendered: dict[str, list[Obj]], target: str) -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     config = _config(objs)
     assert config.start_at == "end"
-    assert config.discovery is False  # ~45 MB more RSS per pod; opt-in (config.toml comment)
+    assert config.discovery is False  # ~52 MB more RSS per pod; opt-in (config.toml comment)
     assert config.metrics_listen == POD_ENV["AUDITOR_METRICS_LISTEN"]
     assert config.lapi_url
     assert config.lapi_key_file == "/run/secrets/ban-auditor/api-key"
