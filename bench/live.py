@@ -1,0 +1,341 @@
+"""The live path: what ``auditor run`` costs while a writer appends to the access log it tails.
+
+    .venv/bin/python -m bench.live [--source FILE] [--rate 1000] [--duration 60] [--json OUT]
+
+Starts ``auditor run --access-log PATH --metrics-listen 127.0.0.1:PORT --findings /dev/null
+--checkpoint-dir DIR --start-at beginning`` (no LAPI) on an empty file in a temporary directory,
+then:
+
+1. steady: appends ``--rate`` lines/s (in 50 ms slices) for ``--duration`` seconds after a
+   warm-up; CPU from ``/proc/<pid>/stat`` utime+stime over the measured stretch, RSS from
+   ``/proc/<pid>/status`` (VmRSS sampled every second, VmHWM at the end);
+2. burst: appends ``--burst-lines`` lines as fast as the disk takes them and times how long
+   ``auditor_lines_total`` (scraped from the metrics endpoint) takes to account for all of them.
+
+Lines come from ``--source`` (a generated log; made if missing). Exits 3 with a message when
+``auditor run`` does not exist yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+UNAVAILABLE = 3
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_LINES_RE = re.compile(r"^auditor_lines_total\{[^}]*\}\s+([0-9.eE+-]+)", re.MULTILINE)
+
+
+class LiveError(RuntimeError):
+    pass
+
+
+def auditor_argv() -> list[str]:
+    script = Path(sys.executable).parent / "auditor"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+
+
+def run_available() -> str | None:
+    """None when ``auditor run`` exists, else why not."""
+    try:
+        r = subprocess.run(
+            [*auditor_argv(), "run", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+        )
+    except OSError as exc:
+        return f"cannot start auditor: {exc}"
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return f"`auditor run` is not available in this build ({last})"
+    missing = [
+        f
+        for f in (
+            "--access-log",
+            "--metrics-listen",
+            "--findings",
+            "--checkpoint-dir",
+            "--start-at",
+        )
+        if f not in r.stdout
+    ]
+    if missing:
+        return f"`auditor run --help` does not list {', '.join(missing)}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the process (clock ticks); field 2 may hold spaces, so split after ')'."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def lines_seen(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    values = _LINES_RE.findall(text)
+    return int(sum(float(v) for v in values)) if values else 0
+
+
+def source_lines(path: Path) -> Iterator[bytes]:
+    """The source's lines, cycled (the live phases rarely need the whole file)."""
+    while True:
+        with path.open("rb") as fh:
+            yield from fh
+
+
+def wait_for(pred: Any, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LiveError(f"auditor run exited with {proc.returncode} while waiting for {what}")
+        if pred():
+            return
+        time.sleep(0.05)
+    raise LiveError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def steady(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log: Path,
+    lines: Iterator[bytes],
+    rate: int,
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    slice_s = 0.05
+    written = 0
+    rss_samples: list[int] = []
+    with log.open("ab", buffering=0) as fh:
+        t0 = time.monotonic()
+        measure_from = t0 + warmup
+        end = measure_from + duration
+        ticks0: int | None = None
+        written_at_start = 0
+        t_measure = 0.0
+        next_tick = t0
+        next_sample = measure_from
+        while True:
+            now = time.monotonic()
+            if ticks0 is None and now >= measure_from:
+                ticks0, t_measure, written_at_start = cpu_ticks(proc.pid), now, written
+            if now >= end:
+                break
+            n = int(rate * (now - t0)) - written  # by the clock, so a late wake-up catches up
+            if n > 0:
+                fh.write(b"".join(next(lines) for _ in range(n)))
+                written += n
+            if ticks0 is not None and now >= next_sample:
+                rss_samples.append(status_kb(proc.pid, "VmRSS"))
+                next_sample += 1.0
+            next_tick += slice_s
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+    ticks1, t_end = cpu_ticks(proc.pid), time.monotonic()
+    assert ticks0 is not None
+    wait_for(lambda: (lines_seen(port) or 0) >= written, 30, "the steady lines", proc)
+    cpu_s = (ticks1 - ticks0) / CLK_TCK
+    return {
+        "rate_target": rate,
+        "seconds": round(t_end - t_measure, 2),
+        "lines_written": written,
+        "lines_measured": written - written_at_start,
+        "lines_seen": lines_seen(port),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_pct": round(100 * cpu_s / (t_end - t_measure), 3),
+        "rss_mb": round(max(rss_samples or [status_kb(proc.pid, "VmRSS")]) / 1024, 1),
+        "rss_samples_mb": [round(x / 1024, 1) for x in rss_samples],
+        "peak_rss_mb": round(status_kb(proc.pid, "VmHWM") / 1024, 1),
+    }
+
+
+def burst(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log: Path,
+    lines: Iterator[bytes],
+    count: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """Append ``count`` lines at memory speed, so the tailer, not the writer, sets the pace."""
+    data = b"".join(next(lines) for _ in range(count))
+    base = lines_seen(port) or 0
+    ticks0 = cpu_ticks(proc.pid)
+    t0 = time.monotonic()
+    step = 4 << 20
+    with log.open("ab", buffering=0) as fh:
+        view = memoryview(data)
+        for off in range(0, len(data), step):
+            fh.write(view[off : off + step])
+    t_written = time.monotonic()
+    # auditor_lines_total is refreshed on the runner's tick, so it reports the end late; the
+    # end of the work is the last sample in which the process was still busy on the CPU.
+    samples: list[tuple[float, int]] = [(t0, ticks0)]
+
+    def done() -> bool:
+        samples.append((time.monotonic(), cpu_ticks(proc.pid)))
+        return (lines_seen(port) or 0) >= base + count
+
+    wait_for(done, timeout, "the burst lines", proc)
+    t_seen = time.monotonic()
+    busy = CLK_TCK * 0.02  # >= 40% of a core over a 50 ms sample
+    t_end = max(
+        (
+            t
+            for (t, c), (_, c_prev) in zip(samples[1:], samples, strict=False)
+            if c - c_prev >= busy
+        ),
+        default=t_seen,
+    )
+    cpu_s = (cpu_ticks(proc.pid) - ticks0) / CLK_TCK
+    wall = max(t_end, t_written) - t0
+    return {
+        "lines": count,
+        "bytes": len(data),
+        "writer_s": round(t_written - t0, 3),
+        "seconds": round(wall, 3),
+        "seconds_until_metric": round(t_seen - t0, 3),
+        "lines_per_s": round(count / wall, 1),
+        "mb_per_s": round(len(data) / 1e6 / wall, 2),
+        "cpu_pct": round(100 * cpu_s / wall, 1),
+        # The rate if the tailer never waited for anything: lines per CPU second.
+        "lines_per_cpu_s": round(count / cpu_s, 1) if cpu_s else None,
+        "peak_rss_mb": round(status_kb(proc.pid, "VmHWM") / 1024, 1),
+    }
+
+
+def ensure_source(path: Path, lines: int) -> Path:
+    if not path.exists():
+        from bench.generate import GenConfig, write_log
+
+        write_log(GenConfig(lines=lines), path)
+    return path
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    lines = source_lines(ensure_source(args.source, max(args.burst_lines, 100_000)))
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
+        log = Path(tmp) / "access.log"
+        log.touch()
+        ckpt = Path(tmp) / "checkpoints"
+        ckpt.mkdir()
+        port = free_port()
+        argv = [
+            *auditor_argv(),
+            "run",
+            "--access-log",
+            str(log),
+            "--metrics-listen",
+            f"127.0.0.1:{port}",
+            "--findings",
+            "/dev/null",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--start-at",
+            "beginning",
+        ]
+        errlog = Path(tmp) / "stderr.log"
+        with errlog.open("wb") as err:
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT
+            )
+        try:
+            wait_for(lambda: lines_seen(port) is not None, 30, "the metrics endpoint", proc)
+            idle_rss = status_kb(proc.pid, "VmRSS")
+            st = steady(proc, port, log, lines, args.rate, args.warmup, args.duration)
+            bu = burst(proc, port, log, lines, args.burst_lines, args.burst_timeout)
+        except LiveError as exc:
+            tail = errlog.read_text(errors="replace")[-1500:]
+            raise LiveError(f"{exc}\n--- auditor run stderr ---\n{tail}") from None
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        return {
+            "command": " ".join(argv[1:]).replace(tmp, "$TMP"),
+            "idle_rss_mb": round(idle_rss / 1024, 1),
+            "steady": st,
+            "burst": bu,
+            "exit_code": proc.returncode,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__.split("\n")[0])
+    p.add_argument("--source", type=Path, default=ROOT / "bench" / "out" / "access-live.log")
+    p.add_argument("--rate", type=int, default=1000, help="steady lines per second")
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--duration", type=float, default=60.0, help="measured steady seconds")
+    p.add_argument("--burst-lines", type=int, default=300_000)
+    p.add_argument("--burst-timeout", type=float, default=600.0)
+    p.add_argument("--quick", action="store_true", help="1 s warm-up, 5 s steady, 5k burst")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.warmup, args.duration = 1.0, min(args.duration, 5.0)
+        args.burst_lines = min(args.burst_lines, 5000)
+    reason = run_available()
+    if reason is not None:
+        print(f"bench.live: {reason}; the live path was not measured", file=sys.stderr)
+        return UNAVAILABLE
+    try:
+        result = measure(args)
+    except LiveError as exc:
+        print(f"bench.live: {exc}", file=sys.stderr)
+        return 1
+    s, b = result["steady"], result["burst"]
+    print(
+        f"steady {s['rate_target']} lines/s: CPU {s['cpu_pct']:.2f}% of one core, RSS "
+        f"{s['rss_mb']} MB (peak {s['peak_rss_mb']} MB); burst {b['lines_per_s']:,.0f} lines/s "
+        f"({b['mb_per_s']} MB/s), peak RSS {b['peak_rss_mb']} MB"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
