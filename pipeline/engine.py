@@ -40,7 +40,11 @@ class EngineConfig:
     masked_clear_share: float = 0.3  # hysteresis: clear only below this share
     clear_recovered: bool = True  # live: clear masked findings on recovery; replay keeps the peak
     expect_json: bool = True
+    format_share: float = 0.01  # common-format share of parsed lines that raises log_format
     top_k: int = 10
+    # Live: data stamped further ahead of the clock than this is placed at the clock's edge,
+    # so one line from a skewed node cannot freeze the window. Replay: None (no clock to trust).
+    max_future_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,13 @@ class Engine:
         self.raised_total: dict[tuple[Kind, Severity], int] = {}
         self._events: list[FindingEvent] = []
         self._masked_peak: dict[str, float] = {}
+        self._last_ingest = 0.0  # clock time of the last batch (live window sliding)
+        self._notes = 0
+        self._data_now = 0.0  # data-time estimate while no data arrives
+        self._material: dict[str, object] = {}
         self.decisions_seen = 0
+        # (scope, type, target class) -> active decisions, kept current for the metrics.
+        self.decision_counts: dict[tuple[str, str, AddrClass], int] = {}
 
     # -- inputs ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[AccessRecord], stats: ParseStats, source: str) -> None:
@@ -86,9 +96,25 @@ class Engine:
         if mine is None:
             mine = self.stats[source] = ParseStats()
         mine.merge(stats)
+        limit = self.config.max_future_s
+        if limit is not None and runs:
+            runs = self._clamp_future(runs, self.clock() + limit)
         self.timeline.add_runs(runs, self.classifier.classify, self._evaluate_masked)
-        if stats.common:
+        self._last_ingest = self.clock()
+        if stats.common or source in self._format_sources:
             self._evaluate_format(source)
+
+    def _clamp_future(self, runs: Sequence[Run], edge: float) -> list[Run]:
+        bucket_s = self.config.bucket_s
+        edge_bucket = int(edge) // bucket_s
+        return [
+            (min(b, edge_bucket), counts, min(first, edge), min(last, edge))
+            for b, counts, first, last in runs
+        ]
+
+    @property
+    def _format_sources(self) -> set[str]:
+        return {f.target for f in self.findings.values() if f.kind is Kind.LOG_FORMAT}
 
     def apply(self, delta: DecisionDelta) -> None:
         """Apply a decision delta; a startup delta replaces the whole state (LAPI resync)."""
@@ -115,18 +141,46 @@ class Engine:
             self.decisions_seen += 1
             target = self._classify_target(d)
             expires = now + d.duration_s if d.duration_s is not None else None
-            self.decisions[d.key] = ActiveDecision(d, target, expires)
+            self._store_decision(d.key, ActiveDecision(d, target, expires))
             self._evaluate_decision(d.key)
 
+    def _store_decision(self, key: str, active: ActiveDecision) -> None:
+        self._uncount(self.decisions.get(key))
+        self.decisions[key] = active
+        label = (active.decision.scope, active.decision.type, active.target.cls)
+        self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
+
+    def _uncount(self, active: ActiveDecision | None) -> None:
+        if active is None:
+            return
+        label = (active.decision.scope, active.decision.type, active.target.cls)
+        left = self.decision_counts.get(label, 0) - 1
+        if left > 0:
+            self.decision_counts[label] = left
+        else:
+            self.decision_counts.pop(label, None)
+
     def tick(self) -> None:
-        """Expire decisions by the clock and re-evaluate windowed findings (live mode)."""
+        """Live mode, about once a second: expire decisions by the clock, slide the window
+        through quiet periods, and re-evaluate what depends on the window."""
         now = self.clock()
         for key, active in list(self.decisions.items()):
             if active.expires_at is not None and active.expires_at <= now:
                 self._drop_decision(key)
+        quiet = now - self._last_ingest if self._last_ingest else 0.0
+        if quiet > self.config.bucket_s and self.timeline.last_ts:
+            # No data for a while: time still passes on the data's time line.
+            self._data_now = max(self._data_now, self.timeline.last_ts) + quiet
+            self.timeline.advance(self._data_now, self._evaluate_masked)
+            self._last_ingest = now
         self._evaluate_masked()
-        for key in list(self.decisions):
-            self._evaluate_decision(key)
+        for source in self._format_sources:
+            self._evaluate_format(source)
+        # Only internal targets have a finding (and a blast radius) to keep current; CAPI
+        # lists bring tens of thousands of external ones.
+        for key, active in list(self.decisions.items()):
+            if active.target.internal:
+                self._evaluate_decision(key)
 
     def finish(self) -> None:
         """End of a replay: evaluate everything once more on the full input."""
@@ -140,8 +194,11 @@ class Engine:
     def reclassify(self) -> None:
         """The classifier's networks changed (discovery): re-judge every active decision."""
         for key, active in list(self.decisions.items()):
-            self.decisions[key] = ActiveDecision(
-                active.decision, self._classify_target(active.decision), active.expires_at
+            self._store_decision(
+                key,
+                ActiveDecision(
+                    active.decision, self._classify_target(active.decision), active.expires_at
+                ),
             )
             self._evaluate_decision(key)
 
@@ -161,11 +218,13 @@ class Engine:
     def note(self, finding: Finding) -> None:
         """A one-off event (e.g. a remediation action): raised and cleared at once, so it is
         logged and counted without staying active."""
-        key = f"note:{len(self._events)}:{finding.kind.value}:{finding.target}"
-        f = replace(finding, key=key)
+        self._notes += 1
+        f = replace(finding, key=f"note:{self._notes}:{finding.kind.value}:{finding.target}")
         k = (f.kind, f.severity)
         self.raised_total[k] = self.raised_total.get(k, 0) + 1
-        self._events.append(FindingEvent(State.RAISED, f, self.clock()))
+        now = self.clock()
+        self._events.append(FindingEvent(State.RAISED, f, now))
+        self._events.append(FindingEvent(State.CLEARED, f, now))
 
     def request_classes(self) -> dict[tuple[str, AddrClass], int]:
         return self.timeline.by_class()
@@ -175,21 +234,31 @@ class Engine:
         return events
 
     # -- findings plumbing ------------------------------------------------------------------
-    def _emit(self, finding: Finding) -> None:
+    def _emit(self, finding: Finding, material: object = None) -> None:
+        """Raise, update or silently refresh a finding.
+
+        An ``updated`` event goes out only when the severity or ``material`` (by default the
+        summary) changes: shares drift with every batch, and a line per drift would drown the
+        findings stream. Callers pass a coarse form of their numbers as ``material``.
+        """
         old = self.findings.get(finding.key)
+        mark = finding.summary if material is None else material
         if old is None:
             self.findings[finding.key] = finding
+            self._material[finding.key] = mark
             k = (finding.kind, finding.severity)
             self.raised_total[k] = self.raised_total.get(k, 0) + 1
             self._events.append(FindingEvent(State.RAISED, finding, self.clock()))
-        elif old.severity != finding.severity or old.summary != finding.summary:
+        elif old.severity != finding.severity or self._material.get(finding.key) != mark:
             self.findings[finding.key] = finding
+            self._material[finding.key] = mark
             self._events.append(FindingEvent(State.UPDATED, finding, self.clock()))
         else:
             self.findings[finding.key] = finding  # refresh evidence silently
 
     def _clear(self, key: str) -> None:
         old = self.findings.pop(key, None)
+        self._material.pop(key, None)
         if old is not None:
             self._events.append(FindingEvent(State.CLEARED, old, self.clock()))
 
@@ -202,7 +271,9 @@ class Engine:
         return Classification(AddrClass.INVALID, None)  # Country, AS, username...: not addresses
 
     def _drop_decision(self, key: str) -> None:
-        if self.decisions.pop(key, None) is not None:
+        active = self.decisions.pop(key, None)
+        if active is not None:
+            self._uncount(active)
             self._clear(f"internal_ban:{key}")
 
     def _evaluate_decision(self, key: str) -> None:
@@ -239,7 +310,8 @@ class Engine:
                 evidence=evidence,
                 fix=fixes.internal_ban_fix(d.value, d.scope),
                 key=fkey,
-            )
+            ),
+            material=pct // 10,
         )
 
     def blast_radius(self, d: Decision) -> dict[str, Any]:
@@ -294,7 +366,11 @@ class Engine:
     def _evaluate_masked(self) -> None:
         cfg = self.config
         window = self.timeline.window()
-        for ep, total in window.ep_total.items():
+        # Entrypoints with an open finding are judged even when they left the window (share 0).
+        judged = set(window.ep_total)
+        judged |= {f.target for f in self.findings.values() if f.kind is Kind.MASKED_CLIENT_IP}
+        for ep in judged:
+            total = window.ep_total.get(ep, 0)
             key = f"masked_client_ip:{ep}"
             internal = window.ep_internal.get(ep, 0)
             share = internal / total if total else 0.0
@@ -347,27 +423,35 @@ class Engine:
                 evidence=evidence,
                 fix=fixes.masked_fix(headers_kept, bool(visible)),
                 key=f"masked_client_ip:{ep}",
-            )
+            ),
+            material=(pct // 10, bool(visible)),
         )
 
     # -- log format -------------------------------------------------------------------------
     def _evaluate_format(self, source: str) -> None:
+        """Common-format lines where JSON is expected: raised above ``format_share`` of the
+        source's parsed lines (a stray line is not a misconfiguration), cleared below half."""
         if not self.config.expect_json:
             return
         st = self.stats[source]
-        pct = round(100 * st.common / st.parsed) if st.parsed else 0
+        share = st.common / st.parsed if st.parsed else 0.0
+        key = f"log_format:{source}"
+        if share < self.config.format_share:
+            if share < self.config.format_share / 2:
+                self._clear(key)
+            return
         self._emit(
             Finding(
                 kind=Kind.LOG_FORMAT,
                 severity=Severity.MEDIUM,
                 target=source,
-                summary=f"{pct}% of access lines from {source} are in common log format, not JSON",
+                summary=f"access lines from {source} are in common log format, not JSON",
                 evidence={
                     "common_lines": st.common,
                     "json_lines": st.json,
-                    "common_share": pct / 100,
+                    "common_share": round(share, 4),
                 },
                 fix=fixes.JSON_FORMAT,
-                key=f"log_format:{source}",
+                key=key,
             )
         )

@@ -273,6 +273,12 @@ class Timeline:
             summary.add_counts(counts, classify)
         return closed
 
+    def advance(self, ts: float, on_close: Callable[[], None] | None = None) -> None:
+        """Move the time line to ``ts`` without data (a quiet period in live mode), so the
+        window empties as time passes instead of freezing on the last traffic seen."""
+        if self._buckets and int(ts) // self.bucket_s > self._buckets[-1][0]:
+            self._open(int(ts) // self.bucket_s, on_close)
+
     def _open(
         self, bucket: int, on_close: Callable[[], None] | None = None
     ) -> tuple[Summary, list[int]]:

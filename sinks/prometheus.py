@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from parsers.records import SkipReason
 from pipeline import __version__
-from pipeline.addresses import AddrClass
-from pipeline.engine import Engine
+from pipeline.addresses import INTERNAL_CLASSES, AddrClass
+from pipeline.engine import BAN_TYPES, Engine
 from pipeline.findings import Kind, Severity
 
 SOURCE_KINDS = ("file", "container", "stdin", "kafka")
@@ -174,6 +174,7 @@ class Metrics:
         self._advance(self.requests, self._seen_requests, whole_by_class.items())
 
         window = engine.timeline.window()
+        self.internal_ratio.clear()  # entrypoints that left the window drop out
         for ep, total in window.ep_total.items():
             self.internal_ratio.labels(ep).set(
                 window.ep_internal.get(ep, 0) / total if total else 0
@@ -182,12 +183,11 @@ class Metrics:
         self.decisions_active.clear()
         for cls in AddrClass:
             self.internal_bans.labels(cls.value).set(0)
-        for active in engine.decisions.values():
-            d = active.decision
-            scope = d.scope if d.scope in SCOPES else "other"
-            self.decisions_active.labels(scope, d.type, active.target.cls.value).inc()
-            if active.target.internal and d.type.lower() in ("ban", "captcha"):
-                self.internal_bans.labels(active.target.cls.value).inc()
+        for (scope, dtype, cls), n in engine.decision_counts.items():
+            label_scope = scope if scope in SCOPES else "other"
+            self.decisions_active.labels(label_scope, dtype, cls.value).inc(n)
+            if cls in INTERNAL_CLASSES and dtype.lower() in BAN_TYPES:
+                self.internal_bans.labels(cls.value).inc(n)
 
         for kind in Kind:
             for sev in Severity:

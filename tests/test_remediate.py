@@ -210,7 +210,9 @@ class Harness:
         fn(self.runner)
         events = self.runner.engine.drain_events()
         self.events += events
-        self.notes += [e for e in events if e.finding.kind is Kind.REMEDIATION]
+        self.notes += [
+            e for e in events if e.finding.kind is Kind.REMEDIATION and e.state is State.RAISED
+        ]
 
     def feed(self, body: bytes) -> list[FindingEvent]:
         """Apply a LAPI decisions body to the engine and pass its events to the remediator."""
@@ -280,6 +282,7 @@ async def test_internal_ban_is_deleted_and_noted(
     # A note is a one-off: counted, not left active; the deleted ban is forgotten at once.
     assert [(e.state, e.finding.kind) for e in h.events] == [
         (State.RAISED, Kind.REMEDIATION),
+        (State.CLEARED, Kind.REMEDIATION),
         (State.CLEARED, Kind.INTERNAL_BAN),
     ]
     assert h.runner.engine.findings == {}
