@@ -184,12 +184,17 @@ class Runner:
         self.server = MetricsServer(host, port, self.metrics.exposition, self._ready)
         try:
             await self.server.start()
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             msg = (
                 f"config key 'metrics_listen': cannot listen on {self.config.metrics_listen}: {exc}"
             )
             raise UsageError(msg) from None
-        self.sinks.insert(0, _JsonlSink(self.config.findings))
+        try:
+            self.sinks.insert(0, _JsonlSink(self.config.findings))
+        except OSError as exc:
+            await self.server.close()
+            msg = f"config key 'findings': cannot open {self.config.findings}: {exc}"
+            raise UsageError(msg) from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -216,22 +221,36 @@ class Runner:
                     tg.create_task(self._producer(coro, queue))
                 self._started = True
                 await consumer
+        except ExceptionGroup as group:  # a bug past the handlers above: still exit cleanly
+            log.error("stopped by an unexpected error", exc_info=group)
+            self._fail(group)
         finally:
-            self.tailer.flush_checkpoints()
-            if self.lapi is not None:
-                await self.lapi.aclose()
-            if self.publisher is not None:
-                await self.publisher.aclose()
-            await self.server.close()
-            for sink in self.sinks:
-                await sink.aclose()
+            await self._close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if self._fatal is not None:
-            log.error("%s", self._fatal)
+            log.error("stopped: %s", self._fatal)
             return 2
         return 0
+
+    async def _close(self) -> None:
+        """Release everything; a failure in one part must not skip the checkpoint or the rest."""
+        steps: list[Callable[[], Awaitable[None] | None]] = [self.tailer.flush_checkpoints]
+        if self.lapi is not None:
+            steps.append(self.lapi.aclose)
+        if self.publisher is not None:
+            steps.append(self.publisher.aclose)
+        if self.server is not None:
+            steps.append(self.server.close)
+        steps += [sink.aclose for sink in self.sinks]
+        for step in steps:
+            try:
+                result = step()
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("shutdown step failed")
 
     def _ready(self) -> tuple[bool, str]:
         if not self._started:
@@ -240,14 +259,23 @@ class Runner:
             return False, f"lapi down: {self.lapi.status.last_error or 'no successful poll yet'}"
         return True, "ready"
 
+    def _fail(self, exc: BaseException) -> None:
+        """Something cannot go on: stop the sources, drain, exit 2 with the reason."""
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop.set()
+
     async def _producer(self, coro: Any, queue: asyncio.Queue[Any]) -> None:
+        # No `finally`: a cancelled producer must not block on a full queue whose consumer
+        # is gone. Failures stop everything else and still end the producer's stream.
         try:
             await coro
         except (FatalSourceError, UsageError) as exc:
-            self._fatal = exc
-            self.stop.set()
-        finally:
-            await queue.put(_DONE)
+            self._fail(exc)
+        except Exception as exc:
+            log.exception("a source failed")
+            self._fail(exc)
+        await queue.put(_DONE)
 
     # -- producers --------------------------------------------------------------------------
     async def _tail(self, queue: asyncio.Queue[Any]) -> None:
@@ -266,28 +294,46 @@ class Runner:
 
     # -- consumer ---------------------------------------------------------------------------
     async def _consume(self, queue: asyncio.Queue[Any], producers: int) -> None:
+        """Drive the engine and sinks until every producer has ended.
+
+        After a failure the loop keeps taking items (so producers can finish) but handles none:
+        unacked batches are read again after a restart, which is the at-least-once contract.
+        """
         done = 0
         while done < producers:
             item = await queue.get()
             if item is _DONE:
                 done += 1
-            elif isinstance(item, TailBatch):
-                if self.publisher is not None:
-                    await self.publisher.publish(item)
-                if self.audit_locally:
-                    self.feed(item)
-                self.tailer.ack(item)
-            elif isinstance(item, DecisionDelta):
-                self.engine.apply(item)
-            elif isinstance(item, _Tick):
-                self.engine.tick()
-                self._refresh()
-            elif callable(item):
-                item(self)
+                continue
+            if self._fatal is not None:
+                continue
+            try:
+                await self._handle(item)
+                self._emit()
+            except Exception as exc:
+                if not (self.stop.is_set() and isinstance(item, TailBatch)):
+                    log.exception("processing failed")
+                    self._fail(exc)
+                # Stopping while a sink (Kafka) is down: leave the batch unacked.
+        if self._fatal is None:
+            self.engine.tick()
             self._emit()
-        self.engine.tick()
-        self._emit()
-        self._refresh()
+            self._refresh()
+
+    async def _handle(self, item: object) -> None:
+        if isinstance(item, TailBatch):
+            if self.publisher is not None:
+                await self.publisher.publish(item)
+            if self.audit_locally:
+                self.feed(item)
+            self.tailer.ack(item)
+        elif isinstance(item, DecisionDelta):
+            self.engine.apply(item)
+        elif isinstance(item, _Tick):
+            self.engine.tick()
+            self._refresh()
+        elif callable(item):
+            item(self)
 
     def feed(self, batch: TailBatch) -> None:
         src = self._sources.get(batch.file_key)

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,64 @@ def test_sigterm_drains_checkpoints_and_exits_0(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class _BrokenPublisher:
+    """A sink that fails outright (a Kafka client bug, a refused write)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def publish(self, batch: TailBatch) -> None:
+        self.calls += 1
+        raise RuntimeError("broker said no")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_failing_sink_stops_with_exit_2_and_no_ack(tmp_path: Path) -> None:
+    line = traefik_json_line("198.51.100.1", "/", 200) + "\n"
+    (tmp_path / "access.log").write_text(line * 50_000)  # more than the queue holds
+    runner = Runner(_config(tmp_path, None, None), registry=CollectorRegistry())
+    broken = _BrokenPublisher()
+    runner.publisher = broken
+    assert await asyncio.wait_for(runner.run(), 30) == 2
+    assert broken.calls == 1
+    saved = json.loads((tmp_path / "ckpt" / "tail.json").read_text())
+    assert [f["offset"] for f in saved["files"]] == [0]  # nothing acked: all re-read on restart
+
+
+async def test_findings_sink_full_disk_exits_2(tmp_path: Path) -> None:
+    _traffic(tmp_path / "access.log", 90, 10)
+    config = replace(_config(tmp_path, None, None, masked_min_requests=10), findings="/dev/full")
+    runner = Runner(config, registry=CollectorRegistry())
+    assert await asyncio.wait_for(runner.run(), 30) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("metrics_listen", "127.0.0.1:99999", "metrics_listen"),
+        ("findings", "/nonexistent/dir/f.jsonl", "findings"),
+    ],
+)
+def test_unusable_outputs_exit_2_naming_the_key(
+    tmp_path: Path, key: str, value: str, named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    (tmp_path / "a.log").write_text("")
+    rc = main(
+        [
+            "run",
+            "--access-log",
+            str(tmp_path / "a.log"),
+            f"--{key.replace('_', '-')}",
+            value,
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        ]
+    )
+    assert rc == 2
+    assert named in capsys.readouterr().err
