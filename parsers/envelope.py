@@ -17,6 +17,8 @@ from parsers.records import ParseStats, SkipReason
 
 _CRI = re.compile(rb"^(\S+) (stdout|stderr) ([PF])(?::\S*)? ?(.*)$", re.DOTALL)
 MAX_MERGED_BYTES = 64 * 1024
+MAX_PIECES = 1024  # containerd splits at 16 KiB, so a real line has a handful of pieces
+_STREAMS = frozenset({"stdout", "stderr"})
 
 
 class Envelope(StrEnum):
@@ -43,7 +45,7 @@ def detect(line: bytes) -> Envelope:
 class EnvelopeDecoder:
     """Stateful only in its per-stream partial buffers; no I/O."""
 
-    __slots__ = ("_overflow", "_partial", "kind", "max_merged_bytes")
+    __slots__ = ("_overflow", "_partial", "_sizes", "kind", "max_merged_bytes")
 
     def __init__(
         self, kind: Envelope = Envelope.AUTO, max_merged_bytes: int = MAX_MERGED_BYTES
@@ -51,6 +53,7 @@ class EnvelopeDecoder:
         self.kind = kind
         self.max_merged_bytes = max_merged_bytes
         self._partial: dict[bytes, list[bytes]] = {}
+        self._sizes: dict[bytes, int] = {}
         self._overflow: set[bytes] = set()
 
     def unwrap(self, lines: Iterable[bytes], stats: ParseStats) -> list[bytes]:
@@ -82,9 +85,13 @@ class EnvelopeDecoder:
                 out.append(content)
                 return
             parts = self._partial[stream] = []
+            self._sizes[stream] = 0
         parts.append(content)
-        if sum(map(len, parts)) > self.max_merged_bytes:
+        self._sizes[stream] += len(content)
+        # Bytes and pieces both capped: a run of empty or 1-byte pieces is a runaway too.
+        if self._sizes[stream] > self.max_merged_bytes or len(parts) > MAX_PIECES:
             del self._partial[stream]
+            del self._sizes[stream]
             stats.lines += 1
             stats.skip(SkipReason.PARTIAL_OVERFLOW)
             if not final:
@@ -92,6 +99,7 @@ class EnvelopeDecoder:
             return
         if final:
             del self._partial[stream]
+            del self._sizes[stream]
             out.append(b"".join(parts))
 
     def _cri(self, line: bytes, out: list[bytes], stats: ParseStats) -> None:
@@ -112,6 +120,11 @@ class EnvelopeDecoder:
             stats.skip(SkipReason.EMPTY if not line.strip() else SkipReason.BAD_ENVELOPE)
             return
         text: str = d["log"]
-        stream = str(d.get("stream", "stdout")).encode()
+        stream_name = d.get("stream", "stdout")
+        if stream_name not in _STREAMS:  # one partial buffer per stream: only the two real ones
+            stats.lines += 1
+            stats.skip(SkipReason.BAD_ENVELOPE)
+            return
+        stream = stream_name.encode()
         final = text.endswith("\n")
         self._piece(stream, text.removesuffix("\n").encode(), final, out, stats)

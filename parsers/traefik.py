@@ -28,13 +28,16 @@ _CLF = re.compile(
     rb'(?: (?:"(?P<ref>(?:[^"\\]|\\.)*)"|-)'
     rb' (?:"(?P<ua>(?:[^"\\]|\\.)*)"|-)'
     rb"(?: (?P<count>\S+)"
-    rb'(?: (?:"(?P<router>(?:[^"\\]|\\.)*)"|(?P<router_bare>\S+)).*?'
-    rb"(?: (?P<dur>\d+)ms)?)?)?)?\s*$"
+    rb'(?: (?:"(?P<router>(?:[^"\\]|\\.)*)"|(?P<router_bare>\S+))'
+    # One greedy tail with the duration at its end, or anything: a lazy ``.*?`` followed by an
+    # optional group backtracked quadratically (13 s on a 60 KB hostile line).
+    rb"(?:.* (?P<dur>\d+)ms|.*))?)?)?\s*$"
 )
 _BOM = b"\xef\xbb\xbf"
 _APP_LOG_PREFIXES = (b'time="', b"DEBUG: ", b"INFO: ", b"WARN: ", b"ERROR: ", b"level=")
 
 _TS_CACHE_LIMIT = 8192
+_MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
 class _TimeCache:
@@ -76,7 +79,7 @@ class _TimeCache:
         if hit is None:
             try:
                 value = datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").timestamp()
-            except ValueError:
+            except (ValueError, OverflowError, OSError):
                 value = 0.0
             hit = self._put(text, value)
         return hit
@@ -84,11 +87,13 @@ class _TimeCache:
     def _store(self, key: str, iso: str) -> float:
         try:
             value = datetime.fromisoformat(iso).timestamp()
-        except ValueError:
+        except (ValueError, OverflowError, OSError):
             value = 0.0
         return self._put(key, value)
 
     def _put(self, key: str, value: float) -> float:
+        if not 0.0 <= value <= _MAX_TS:  # year 0001 or 9999 with an offset: not a real time
+            value = 0.0
         if len(self.by_key) >= _TS_CACHE_LIMIT:
             self.by_key.clear()
         self.by_key[key] = value

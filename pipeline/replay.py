@@ -133,7 +133,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if sum(1 for f in [*args.files, *args.decisions] if f == "-") > 1:
         raise UsageError("stdin (-) can be read only once")
     for f in [*args.files, *args.decisions]:
-        if f != "-" and not Path(f).is_file():
+        if f != "-" and (not Path(f).exists() or Path(f).is_dir()):
             msg = f"input file not found: {f}"
             raise UsageError(msg)
 
@@ -174,7 +174,7 @@ def _jobs(requested: int | None, path: str) -> int:
 
 def _parallel_ok(path: str, envelope: Envelope) -> bool:
     """Chunks can be cut only in plain files of bare lines (no gzip, no stdin, no envelopes)."""
-    if path == "-" or envelope not in (Envelope.AUTO, Envelope.RAW):
+    if path == "-" or not os.path.isfile(path) or envelope not in (Envelope.AUTO, Envelope.RAW):
         return False
     with open_input(path) as fh:
         head = fh.read(4096)

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 def _iso(ts: float) -> str | None:
     if not ts:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def sorted_findings(findings: list[Finding]) -> list[Finding]:
