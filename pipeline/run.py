@@ -50,5 +50,4 @@ def main_run(args: argparse.Namespace) -> int:
 
     from pipeline.runner import Runner
 
-
     return asyncio.run(Runner(config).run())
