@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -180,8 +181,11 @@ def _from_file(path: str) -> dict[str, object]:
     except FileNotFoundError:
         msg = f"config file not found: {path}"
         raise ConfigError(msg) from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         msg = f"config file {path}: not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = f"config file {path}: cannot read it: {exc.strerror or exc}"
         raise ConfigError(msg) from None
     out: dict[str, object] = {}
     for key, value in data.items():
@@ -193,10 +197,19 @@ def _from_file(path: str) -> dict[str, object]:
     return out
 
 
+# Kubernetes injects <SERVICE>_PORT, <SERVICE>_SERVICE_HOST, ... for every Service in the
+# namespace; a Service named "auditor" must not make the pod fail on "unknown keys".
+_SERVICE_LINK = re.compile(
+    r"^AUDITOR_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)$"
+)
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, object]:
     out: dict[str, object] = {}
+    # The variable named by lapi_key_env holds a secret, not a config value.
+    secret_names = SECRET_ENV | {env.get("AUDITOR_LAPI_KEY_ENV", "AUDITOR_LAPI_KEY")}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in SECRET_ENV:
+        if not name.startswith(ENV_PREFIX) or name in secret_names or _SERVICE_LINK.match(name):
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key not in KEYS:
@@ -247,7 +260,7 @@ def validate(config: RunConfig) -> None:
         return ConfigError(f"config key {key!r}: {why}")
 
     host, sep, port = config.metrics_listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host or int(port) > 65535:
         raise bad("metrics_listen", f"expected HOST:PORT, got {config.metrics_listen!r}")
     if config.window <= 0:
         raise bad("window", "must be positive")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST
 
 _MAX_REQUEST = 8192
+WRITE_TIMEOUT_S = 10.0
 
 
 class MetricsServer:
@@ -72,7 +73,10 @@ class MetricsServer:
         ).encode()
         try:
             writer.write(header if method == b"HEAD" else header + body)
-            await writer.drain()
+            # A client that stops reading must not hold the connection (and the body) forever.
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except TimeoutError:
+            writer.transport.abort()
         except ConnectionError:
             pass
         finally:

@@ -118,3 +118,39 @@ def test_shipped_example_config_loads(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert '"lapi_url": "http://127.0.0.1:8080/"' in out
     assert '"lapi_key": "<from file /run/secrets/ban-auditor/api-key>"' in out
+
+
+def test_kubernetes_service_links_and_the_key_variable_are_not_config_keys() -> None:
+    env = {
+        "AUDITOR_PORT": "tcp://10.43.0.5:9977",
+        "AUDITOR_PORT_9977_TCP": "tcp://10.43.0.5:9977",
+        "AUDITOR_PORT_9977_TCP_ADDR": "10.43.0.5",
+        "AUDITOR_SERVICE_HOST": "10.43.0.5",
+        "AUDITOR_SERVICE_PORT": "9977",
+        "AUDITOR_LAPI_KEY_ENV": "AUDITOR_BOUNCER_KEY",
+        "AUDITOR_BOUNCER_KEY": "s3cret",
+    }
+    c = load_config(_args(), env)
+    assert c.lapi_key_env == "AUDITOR_BOUNCER_KEY"
+    assert "s3cret" not in repr(c)
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [(b"\xff\xfe not utf-8", "not valid TOML"), (None, "cannot read it")],
+)
+def test_unreadable_config_file_is_a_config_error(
+    tmp_path: Path, content: bytes | None, named: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    if content is None:
+        cfg.mkdir()  # a directory where the file should be
+    else:
+        cfg.write_bytes(content)
+    with pytest.raises(ConfigError, match=named):
+        load_config(_args("--config", str(cfg)), {})
+
+
+def test_port_out_of_range_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="metrics_listen"):
+        load_config(_args("--metrics-listen", "127.0.0.1:99999"), {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -182,3 +183,24 @@ def test_kubernetes_gauges_only_with_discovery() -> None:
     assert b"auditor_kubernetes_up" not in metrics.exposition()
     metrics.refresh(_engine(), {}, SourceHealth(kube_configured=True, kube_up=False))
     assert registry.get_sample_value("auditor_kubernetes_up") == 0.0
+
+
+async def test_a_client_that_never_reads_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sinks.http
+
+    monkeypatch.setattr(sinks.http, "WRITE_TIMEOUT_S", 0.5)
+    big = b"x" * (8 << 20)  # larger than the socket buffers
+    server = MetricsServer("127.0.0.1", 0, lambda: big, lambda: (True, "ready"))
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1024)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1.5)  # read nothing: the server gives up and aborts
+        got = b""
+        while chunk := await reader.read(1 << 20):
+            got += chunk
+        assert len(got) < len(big)  # the body was cut off, not delivered to a stalled client
+        writer.close()
+    finally:
+        await server.close()
