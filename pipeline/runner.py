@@ -44,6 +44,7 @@ log = logging.getLogger("auditor.run")
 QUEUE_ITEMS = 8
 TICK_S = 1.0
 CHECKPOINT_EVERY_S = 5.0
+MAX_FUTURE_S = 300.0  # live data stamped further ahead of the clock is clamped
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,7 @@ def engine_from_config(config: RunConfig, clock: Callable[[], float]) -> Engine:
         masked_share=config.masked_share,
         masked_min_requests=config.masked_min_requests,
         clear_recovered=True,
+        max_future_s=MAX_FUTURE_S,
     )
     return Engine(engine_config, Classifier(networks), clock)
 
