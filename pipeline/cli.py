@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "pipeline.run",
     "pipeline.check",
     "pipeline.allowlist",
+    "pipeline.aggregate",
 )
 
 

@@ -6,6 +6,8 @@ objects per line other than the line itself. Framing happens in bytes, before an
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 _NL = b"\n"
 _CR = b"\r"
 _NUL = b"\x00"
@@ -46,6 +48,7 @@ class LineFramer:
         "_pend_off",
         "_pending",
         "dropped",
+        "last_ends",
     )
 
     def __init__(self, max_line_bytes: int, offset: int = 0, *, skip_first: bool = False) -> None:
@@ -61,6 +64,7 @@ class LineFramer:
         self._discard = skip_first
         self._lead_nul = False  # the pending line so far was only NULs (already cut)
         self._nul = False
+        self.last_ends: list[int] = []  # end offset of each line of the last take()/finish()
         self._cr = False
         self.dropped = 0
 
@@ -140,14 +144,19 @@ class LineFramer:
             if self._idx >= len(lines):
                 self._lines = []
                 self._idx = 0
-        end = self._off + sum(map(len, chunk)) + len(chunk)
+        ends = list(accumulate([len(line) + 1 for line in chunk], initial=self._off))[1:]
+        end = ends[-1]
         self._off = end
         if self._nul:
+            keep = [i for i, line in enumerate(chunk) if line[:1] != _NUL or line.lstrip(_NUL)]
             chunk = _strip_nul_prefixes(chunk)
+            ends = [ends[i] for i in keep]
         if chunk and max(map(len, chunk)) > self._max:
-            kept = [line for line in chunk if len(line) <= self._max]
-            self.dropped += len(chunk) - len(kept)
-            chunk = kept
+            keep = [i for i, line in enumerate(chunk) if len(line) <= self._max]
+            self.dropped += len(chunk) - len(keep)
+            chunk = [chunk[i] for i in keep]
+            ends = [ends[i] for i in keep]
+        self.last_ends = ends
         if self._cr:
             chunk = [line[:-1] if line[-1:] == _CR else line for line in chunk]
         return chunk, end
@@ -161,7 +170,9 @@ class LineFramer:
         end = self._pend_off + len(line)
         self._pend_off = end
         if not line or self._discard:
+            self.last_ends = []
             return [], end
         if line[-1:] == _CR:
             line = line[:-1]
+        self.last_ends = [end]
         return [line], end

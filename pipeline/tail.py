@@ -76,6 +76,7 @@ class TailBatch:
     start_offset: int
     end_offset: int
     token: object
+    line_ends: list[int] | None = None  # end offset of each line: stable ids for Kafka events
 
 
 @dataclass(slots=True)
@@ -734,6 +735,7 @@ class FileTailer:
             start_offset=stream.last_end,
             end_offset=end,
             token=_Token(self, stream, seq),
+            line_ends=stream.framer.last_ends,
         )
         stream.last_end = end
         self.stats.lines += len(lines)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.crowdsec_fixture"]
+pytest_plugins: list[str] = ["tests.crowdsec_fixture", "tests.kafka_fixture"]
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"
