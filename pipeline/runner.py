@@ -83,17 +83,6 @@ class Publisher(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _JsonlSink:
-    def __init__(self, target: str) -> None:
-        self._out = JsonlFindings(target)
-
-    def emit(self, events: Sequence[FindingEvent]) -> None:
-        self._out.emit(events)
-
-    async def aclose(self) -> None:
-        self._out.close()
-
-
 def lapi_from_config(config: RunConfig) -> LapiStream | None:
     if not config.lapi_url:
         return None
@@ -192,7 +181,7 @@ class Runner:
             )
             raise UsageError(msg) from None
         try:
-            self.sinks.insert(0, _JsonlSink(self.config.findings))
+            self.sinks.insert(0, JsonlFindings(self.config.findings))
         except OSError as exc:
             await self.server.close()
             msg = f"config key 'findings': cannot open {self.config.findings}: {exc}"

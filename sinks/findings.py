@@ -28,3 +28,7 @@ class JsonlFindings:
     def close(self) -> None:
         if self._own:
             self._fh.close()
+
+    async def aclose(self) -> None:
+        """The EventSink side of the runner and the aggregator."""
+        self.close()

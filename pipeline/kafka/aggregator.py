@@ -133,17 +133,6 @@ class FindingRouter:
         return out
 
 
-class _Jsonl:
-    def __init__(self, target: str) -> None:
-        self._out = JsonlFindings(target)
-
-    def emit(self, events: Sequence[FindingEvent]) -> None:
-        self._out.emit(events)
-
-    async def aclose(self) -> None:
-        self._out.close()
-
-
 def _minus(a: ParseStats, b: ParseStats) -> ParseStats | None:
     d = ParseStats()
     d.lines, d.json, d.common = a.lines - b.lines, a.json - b.json, a.common - b.common
@@ -287,7 +276,7 @@ class Aggregator:
             Partitioner(counts[cfg.kafka_events_topic]), self.clock, float(cfg.window)
         )
         try:
-            self.sinks = [_Jsonl(cfg.findings)]
+            self.sinks = [JsonlFindings(cfg.findings)]
         except OSError as exc:
             msg = f"config key 'findings': cannot open {cfg.findings}: {exc}"
             raise UsageError(msg) from None
