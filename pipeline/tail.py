@@ -573,6 +573,11 @@ class FileTailer:
         self._dirty = True
         self.stats.files_opened += 1
         self.stats.open_files = len(self._by_inode)
+        if self._started and stream.persist:
+            # Record a newly opened file at once: if we die before the next periodic flush
+            # and it is rotated away meanwhile, only its checkpoint lets a restart find it
+            # by inode (a lagging reader under fast rotation lost a whole file without this).
+            self._safe_flush()
 
     def _recover_orphans(self, now: float) -> None:
         """Finish files rotated while we were stopped: find them by inode in their old directory."""

