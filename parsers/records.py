@@ -45,11 +45,6 @@ class SkipReason(StrEnum):
     PARTIAL_OVERFLOW = "partial_overflow"
 
 
-class LineFormat(StrEnum):
-    JSON = "json"
-    COMMON = "common"
-
-
 class ParseStats:
     """Counters a parser bumps per batch; the engine folds them into its totals."""
 

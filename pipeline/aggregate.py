@@ -10,9 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import orjson
-
-from pipeline.config import add_config_args, load_config
+from pipeline.config import add_config_args, load_config, print_config
 from pipeline.errors import UsageError
 
 DESCRIPTION = (
@@ -38,8 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def main_aggregate(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.print_config:
-        sys.stdout.write(orjson.dumps(config.redacted(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
+        print_config(config)
         return 0
     if not config.kafka_bootstrap:
         raise UsageError("config key 'kafka_bootstrap': required by aggregate")

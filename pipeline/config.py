@@ -11,12 +11,15 @@ import argparse
 import dataclasses
 import os
 import re
+import sys
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+import orjson
 
 from pipeline.errors import ConfigError
 
@@ -278,6 +281,11 @@ def validate(config: RunConfig) -> None:
         raise bad("lapi_credentials_file", "required by remediate")
     if config.kafka_partitions < 1:
         raise bad("kafka_partitions", "must be at least 1")
+
+
+def print_config(config: RunConfig) -> None:
+    """``--print-config``: the effective config as JSON, secrets only by where they come from."""
+    sys.stdout.write(orjson.dumps(config.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def listen_address(config: RunConfig) -> tuple[str, int]:

@@ -101,7 +101,7 @@ class Engine:
             runs = self._clamp_future(runs, self.clock() + limit)
         self.timeline.add_runs(runs, self.classifier.classify, self._evaluate_masked)
         self._last_ingest = self.clock()
-        if stats.common or source in self._format_sources:
+        if stats.common or f"log_format:{source}" in self.findings:
             self._evaluate_format(source)
 
     def _clamp_future(self, runs: Sequence[Run], edge: float) -> list[Run]:

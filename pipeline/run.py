@@ -10,9 +10,7 @@ import argparse
 import logging
 import sys
 
-import orjson
-
-from pipeline.config import add_config_args, load_config
+from pipeline.config import add_config_args, load_config, print_config
 from pipeline.errors import UsageError
 
 
@@ -40,8 +38,7 @@ def setup_logging(level: str) -> None:
 def main_run(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.print_config:
-        sys.stdout.write(orjson.dumps(config.redacted(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
+        print_config(config)
         return 0
     if not config.access_log:
         raise UsageError("config key 'access_log': at least one access log path is required")

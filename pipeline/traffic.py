@@ -248,10 +248,6 @@ class Timeline:
         self.first_ts = 0.0
         self.last_ts = 0.0
 
-    def add(self, records: Sequence[AccessRecord], classify: Classify) -> list[int]:
-        """Fold a batch in; returns the bucket ids that closed (for data-driven evaluation)."""
-        return self.add_runs(count_runs(records, self.bucket_s), classify)
-
     def add_runs(
         self,
         runs: Sequence[Run],
