@@ -30,7 +30,7 @@ from pipeline.kafka.events import (
 )
 from pipeline.kafka.totals import ClusterView, PartitionState, decode_snapshot
 from pipeline.netconfig import build_networks
-from pipeline.traffic import Timeline
+from pipeline.traffic import Timeline, count_runs
 from tests.crowdsec_kit import traefik_json_line
 
 CORPUS = Path(__file__).parent / "data" / "corpus"
@@ -99,11 +99,11 @@ def test_records_on_the_wire_are_what_the_parser_counts() -> None:
     rows, skips = BatchEncoder("n1").entries("f", lines, ends_of(lines))
     assert not skips
     timeline_wire = Timeline(900, 60)
-    timeline_wire.add([record_of(r) for r in rows], CLASSIFY)  # type: ignore[misc]
+    timeline_wire.add_runs(count_runs([record_of(r) for r in rows], 60), CLASSIFY)  # type: ignore[misc]
     from parsers.traefik import TraefikParser
 
     timeline_local = Timeline(900, 60)
-    timeline_local.add(TraefikParser().parse(lines, ParseStats()), CLASSIFY)
+    timeline_local.add_runs(count_runs(TraefikParser().parse(lines, ParseStats()), 60), CLASSIFY)
     assert timeline_wire.whole().ep_total == timeline_local.whole().ep_total
     assert timeline_wire.whole().ep_clients == timeline_local.whole().ep_clients
 
