@@ -99,7 +99,7 @@ def test_records_on_the_wire_are_what_the_parser_counts() -> None:
     rows, skips = BatchEncoder("n1").entries("f", lines, ends_of(lines))
     assert not skips
     timeline_wire = Timeline(900, 60)
-    timeline_wire.add_runs(count_runs([record_of(r) for r in rows], 60), CLASSIFY)  # type: ignore[misc]
+    timeline_wire.add_runs(count_runs([record_of(r) for r in rows], 60), CLASSIFY)
     from parsers.traefik import TraefikParser
 
     timeline_local = Timeline(900, 60)
