@@ -1,6 +1,6 @@
 """RSS of `auditor run` with and without Kubernetes discovery, at 1,000 lines/s.
 
-Runs against the test suite's fake k3s API server (tests/kube_fake_api.py), feeding lines from a
+Runs against the test suite's fake k3s API server (tests/support/kube_api.py), feeding lines from a
 generated Invidious log. Usage: .venv/bin/python -m bench.discovery_rss
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bench.generate import main as generate
-from tests.crowdsec_kit import free_port
-from tests.kube_fake_api import FakeKubeApi
+from tests.support.crowdsec import free_port
+from tests.support.kube_api import FakeKubeApi
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "bench" / "out" / "access-100000-s1-m0.1.log"

@@ -7,8 +7,9 @@ Only the loop is timed (imports and engine construction are not); prints one JSO
 - ``floor``: the chunked reader the hot path uses, ``orjson.loads`` on every line, nothing else.
 - ``parse``: the same plus ``TraefikParser.parse`` (records built, no engine): splits the gap
   between the floor and the hot path into parser cost and engine cost.
-- ``hot``: ``pipeline.replay.audit_path`` with an engine built by ``pipeline.replay.build_engine``
-  from ``auditor replay``'s own argument parser, so it is exactly replay's configuration.
+- ``hot``: ``pipeline.cli.replay.audit_path`` with an engine built by
+  ``pipeline.cli.replay.build_engine`` from ``auditor replay``'s own argument
+  parser, so it is exactly replay's configuration.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def parse(path: str) -> dict[str, Any]:
 
 def hot(path: str, decisions: str | None) -> dict[str, Any]:
     from parsers.envelope import Envelope
-    from pipeline.cli import build_parser
-    from pipeline.replay import audit_path, build_engine, load_decisions
+    from pipeline.cli.main import build_parser
+    from pipeline.cli.replay import audit_path, build_engine, load_decisions
 
     argv = ["replay", path] + (["--decisions", decisions] if decisions else [])
     args = build_parser().parse_args(argv)

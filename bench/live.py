@@ -47,7 +47,7 @@ class LiveError(RuntimeError):
 
 def auditor_argv() -> list[str]:
     script = Path(sys.executable).parent / "auditor"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli.main"]
 
 
 def run_available() -> str | None:

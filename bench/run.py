@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run [--lines 1000000] [--json bench/out/results.json]
 
 1. floor: chunked reader + ``orjson.loads`` per line (bench/inproc.py ``floor``)
-2. hot path: ``pipeline.replay.audit_path`` with replay's engine (``hot``; ``parse`` splits it)
+2. hot path: ``pipeline.cli.replay.audit_path`` with replay's engine (``hot``; ``parse`` splits it)
 3. end to end: ``auditor replay FILE --decisions FILE --format json`` as a subprocess, start-up
    included; and once with the file given 10 times (streaming: peak RSS must not grow)
 4. peers answering the same question: naive Python, msgspec partial decode, jq, Miller
@@ -133,7 +133,7 @@ def run_child(argv: list[str], timeout: float = 3600.0) -> ChildResult:
 
 def auditor_argv() -> list[str]:
     script = Path(PY).parent / "auditor"
-    return [str(script)] if script.exists() else [PY, "-m", "pipeline.cli"]
+    return [str(script)] if script.exists() else [PY, "-m", "pipeline.cli.main"]
 
 
 def inproc(mode: str, path: Path, decisions: Path) -> Measure:
@@ -297,7 +297,8 @@ def _version(argv: list[str]) -> str:
 
 
 _LOADED = (
-    "import sys, pipeline.cli, pipeline.replay, pipeline.parallel, pipeline.runner\n"
+    "import sys, pipeline.cli.main, pipeline.cli.replay, pipeline.sources.parallel\n"
+    "import pipeline.live.runner\n"
     "files = [getattr(m, '__file__', None) or '' for m in list(sys.modules.values())]\n"
     "print('\\n'.join(sorted(files)))"
 )

@@ -1,5 +1,5 @@
 """Prometheus metrics of the auditor (names and labels are a contract with deploy/ rules and
-dashboards; tests/metric_names.py lists them).
+dashboards; tests/support/metric_names.py lists them).
 
 Counters are advanced from the engine's cumulative tallies by difference, once per refresh, so the
 hot path never touches a metric object. Known label sets are initialised to zero.
@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from parsers.records import SkipReason
 from pipeline import __version__
-from pipeline.addresses import INTERNAL_CLASSES, AddrClass
-from pipeline.engine import BAN_TYPES, Engine
-from pipeline.findings import Kind, Severity
+from pipeline.core.addresses import INTERNAL_CLASSES, AddrClass
+from pipeline.core.engine import BAN_TYPES, Engine
+from pipeline.core.findings import Kind, Severity
 
 SOURCE_KINDS = ("file", "container", "stdin", "kafka")
 RESULTS = ("json", "common", *(r.value for r in SkipReason))

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from parsers.records import ParseStats
-from pipeline.engine import Engine
-from pipeline.findings import Finding
+from pipeline.core.engine import Engine
+from pipeline.core.findings import Finding
 
 if TYPE_CHECKING:
-    from pipeline.geoip import GeoIP
+    from sinks.geoip import GeoIP
 
 
 def _iso(ts: float) -> str | None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.crowdsec_fixture", "tests.kafka_fixture"]
+from tests.support.paths import DATA
 
-DATA = Path(__file__).parent / "data"
+pytest_plugins: list[str] = ["tests.support.crowdsec_fixtures", "tests.support.kafka"]
+
 CORPUS = DATA / "corpus"
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 
 # The classifier's internal networks with its default configuration (k3s pod/service CIDRs plus
-# pipeline.addresses.WELL_KNOWN internal classes). Peers that cannot parse addresses (jq, Miller)
-# use INTERNAL_REGEX, which matches the same sets written in canonical form.
+# pipeline.core.addresses.WELL_KNOWN internal classes). Peers that cannot parse addresses (jq,
+# Miller) use INTERNAL_REGEX, which matches the same sets written in canonical form.
 INTERNAL_CIDRS = (
     "10.42.0.0/16",
     "10.43.0.0/16",

@@ -12,8 +12,8 @@ import sys
 import msgspec
 
 from bench.peers.common import answer, client_of, emit
-from pipeline.addresses import Classifier
-from pipeline.netconfig import build_networks
+from pipeline.core.addresses import Classifier
+from pipeline.core.networks import build_networks
 from pipeline.sources.readfile import line_batches
 
 

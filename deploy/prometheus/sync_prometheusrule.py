@@ -2,7 +2,8 @@
 
 promtool only reads plain rule files and kustomize cannot turn a file into a CRD's spec without
 plugins, so the PrometheusRule is a generated copy: rules.yaml indented under `spec:`, comments
-kept. `--check` exits 1 when the copy is stale (tests/test_alert_rules.py runs it).
+kept. `--check` exits 1 when the copy is stale
+(tests/integration/deploy/test_alert_rules.py runs it).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Data flow::
       read the whole totals topic -> cluster view = latest snapshot of every partition
                                                                                  (totals.py)
       engine (decisions straight from the CrowdSec LAPI) on the cluster view
-      -> findings it owns -> findings topic (sinks/kafka.py) and JSONL; metrics  (aggregator.py)
+      -> findings it owns -> findings topic (findings.py) and JSONL; metrics
+                                                         (pipeline/live/aggregator.py)
 
 Why this split: an aggregator owning a few partitions still needs cluster-wide numbers (the
 blast radius denominator, the masked-client share of an entrypoint whose internal hops hash to

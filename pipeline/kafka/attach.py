@@ -1,6 +1,6 @@
 """Wires Kafka into ``auditor run``: the sidecar publishes its batches instead of auditing them.
 
-Called by ``pipeline.extensions.attach_all`` when ``kafka_bootstrap`` is set. The publisher is
+Called by ``pipeline.live.plugins.attach_all`` when ``kafka_bootstrap`` is set. The publisher is
 also registered as a runner service, so the topic is checked (or created) at startup and a
 missing topic with ``kafka_create_topics=false`` ends the run with exit code 2.
 """
@@ -15,7 +15,7 @@ from pipeline.kafka.client import KafkaSettings
 from pipeline.kafka.producer import KafkaPublisher
 
 if TYPE_CHECKING:
-    from pipeline.runner import Runner
+    from pipeline.live.runner import Runner
 
 
 def attach_kafka(runner: Runner) -> None:

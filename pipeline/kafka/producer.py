@@ -30,11 +30,11 @@ from pipeline.kafka.client import (
     stop_quietly,
 )
 from pipeline.kafka.events import BatchEncoder, Partitioner
-from pipeline.tail import TailBatch
+from pipeline.sources.tail import TailBatch
 from sinks.prometheus import Metrics
 
 if TYPE_CHECKING:
-    from pipeline.runner import Post
+    from pipeline.live.runner import Post
 
 log = logging.getLogger("auditor.kafka.producer")
 

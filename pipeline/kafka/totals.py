@@ -28,9 +28,9 @@ from typing import Any, cast
 import orjson
 
 from parsers.records import AccessRecord, ParseStats, SkipReason
-from pipeline.addresses import AddrClass, Classification
+from pipeline.core.addresses import AddrClass, Classification
+from pipeline.core.traffic import InternalClient, Summary, Timeline, count_runs
 from pipeline.kafka.events import Chunk, Watermarks, chunk_stats, record_of
-from pipeline.traffic import InternalClient, Summary, Timeline, count_runs
 
 log = logging.getLogger("auditor.kafka.totals")
 
@@ -45,7 +45,7 @@ _REASONS = {r.value: r for r in SkipReason}
 
 # -- Summary <-> JSON ------------------------------------------------------------------------
 # Generic over the slots of Summary and InternalClient, with one tag per non-JSON type, so new
-# tallies in pipeline.traffic travel without touching this module. The top-client table is left
+# tallies in pipeline.core.traffic travel without touching this module. The top-client table is left
 # out (only the replay report reads it, and it is the largest table).
 
 _SKIP_SLOTS = frozenset({"clients"})

@@ -1,7 +1,7 @@
 """Kubernetes discovery and config audit.
 
 Only ``client`` imports ``kubernetes_asyncio`` and aiohttp (~60 MB RSS); everything else here
-(``model``, ``extract``, ``discovery``, ``networks``, ``audit``, ``attach``) is cheap to import,
+(``model``, ``extract``, ``discovery``, ``networks``, ``checks``, ``attach``) is cheap to import,
 and the commands import ``client`` only when they talk to a cluster.
 """
 

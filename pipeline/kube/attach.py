@@ -14,14 +14,14 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from pipeline.kube.audit import audit
+from pipeline.kube.checks import audit
 from pipeline.kube.discovery import Discovery, DiscoveryOptions
 from pipeline.kube.model import ClusterFacts
 from pipeline.kube.networks import cluster_networks
 
 if TYPE_CHECKING:
-    from pipeline.addresses import Network
-    from pipeline.runner import Post, Runner
+    from pipeline.core.addresses import Network
+    from pipeline.live.runner import Post, Runner
 
 log = logging.getLogger("pipeline.kube")
 FINDING_GROUP = "kube"

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.addresses import format_network, parse_address, parse_network
+from pipeline.core.addresses import format_network, parse_address, parse_network
 from pipeline.kube.model import (
     CidrFact,
     ClusterFacts,

@@ -6,7 +6,7 @@ snapshot. Every network says where it was learnt, so a finding can show why an a
 
 from __future__ import annotations
 
-from pipeline.addresses import AddrClass, Network, make_network, parse_address
+from pipeline.core.addresses import AddrClass, Network, make_network, parse_address
 from pipeline.kube.model import ClusterFacts, PodInfo
 
 

@@ -4,7 +4,8 @@
 
 Synthetic cases model what Traefik writes on a k3s node; the corpus cases are built from the
 byte-exact samples in tests/data/corpus (see its SOURCES.md). Expected outputs are made by
-``AUDITOR_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_replay_golden.py`` and then reviewed by hand.
+``AUDITOR_REGEN_GOLDEN=1 .venv/bin/pytest tests/unit/cli/test_replay_golden.py`` and then
+reviewed by hand.
 """
 
 from __future__ import annotations

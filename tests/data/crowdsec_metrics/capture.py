@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from tests.crowdsec_kit import CrowdSecInstance, traefik_json_line, write_probing_burst
+from tests.support.crowdsec import CrowdSecInstance, traefik_json_line, write_probing_burst
 
 HERE = Path(__file__).parent
 SOURCE = "/var/log/traefik/access.log"

@@ -1,0 +1,344 @@
+"""``auditor check``: one look at the cluster (and optionally the LAPI), findings with fixes.
+
+Lists the cluster once (no watch), prints the internal networks it implies, the configuration
+findings, the internal addresses CrowdSec currently bans (when ``--lapi-url`` is given) and the
+allowlist to apply. Kubernetes and aiohttp are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.cli.allowlist import Allowlist, add_cluster_args, allowlist_from_facts
+from pipeline.core import fixes
+from pipeline.core.addresses import CRITICAL_CLASSES, Classifier, Network, k3s_defaults
+from pipeline.core.findings import Finding, Kind, Severity, at_or_above
+from pipeline.errors import UsageError
+
+if TYPE_CHECKING:
+    from parsers.crowdsec import Decision
+    from pipeline.kube.model import ClusterFacts
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+LAPI_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    source: str
+    facts: ClusterFacts
+    networks: tuple[Network, ...]
+    findings: tuple[Finding, ...]
+    allowlist: Allowlist
+    decisions: int | None  # active decisions read from the LAPI, None without --lapi-url
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "networks": [
+                {"cidr": n.cidr, "class": n.cls.value, "provenance": n.provenance}
+                for n in self.networks
+            ],
+            "findings": [f.as_dict() for f in self.findings],
+            "allowlist": self.allowlist.as_dict(),
+        }
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="audit the cluster's client-IP path and CrowdSec's current internal bans",
+        description="Read the cluster once and report: internal networks, configuration "
+        "findings with fixes, bans on internal addresses (with --lapi-url), and the allowlist "
+        "to apply. Exit 0 when nothing is at or above --fail-on, 1 otherwise, 2 on usage or "
+        "connection errors.",
+    )
+    add_cluster_args(p)
+    p.add_argument(
+        "--lapi-url",
+        metavar="URL",
+        help="CrowdSec LAPI, e.g. http://crowdsec-service.crowdsec:8080",
+    )
+    p.add_argument(
+        "--lapi-key-file",
+        metavar="PATH",
+        help="file holding a bouncer API key (cscli bouncers add)",
+    )
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.add_argument(
+        "--fail-on",
+        choices=[s.value for s in Severity],
+        default=Severity.HIGH.value,
+        help="exit 1 when a finding has this severity or more (default: %(default)s)",
+    )
+    p.set_defaults(func=run_check)
+
+
+# -- LAPI -----------------------------------------------------------------------------------------
+async def fetch_decisions(url: str, key: str) -> list[Decision]:
+    """``GET {url}/v1/decisions`` with a bouncer key; raises ``UsageError`` naming the flag."""
+    import aiohttp  # lazy: only with --lapi-url
+
+    from parsers.crowdsec import DecisionFormatError, parse_decisions
+
+    endpoint = url.rstrip("/") + "/v1/decisions"
+    timeout = aiohttp.ClientTimeout(total=LAPI_TIMEOUT_S)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(endpoint, headers={"X-Api-Key": key, "Accept": "application/json"}) as resp,
+        ):
+            body = await resp.read()
+            status = resp.status
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        msg = f"--lapi-url {url}: cannot reach the LAPI: {exc or type(exc).__name__}"
+        raise UsageError(msg) from None
+    if status == 403:
+        msg = f"--lapi-key-file: the LAPI at {url} rejected the key (403)"
+        raise UsageError(msg)
+    if status != 200:
+        msg = f"--lapi-url {url}: GET /v1/decisions answered HTTP {status}"
+        raise UsageError(msg)
+    try:
+        delta = parse_decisions(body)
+    except DecisionFormatError as exc:
+        msg = f"--lapi-url {url}: unexpected decisions payload: {exc}"
+        raise UsageError(msg) from None
+    return [d for d in delta.new if not d.expired]
+
+
+def _go_duration(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    total = int(seconds)
+    sign = "-" if total < 0 else ""
+    h, rest = divmod(abs(total), 3600)
+    m, s = divmod(rest, 60)
+    return f"{sign}{h}h{m}m{s}s"
+
+
+def internal_ban_findings(decisions: Sequence[Decision], classifier: Classifier) -> list[Finding]:
+    """A finding per active decision on an internal address or range."""
+    out = []
+    for d in decisions:
+        if d.scope == "Range" or (d.scope == "Ip" and "/" in d.value):
+            c = classifier.classify_range(d.value)
+        elif d.scope == "Ip":
+            c = classifier.classify(d.value)
+        else:
+            continue  # Country, AS...: not addresses
+        if not c.internal:
+            continue
+        where = c.as_dict()
+        severity = Severity.CRITICAL if c.cls in CRITICAL_CLASSES else Severity.HIGH
+        hop = (
+            "every client whose traffic crosses this hop is blocked"
+            if severity is Severity.CRITICAL
+            else "traffic from it is blocked"
+        )
+        out.append(
+            Finding(
+                kind=Kind.INTERNAL_BAN,
+                severity=severity,
+                target=d.value,
+                summary=f"CrowdSec {d.type}s {d.value}, an internal {c.cls.value} address "
+                f"({where['network']}: {where['provenance']}): {hop}",
+                evidence={
+                    "id": d.id,
+                    "origin": d.origin,
+                    "scenario": d.scenario,
+                    "scope": d.scope,
+                    "value": d.value,
+                    "type": d.type,
+                    "duration": _go_duration(d.duration_s),
+                    **where,
+                },
+                fix=fixes.internal_ban_fix(d.value, d.scope),
+                key=f"internal_ban:{d.key}",
+            )
+        )
+    return out
+
+
+# -- run ------------------------------------------------------------------------------------------
+async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
+    # Lazy: Kubernetes costs ~60 MB; `import pipeline.cli.check` must stay light for the CLI.
+    from pipeline.kube.checks import audit
+    from pipeline.kube.discovery import discover_once
+    from pipeline.kube.networks import cluster_networks
+
+    facts, where = await discover_once(args.kubeconfig, args.context, args.traefik_selector)
+    discovered = cluster_networks(facts)
+    classes = {n.cls for n in discovered}
+    networks = (*(n for n in k3s_defaults() if n.cls not in classes), *discovered)
+    findings = audit(facts)
+    decisions: int | None = None
+    if args.lapi_url and lapi_key is not None:
+        active = await fetch_decisions(args.lapi_url, lapi_key)
+        decisions = len(active)
+        findings += internal_ban_findings(active, Classifier(networks))
+    findings.sort(key=lambda f: -f.severity.rank)
+    return CheckResult(
+        source=where,
+        facts=facts,
+        networks=networks,
+        findings=tuple(findings),
+        allowlist=allowlist_from_facts(facts, networks, source=f"discovered from {where}"),
+        decisions=decisions,
+    )
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if bool(args.lapi_url) != bool(args.lapi_key_file):
+        msg = "--lapi-url and --lapi-key-file go together"
+        raise UsageError(msg)
+    key = None
+    if args.lapi_key_file:
+        from pipeline.secrets import secret_from_file
+
+        secret, _ = secret_from_file(args.lapi_key_file, what="--lapi-key-file")
+        key = secret.reveal()
+    result = asyncio.run(_check(args, key))
+    render = {"json": render_json, "markdown": render_markdown, "table": render_table}[args.format]
+    sys.stdout.write(render(result))
+    return EXIT_FINDINGS if at_or_above(list(result.findings), Severity(args.fail_on)) else EXIT_OK
+
+
+# -- rendering ------------------------------------------------------------------------------------
+def render_json(result: CheckResult) -> str:
+    return json.dumps(result.as_dict(), indent=2) + "\n"
+
+
+def _overview(result: CheckResult) -> list[str]:
+    facts = result.facts
+    t = facts.traefik
+    workloads = ", ".join(
+        f"{w.kind} {w.ref} ({_plural(sum(1 for p in t.pods if p.workload == w), 'pod')})"
+        for w in t.workloads
+    )
+    services = ", ".join(
+        f"Service {s.ref} {s.type}" + (f" externalTrafficPolicy={s.etp}" if s.exposed else "")
+        for s in t.services
+    )
+    lb = []
+    if facts.servicelb:
+        lb.append(f"k3s servicelb ({_plural(len(facts.servicelb), 'DaemonSet')})")
+    if facts.metallb.present:
+        lb.append("MetalLB")
+    lines = [
+        f"Cluster: {result.source}",
+        f"Nodes: {len(facts.nodes)}; load balancers: {', '.join(lb) or 'none found'}",
+        f"Traefik: {'; '.join(x for x in (workloads, services) if x) or 'not found'}",
+    ]
+    if result.decisions is not None:
+        bans = sum(1 for f in result.findings if f.kind is Kind.INTERNAL_BAN)
+        lines.append(
+            f"CrowdSec LAPI: {result.decisions} active decisions, {bans} on internal addresses"
+        )
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _counts(findings: Sequence[Finding]) -> str:
+    parts = []
+    for sev in reversed(Severity):
+        n = sum(1 for f in findings if f.severity is sev)
+        if n:
+            parts.append(f"{n} {sev.value}")
+    return ", ".join(parts) or "none"
+
+
+def _evidence_text(evidence: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{k}={json.dumps(v, separators=(',', ':')) if not isinstance(v, str) else v}"
+        for k, v in evidence.items()
+    )
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + ln if ln else ln for ln in text.splitlines())
+
+
+def render_table(result: CheckResult) -> str:
+    out = _overview(result)
+    rows = [(n.cidr, n.cls.value, n.provenance) for n in result.networks]
+    w1 = max((len(r[0]) for r in rows), default=4)
+    w2 = max((len(r[1]) for r in rows), default=5)
+    out += ["", f"INTERNAL NETWORKS ({len(rows)})", f"{'CIDR':<{w1}}  {'CLASS':<{w2}}  PROVENANCE"]
+    out += [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows]
+    out += ["", f"FINDINGS ({len(result.findings)}: {_counts(result.findings)})"]
+    for f in result.findings:
+        code = f.check or f.kind.value
+        out += [
+            "",
+            f"[{f.severity.value.upper()}] {code}  {f.target}",
+            _indent(f.summary, "  "),
+            "  evidence: " + _evidence_text(dict(f.evidence)),
+            "  fix:",
+            _indent(f.fix, "    "),
+        ]
+    a = result.allowlist
+    out += [
+        "",
+        "CROWDSEC WHITELIST (s02-enrich parser)",
+        a.whitelist_yaml().rstrip("\n"),
+        "",
+        "TRAEFIK BOUNCER PLUGIN (trusted IPs)",
+        a.middleware_yaml().rstrip("\n"),
+        "",
+        "TRAEFIK ENTRY POINTS",
+        a.entrypoints_yaml().rstrip("\n"),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(result: CheckResult) -> str:
+    out = ["# auditor check", "", *(f"- {ln}" for ln in _overview(result))]
+    out += [
+        "",
+        f"## Internal networks ({len(result.networks)})",
+        "",
+        "| CIDR | Class | Provenance |",
+        "|---|---|---|",
+    ]
+    out += [f"| `{n.cidr}` | {n.cls.value} | {_md_cell(n.provenance)} |" for n in result.networks]
+    out += ["", f"## Findings ({_counts(result.findings)})"]
+    for f in result.findings:
+        out += [
+            "",
+            f"### {f.severity.value.upper()} `{f.check or f.kind.value}` — {f.target}",
+            "",
+            f.summary,
+            "",
+            "```json",
+            json.dumps(dict(f.evidence), indent=2),
+            "```",
+            "",
+            "Fix:",
+            "",
+            "```",
+            f.fix,
+            "```",
+        ]
+    a = result.allowlist
+    out += ["", "## Allowlist", ""]
+    for title, text in (
+        ("CrowdSec whitelist (s02-enrich parser)", a.whitelist_yaml()),
+        ("Traefik bouncer plugin", a.middleware_yaml()),
+        ("Traefik entry points", a.entrypoints_yaml()),
+    ):
+        out += [f"### {title}", "", "```yaml", text.rstrip("\n"), "```", ""]
+    return "\n".join(out)

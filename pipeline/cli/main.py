@@ -1,0 +1,66 @@
+"""``auditor`` command line: one sub-command per module, registered from ``COMMANDS``.
+
+Each command module exposes ``register(subparsers)``; it sets ``func`` on its parser to a callable
+taking the parsed namespace and returning the exit code. Modules keep heavy imports (Kubernetes,
+Kafka) inside their handlers so that ``auditor replay`` stays small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from pipeline import __version__
+from pipeline.errors import UsageError
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+
+COMMANDS: tuple[str, ...] = (
+    "pipeline.cli.replay",
+    "pipeline.cli.run",
+    "pipeline.cli.check",
+    "pipeline.cli.allowlist",
+    "pipeline.cli.aggregate",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="auditor",
+        description="Flags CrowdSec bans on internal cluster addresses and client-IP masking.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = cast("Callable[[argparse.Namespace], int]", args.func)
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(f"auditor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""The audit engine: a pure, synchronous state machine.
+
+Access-record batches and decision deltas go in; finding events and counters come out. No I/O, no
+wall clock of its own (``clock`` is injected), so ``run``, ``replay`` and the Kafka aggregator
+drive the same code and tests can step time by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from parsers.crowdsec import Decision, DecisionDelta
+from parsers.records import AccessRecord, ParseStats
+from pipeline.core import fixes
+from pipeline.core.addresses import (
+    CRITICAL_CLASSES,
+    AddrClass,
+    Classification,
+    Classifier,
+    parse_address,
+    parse_network,
+)
+from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
+from pipeline.core.traffic import Run, Summary, Timeline, count_runs
+
+BAN_TYPES = frozenset({"ban", "captcha"})
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Tuning of the audit. Defaults are documented in the README ("How findings are decided")."""
+
+    window_s: int = 900  # sliding window for the masked-client share and live blast radius
+    bucket_s: int = 60
+    blast_scope: Literal["window", "span"] = "window"  # replay measures on the whole input
+    masked_share: float = 0.5  # raise when this share of an entrypoint's requests is internal
+    masked_min_requests: int = 30  # ... and the window holds at least this many requests
+    masked_clear_share: float = 0.3  # hysteresis: clear only below this share
+    clear_recovered: bool = True  # live: clear masked findings on recovery; replay keeps the peak
+    expect_json: bool = True
+    format_share: float = 0.01  # common-format share of parsed lines that raises log_format
+    top_k: int = 10
+    # Live: data stamped further ahead of the clock than this is placed at the clock's edge,
+    # so one line from a skewed node cannot freeze the window. Replay: None (no clock to trust).
+    max_future_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveDecision:
+    decision: Decision
+    target: Classification
+    expires_at: float | None
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+class Engine:
+    """See module docstring. Call ``ingest``/``apply``/``tick``; read ``drain_events``."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        classifier: Classifier,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.clock = clock
+        self.timeline = Timeline(config.window_s, config.bucket_s)
+        self.stats: dict[str, ParseStats] = {}
+        self.decisions: dict[str, ActiveDecision] = {}
+        self.findings: dict[str, Finding] = {}
+        self.raised_total: dict[tuple[Kind, Severity], int] = {}
+        self._events: list[FindingEvent] = []
+        self._masked_peak: dict[str, float] = {}
+        self._last_ingest = 0.0  # clock time of the last batch (live window sliding)
+        self._notes = 0
+        self._data_now = 0.0  # data-time estimate while no data arrives
+        self._material: dict[str, object] = {}
+        self.decisions_seen = 0
+        # (scope, type, target class) -> active decisions, kept current for the metrics.
+        self.decision_counts: dict[tuple[str, str, AddrClass], int] = {}
+
+    # -- inputs ---------------------------------------------------------------------------
+    def ingest(self, records: Sequence[AccessRecord], stats: ParseStats, source: str) -> None:
+        """Fold a parsed batch in. Evaluation happens when a data-time bucket closes."""
+        self.ingest_runs(count_runs(records, self.config.bucket_s), stats, source)
+
+    def ingest_runs(self, runs: Sequence[Run], stats: ParseStats, source: str) -> None:
+        """Fold pre-counted runs in (``count_runs`` output, possibly from another process)."""
+        mine = self.stats.get(source)
+        if mine is None:
+            mine = self.stats[source] = ParseStats()
+        mine.merge(stats)
+        limit = self.config.max_future_s
+        if limit is not None and runs:
+            runs = self._clamp_future(runs, self.clock() + limit)
+        self.timeline.add_runs(runs, self.classifier.classify, self._evaluate_masked)
+        self._last_ingest = self.clock()
+        if stats.common or f"log_format:{source}" in self.findings:
+            self._evaluate_format(source)
+
+    def _clamp_future(self, runs: Sequence[Run], edge: float) -> list[Run]:
+        bucket_s = self.config.bucket_s
+        edge_bucket = int(edge) // bucket_s
+        return [
+            (min(b, edge_bucket), counts, min(first, edge), min(last, edge))
+            for b, counts, first, last in runs
+        ]
+
+    @property
+    def _format_sources(self) -> set[str]:
+        return {f.target for f in self.findings.values() if f.kind is Kind.LOG_FORMAT}
+
+    def apply(self, delta: DecisionDelta) -> None:
+        """Apply a decision delta; a startup delta replaces the whole state (LAPI resync)."""
+        now = self.clock()
+        if delta.startup:
+            incoming = {d.key for d in delta.new if not d.expired}
+            for key in list(self.decisions):
+                if key not in incoming:
+                    self._drop_decision(key)
+        for d in delta.deleted:
+            if d.key in self.decisions:
+                self._drop_decision(d.key)
+                continue
+            # CrowdSec 1.4.6 streams one decision per value (the longest) under `new` but reports
+            # the deletion under another decision's id, and only once none is left on the value.
+            for key, active in list(self.decisions.items()):
+                a = active.decision
+                if (a.scope, a.value, a.type) == (d.scope, d.value, d.type):
+                    self._drop_decision(key)
+        for d in delta.new:
+            if d.expired:
+                self._drop_decision(d.key)
+                continue
+            self.decisions_seen += 1
+            target = self._classify_target(d)
+            expires = now + d.duration_s if d.duration_s is not None else None
+            self._store_decision(d.key, ActiveDecision(d, target, expires))
+            self._evaluate_decision(d.key)
+
+    def _store_decision(self, key: str, active: ActiveDecision) -> None:
+        self._uncount(self.decisions.get(key))
+        self.decisions[key] = active
+        label = (active.decision.scope, active.decision.type, active.target.cls)
+        self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
+
+    def _uncount(self, active: ActiveDecision | None) -> None:
+        if active is None:
+            return
+        label = (active.decision.scope, active.decision.type, active.target.cls)
+        left = self.decision_counts.get(label, 0) - 1
+        if left > 0:
+            self.decision_counts[label] = left
+        else:
+            self.decision_counts.pop(label, None)
+
+    def tick(self) -> None:
+        """Live mode, about once a second: expire decisions by the clock, slide the window
+        through quiet periods, and re-evaluate what depends on the window."""
+        now = self.clock()
+        for key, active in list(self.decisions.items()):
+            if active.expires_at is not None and active.expires_at <= now:
+                self._drop_decision(key)
+        quiet = now - self._last_ingest if self._last_ingest else 0.0
+        if quiet > self.config.bucket_s and self.timeline.last_ts:
+            # No data for a while: time still passes on the data's time line.
+            self._data_now = max(self._data_now, self.timeline.last_ts) + quiet
+            self.timeline.advance(self._data_now, self._evaluate_masked)
+            self._last_ingest = now
+        self._evaluate_masked()
+        for source in self._format_sources:
+            self._evaluate_format(source)
+        # Only internal targets have a finding (and a blast radius) to keep current; CAPI
+        # lists bring tens of thousands of external ones.
+        for key, active in list(self.decisions.items()):
+            if active.target.internal:
+                self._evaluate_decision(key)
+
+    def finish(self) -> None:
+        """End of a replay: evaluate everything once more on the full input."""
+        for source, st in self.stats.items():
+            if st.common:
+                self._evaluate_format(source)
+        self._evaluate_masked()
+        for key in list(self.decisions):
+            self._evaluate_decision(key)
+
+    def reclassify(self) -> None:
+        """The classifier's networks changed (discovery): re-judge every active decision."""
+        for key, active in list(self.decisions.items()):
+            self._store_decision(
+                key,
+                ActiveDecision(
+                    active.decision, self._classify_target(active.decision), active.expires_at
+                ),
+            )
+            self._evaluate_decision(key)
+
+    def replace_findings(self, group: str, findings: Sequence[Finding]) -> None:
+        """Set the findings an outside checker owns (config audit, CrowdSec health...).
+
+        Findings of ``group`` not in ``findings`` are cleared; new ones raised, changed ones
+        updated. Keys are prefixed with the group so checkers cannot clash.
+        """
+        prefix = f"{group}:"
+        wanted = {prefix + (f.key or f"{f.kind.value}:{f.check}:{f.target}"): f for f in findings}
+        for key in [k for k in self.findings if k.startswith(prefix) and k not in wanted]:
+            self._clear(key)
+        for key, f in wanted.items():
+            self._emit(replace(f, key=key))
+
+    def note(self, finding: Finding) -> None:
+        """A one-off event (e.g. a remediation action): raised and cleared at once, so it is
+        logged and counted without staying active."""
+        self._notes += 1
+        f = replace(finding, key=f"note:{self._notes}:{finding.kind.value}:{finding.target}")
+        k = (f.kind, f.severity)
+        self.raised_total[k] = self.raised_total.get(k, 0) + 1
+        now = self.clock()
+        self._events.append(FindingEvent(State.RAISED, f, now))
+        self._events.append(FindingEvent(State.CLEARED, f, now))
+
+    def request_classes(self) -> dict[tuple[str, AddrClass], int]:
+        return self.timeline.by_class()
+
+    def drain_events(self) -> list[FindingEvent]:
+        events, self._events = self._events, []
+        return events
+
+    # -- findings plumbing ------------------------------------------------------------------
+    def _emit(self, finding: Finding, material: object = None) -> None:
+        """Raise, update or silently refresh a finding.
+
+        An ``updated`` event goes out only when the severity or ``material`` (by default the
+        summary) changes: shares drift with every batch, and a line per drift would drown the
+        findings stream. Callers pass a coarse form of their numbers as ``material``.
+        """
+        old = self.findings.get(finding.key)
+        mark = finding.summary if material is None else material
+        if old is None:
+            self.findings[finding.key] = finding
+            self._material[finding.key] = mark
+            k = (finding.kind, finding.severity)
+            self.raised_total[k] = self.raised_total.get(k, 0) + 1
+            self._events.append(FindingEvent(State.RAISED, finding, self.clock()))
+        elif old.severity != finding.severity or self._material.get(finding.key) != mark:
+            self.findings[finding.key] = finding
+            self._material[finding.key] = mark
+            self._events.append(FindingEvent(State.UPDATED, finding, self.clock()))
+        else:
+            self.findings[finding.key] = finding  # refresh evidence silently
+
+    def _clear(self, key: str) -> None:
+        old = self.findings.pop(key, None)
+        self._material.pop(key, None)
+        if old is not None:
+            self._events.append(FindingEvent(State.CLEARED, old, self.clock()))
+
+    # -- decisions --------------------------------------------------------------------------
+    def _classify_target(self, d: Decision) -> Classification:
+        if d.scope == "Range" or (d.scope == "Ip" and "/" in d.value):
+            return self.classifier.classify_range(d.value)
+        if d.scope == "Ip":
+            return self.classifier.classify(d.value)
+        return Classification(AddrClass.INVALID, None)  # Country, AS, username...: not addresses
+
+    def _drop_decision(self, key: str) -> None:
+        active = self.decisions.pop(key, None)
+        if active is not None:
+            self._uncount(active)
+            self._clear(f"internal_ban:{key}")
+
+    def _evaluate_decision(self, key: str) -> None:
+        active = self.decisions.get(key)
+        if active is None:
+            return
+        d, target = active.decision, active.target
+        fkey = f"internal_ban:{key}"
+        if not target.internal or d.type.lower() not in BAN_TYPES:
+            self._clear(fkey)
+            return
+        severity = Severity.CRITICAL if target.cls in CRITICAL_CLASSES else Severity.HIGH
+        if d.simulated:
+            severity = Severity.MEDIUM
+        blast = self.blast_radius(d)
+        pct = round(blast["request_share"] * 100)
+        summary = (
+            f"CrowdSec {d.type}s {d.value} ({target.cls.value}); it sent {pct}% of recent "
+            f"requests, so this {d.type} blocks them"
+            if blast["requests"]
+            else f"CrowdSec {d.type}s {d.value}, an internal {target.cls.value} address"
+        )
+        evidence: dict[str, Any] = {
+            "decision": d.as_dict(),
+            **target.as_dict(),
+            "blast_radius": blast,
+        }
+        self._emit(
+            Finding(
+                kind=Kind.INTERNAL_BAN,
+                severity=severity,
+                target=d.value,
+                summary=summary,
+                evidence=evidence,
+                fix=fixes.internal_ban_fix(d.value, d.scope),
+                key=fkey,
+            ),
+            material=pct // 10,
+        )
+
+    def blast_radius(self, d: Decision) -> dict[str, Any]:
+        """Share of recent traffic (and of distinct hosts/routers) that came from the target."""
+        summary = (
+            self.timeline.whole()
+            if self.config.blast_scope == "span"
+            else self.timeline.window(full=True)
+        )
+        matches = self._matching_clients(d, summary)
+        requests = sum(summary.internal[a].count for a in matches)
+        hosts: set[str] = set()
+        routers: set[str] = set()
+        for a in matches:
+            hosts |= summary.internal[a].hosts
+            routers |= summary.internal[a].routers
+        hosts.discard("-")
+        routers.discard("-")
+        all_hosts = summary.hosts - {"-"}
+        all_routers = summary.routers - {"-"}
+        return {
+            "scope": self.config.blast_scope,
+            "window_s": self.config.window_s if self.config.blast_scope == "window" else None,
+            "requests": requests,
+            "total_requests": summary.total,
+            "request_share": _share(requests, summary.total),
+            "hosts": len(hosts),
+            "host_share": _share(len(hosts), len(all_hosts)),
+            "routers": len(routers),
+            "router_share": _share(len(routers), len(all_routers)),
+            "addresses": sorted(matches)[:10],
+        }
+
+    def _matching_clients(self, d: Decision, summary: Summary) -> list[str]:
+        if d.scope == "Range" or "/" in d.value:
+            net = parse_network(d.value)
+            if net is None:
+                return []
+            version, prefix, length = net
+            bits = 32 if version == 4 else 128
+            shift = bits - length
+            out = []
+            for addr in summary.internal:
+                p = parse_address(addr)
+                if p is not None and p[0] == version and p[1] >> shift == prefix >> shift:
+                    out.append(addr)
+            return out
+        want = parse_address(d.value)
+        return [a for a in summary.internal if want is not None and parse_address(a) == want]
+
+    # -- masked client IP -------------------------------------------------------------------
+    def _evaluate_masked(self) -> None:
+        cfg = self.config
+        window = self.timeline.window()
+        # Entrypoints with an open finding are judged even when they left the window (share 0).
+        judged = set(window.ep_total)
+        judged |= {f.target for f in self.findings.values() if f.kind is Kind.MASKED_CLIENT_IP}
+        for ep in judged:
+            total = window.ep_total.get(ep, 0)
+            key = f"masked_client_ip:{ep}"
+            internal = window.ep_internal.get(ep, 0)
+            share = internal / total if total else 0.0
+            active = key in self.findings
+            if total >= cfg.masked_min_requests and share >= cfg.masked_share:
+                if cfg.clear_recovered or share >= self._masked_peak.get(ep, 0.0):
+                    self._masked_peak[ep] = share
+                    self._raise_masked(ep)
+            elif active and cfg.clear_recovered and share < cfg.masked_clear_share:
+                self._clear(key)
+
+    def _raise_masked(self, ep: str) -> None:
+        window = self.timeline.window(full=True)
+        total = window.ep_total.get(ep, 0)
+        internal = window.ep_internal.get(ep, 0)
+        share = _share(internal, total)
+        hops = sorted(window.ep_hops.get(ep, {}).items(), key=lambda t: (-t[1], t[0]))[:5]
+        visible = window.ep_visible.get(ep, 0)
+        headers_kept = window.ep_headers.get(ep, 0) > 0
+        pct = round(share * 100)
+        label = "(no entrypoint name)" if ep == "-" else ep
+        evidence = {
+            "entrypoint": ep,
+            "window_s": self.config.window_s,
+            "requests": total,
+            "internal_requests": internal,
+            "internal_share": share,
+            "distinct_clients": len(window.ep_clients.get(ep, ())),
+            "internal_hops": [
+                {"address": a, "requests": n, "class": self.classifier.classify(a).cls.value}
+                for a, n in hops
+            ],
+            "headers_kept": headers_kept,
+            "real_client_visible": visible,
+            "real_client_example": window.ep_example.get(ep),
+            "window_end": self.timeline.last_ts,
+        }
+        summary = (
+            f"{pct}% of requests on entrypoint {label} come from internal addresses: "
+            "the real client IP is masked"
+        )
+        if visible:
+            summary += " (kept X-Forwarded-For/X-Real-Ip headers show the real client)"
+        self._emit(
+            Finding(
+                kind=Kind.MASKED_CLIENT_IP,
+                severity=Severity.HIGH,
+                target=ep,
+                summary=summary,
+                evidence=evidence,
+                fix=fixes.masked_fix(headers_kept, bool(visible)),
+                key=f"masked_client_ip:{ep}",
+            ),
+            material=(pct // 10, bool(visible)),
+        )
+
+    # -- log format -------------------------------------------------------------------------
+    def _evaluate_format(self, source: str) -> None:
+        """Common-format lines where JSON is expected: raised above ``format_share`` of the
+        source's parsed lines (a stray line is not a misconfiguration), cleared below half."""
+        if not self.config.expect_json:
+            return
+        st = self.stats[source]
+        share = st.common / st.parsed if st.parsed else 0.0
+        key = f"log_format:{source}"
+        if share < self.config.format_share:
+            if share < self.config.format_share / 2:
+                self._clear(key)
+            return
+        self._emit(
+            Finding(
+                kind=Kind.LOG_FORMAT,
+                severity=Severity.MEDIUM,
+                target=source,
+                summary=f"access lines from {source} are in common log format, not JSON",
+                evidence={
+                    "common_lines": st.common,
+                    "json_lines": st.json,
+                    "common_share": round(share, 4),
+                },
+                fix=fixes.JSON_FORMAT,
+                key=key,
+            )
+        )

@@ -1,0 +1,572 @@
+"""Deployment packaging: kustomize renders, objects validate against the Kubernetes schema,
+pods are hardened, RBAC is read-only, Traefik values use the right keys per chart version, the
+auditor container is the same everywhere, YAML is lint-clean, and the image is non-root."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from pipeline.config import KEYS, RunConfig, load_config
+from tests.support.paths import ROOT
+
+DEPLOY = ROOT / "deploy"
+KUSTOMIZE = DEPLOY / "kustomize"
+TARGETS = ("base", "overlays/sidecar", "overlays/node-agent")
+SIDECAR_PATCH = KUSTOMIZE / "overlays" / "sidecar" / "traefik-daemonset-patch.yaml"
+HELM_V41 = DEPLOY / "helm" / "traefik-values-v41.yaml"
+HELM_V40 = DEPLOY / "helm" / "traefik-values-v40.yaml"
+K3S = DEPLOY / "k3s" / "traefik-helmchartconfig.yaml"
+K8S_VERSION = "1.31.0"
+CRD_KINDS = {"PrometheusRule", "ServiceMonitor"}
+TIMEOUT = 120
+UID = 65532
+LOG_DIR = "/var/log/traefik"
+# What the pod's environment supplies, with the downward-API references expanded.
+POD_ENV = {
+    "POD_IP": "10.42.0.5",
+    "AUDITOR_METRICS_LISTEN": "10.42.0.5:9977",
+    "AUDITOR_NODE_NAME": "n1",
+}
+
+Obj = dict[str, Any]
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.fixture(name="kubectl", scope="module")
+def _kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail("kubectl not found: it renders the kustomize packaging")
+    return path
+
+
+def _kustomize(kubectl: str, directory: Path) -> list[Obj]:
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(name="rendered", scope="module")
+def _rendered(kubectl: str) -> dict[str, list[Obj]]:
+    return {target: _kustomize(kubectl, KUSTOMIZE / target) for target in TARGETS}
+
+
+def _one(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
+    found = [o for o in objs if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def _validate(obj: Obj) -> None:
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(
+            f"{obj['kind']}/{obj['metadata'].get('name')}: {exc.message} at {list(exc.path)}"
+        )
+
+
+def _auditor(pod_spec: Obj) -> Obj:
+    (container,) = [c for c in pod_spec["containers"] if c["name"] == "ban-auditor"]
+    return container
+
+
+def _mounts(container: Obj) -> dict[str, Obj]:
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+# --- kustomize -------------------------------------------------------------------------------
+
+
+def test_kubernetes_validate_knows_the_pinned_version() -> None:
+    assert K8S_VERSION in kubernetes_validate.utils.all_versions()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_renders_and_validates(rendered: dict[str, list[Obj]], target: str) -> None:
+    objs = rendered[target]
+    assert objs
+    for obj in objs:
+        if obj["kind"] in CRD_KINDS:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        _validate(obj)
+
+
+def test_schema_validation_rejects_unknown_fields() -> None:
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x"},
+        "data": {},
+        "surprise": 1,
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_common_objects(rendered: dict[str, list[Obj]], target: str) -> None:
+    objs = rendered[target]
+    kinds = {o["kind"] for o in objs}
+    assert {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Service"} <= kinds
+    assert kinds >= CRD_KINDS
+    dashboard = _one(objs, "ConfigMap", "ban-auditor-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    config = _config(objs)
+    assert config.start_at == "end"
+    assert config.discovery is False  # ~52 MB more RSS per pod; opt-in (config.toml comment)
+    assert config.metrics_listen == POD_ENV["AUDITOR_METRICS_LISTEN"]
+    assert config.lapi_url
+    assert config.lapi_key_file == "/run/secrets/ban-auditor/api-key"
+
+
+def _config(objs: list[Obj]) -> RunConfig:
+    """The ConfigMap's config.toml as the auditor loads it in the pod (file < pod env)."""
+    text = _one(objs, "ConfigMap", "ban-auditor-config")["data"]["config.toml"]
+    tomllib.loads(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.toml"
+        path.write_text(text, encoding="utf-8")
+        return load_config(argparse.Namespace(config=str(path)), env=POD_ENV)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_namespaced_objects_share_one_namespace(
+    rendered: dict[str, list[Obj]], target: str
+) -> None:
+    expected = "kube-system" if target.endswith("sidecar") else "ban-auditor"
+    for obj in rendered[target]:
+        if obj["kind"] in {"ClusterRole", "ClusterRoleBinding", "Namespace"}:
+            assert "namespace" not in obj["metadata"]
+        else:
+            assert obj["metadata"]["namespace"] == expected, obj["kind"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rbac_is_read_only_discovery(rendered: dict[str, list[Obj]], target: str) -> None:
+    objs = rendered[target]
+    assert not [o for o in objs if o["kind"] in {"Role", "RoleBinding"}]
+    role = _one(objs, "ClusterRole")
+    granted: set[tuple[str, str]] = set()
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+        assert "resourceNames" not in rule
+        assert "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource)
+                granted.add((group, resource))
+    assert granted == {
+        ("", "nodes"),
+        ("", "services"),
+        ("", "pods"),
+        ("", "namespaces"),  # MetalLB presence (metallb-system)
+        ("apps", "daemonsets"),  # k3s svclb DaemonSets
+        ("apps", "replicasets"),  # Traefik's owner chain: Deployment or DaemonSet
+    }
+    binding = _one(objs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+
+
+def test_rbac_subjects(rendered: dict[str, list[Obj]]) -> None:
+    node = _one(rendered["overlays/node-agent"], "ClusterRoleBinding")
+    assert node["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ban-auditor", "namespace": "ban-auditor"}
+    ]
+    _one(rendered["overlays/node-agent"], "ServiceAccount", "ban-auditor")
+    # The sidecar runs under Traefik's ServiceAccount.
+    side = _one(rendered["overlays/sidecar"], "ClusterRoleBinding")
+    assert side["subjects"] == [
+        {"kind": "ServiceAccount", "name": "traefik", "namespace": "kube-system"}
+    ]
+    assert not [o for o in rendered["overlays/sidecar"] if o["kind"] == "ServiceAccount"]
+
+
+def test_sidecar_ships_no_networkpolicy(rendered: dict[str, list[Obj]]) -> None:
+    """A policy selecting Traefik pods would cut off all its web traffic."""
+    assert not [o for o in rendered["overlays/sidecar"] if o["kind"] == "NetworkPolicy"]
+    service = _one(rendered["overlays/sidecar"], "Service", "ban-auditor")
+    assert service["spec"]["selector"] == {"app.kubernetes.io/name": "traefik"}
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_monitoring_wiring(rendered: dict[str, list[Obj]]) -> None:
+    for target in TARGETS:
+        objs = rendered[target]
+        service = _one(objs, "Service", "ban-auditor")
+        monitor = _one(objs, "ServiceMonitor")
+        assert _selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics"
+        assert ports[endpoint["port"]]["port"] == 9977
+        assert ports[endpoint["port"]]["targetPort"] == "auditor-metrics"
+        # Prometheus job = Service name; the alert rules match job=~"ban-auditor.*".
+        assert service["metadata"]["name"].startswith("ban-auditor")
+        rule = _one(objs, "PrometheusRule")
+        assert rule["spec"]["groups"]
+
+
+def test_node_agent_wiring(rendered: dict[str, list[Obj]]) -> None:
+    objs = rendered["overlays/node-agent"]
+    ds = _one(objs, "DaemonSet", "ban-auditor")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert _selects(ds["spec"]["selector"]["matchLabels"], pod_labels)
+    assert _selects(_one(objs, "Service")["spec"]["selector"], pod_labels)
+    policy = _one(objs, "NetworkPolicy")
+    assert _selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9977}]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    namespace = _one(objs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def _assert_hardened(container: Obj, pod_sc: Obj, *, non_root: bool) -> None:
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert not sc.get("privileged", False)
+    seccomp = sc.get("seccompProfile") or pod_sc.get("seccompProfile")
+    assert seccomp == {"type": "RuntimeDefault"}
+    if non_root:
+        assert sc["runAsNonRoot"] is True
+        assert sc["runAsUser"] == UID
+    resources = container["resources"]
+    assert resources["requests"] == {"cpu": "20m", "memory": "48Mi"}  # bench/RESULTS.md
+    assert resources["limits"] == {"cpu": "500m", "memory": "96Mi"}
+    assert _mounts(container)["/tmp"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["AUDITOR_METRICS_LISTEN"]["value"] == "$(POD_IP):9977"
+    assert container["args"] == ["run", "--config", "/etc/ban-auditor/config.toml"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"auditor-metrics": 9977}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert env["AUDITOR_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    for name in env:
+        if name.startswith("AUDITOR_"):
+            assert name.removeprefix("AUDITOR_").lower() in KEYS, f"{name} is no config key"
+    assert set(env) == set(POD_ENV)
+
+
+def test_node_agent_pod(rendered: dict[str, list[Obj]]) -> None:
+    objs = rendered["overlays/node-agent"]
+    spec = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "ban-auditor"
+    assert not spec.get("hostNetwork")
+    assert not spec.get("hostPID")
+    container = _auditor(spec)
+    # Root without capabilities, to read root-owned /var/log/pods files (see daemonset.yaml).
+    _assert_hardened(container, spec["securityContext"], non_root=False)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = _mounts(container)
+    host_paths = {name: v["hostPath"]["path"] for name, v in volumes.items() if "hostPath" in v}
+    assert host_paths == {"varlog": "/var/log", "checkpoints": "/var/lib/ban-auditor"}
+    assert mounts["/var/log"]["readOnly"] is True
+    assert not mounts["/var/lib/ban-auditor"].get("readOnly", False)
+    for path, mount in mounts.items():
+        if path not in ("/var/lib/ban-auditor", "/tmp"):
+            assert mount.get("readOnly") is True, path
+    secret = volumes[mounts["/run/secrets/ban-auditor"]["name"]]["secret"]
+    assert secret["secretName"] == "ban-auditor-lapi"
+    assert secret["items"] == [{"key": "api-key", "path": "api-key"}]
+    config = _config(objs)
+    assert config.access_log == ("/var/log/containers/*traefik*.log",)
+    assert config.checkpoint_dir == "/var/lib/ban-auditor"
+    assert config.envelope == "auto"
+
+
+def test_component_adds_release_label(kubectl: str, tmp_path: Path) -> None:
+    rel = Path(os.path.relpath(KUSTOMIZE, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [str(rel / "overlays" / "node-agent")],
+                "components": [str(rel / "components" / "kube-prometheus-stack")],
+            }
+        ),
+        encoding="utf-8",
+    )
+    objs = _kustomize(kubectl, tmp_path)
+    for kind in CRD_KINDS:
+        assert _one(objs, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+# --- the auditor container in Traefik ---------------------------------------------------------
+
+
+def _traefik_stub() -> Obj:
+    labels = {"app.kubernetes.io/name": "traefik"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "traefik", "namespace": "kube-system"},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": "traefik",
+                    "containers": [{"name": "traefik", "image": "traefik:v3.3"}],
+                },
+            },
+        },
+    }
+
+
+def test_sidecar_patch_applies_to_a_traefik_daemonset(kubectl: str, tmp_path: Path) -> None:
+    (tmp_path / "traefik.yaml").write_text(yaml.safe_dump(_traefik_stub()), encoding="utf-8")
+    shutil.copy(SIDECAR_PATCH, tmp_path / "patch.yaml")
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": ["traefik.yaml"], "patches": [{"path": "patch.yaml"}]}),
+        encoding="utf-8",
+    )
+    (ds,) = _kustomize(kubectl, tmp_path)
+    _validate(ds)
+    spec = ds["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["traefik", "ban-auditor"]
+    traefik = spec["containers"][0]
+    assert traefik["image"] == "traefik:v3.3", "the patch must not replace Traefik's fields"
+    assert _mounts(traefik)[LOG_DIR] == {"name": "traefik-logs", "mountPath": LOG_DIR}
+    _check_sidecar_pod(spec["containers"][1], spec["volumes"])
+
+
+def _check_sidecar_pod(container: Obj, volumes: list[Obj]) -> None:
+    _assert_hardened(container, {}, non_root=True)
+    assert "readinessProbe" not in container, "would take Traefik out of its Service"
+    by_name = {v["name"]: v for v in volumes}
+    mounts = _mounts(container)
+    logs = mounts[LOG_DIR]
+    assert logs["readOnly"] is True
+    assert by_name[logs["name"]]["emptyDir"]["sizeLimit"] == "256Mi"
+    key = by_name[mounts["/run/secrets/ban-auditor"]["name"]]["secret"]
+    assert key["secretName"] == "ban-auditor-lapi"
+    assert key["items"] == [{"key": "api-key", "path": "api-key"}]
+    assert by_name[mounts["/etc/ban-auditor"]["name"]]["configMap"]["name"] == "ban-auditor-config"
+    assert "emptyDir" in by_name[mounts["/var/lib/ban-auditor"]["name"]]
+    assert "emptyDir" in by_name[mounts["/tmp"]["name"]]
+    for volume in volumes:
+        assert "hostPath" not in volume
+
+
+def test_sidecar_config_matches_the_mounts(rendered: dict[str, list[Obj]]) -> None:
+    config = _config(rendered["overlays/sidecar"])
+    assert config.access_log == (f"{LOG_DIR}/access.log",)
+    assert config.checkpoint_dir == "/var/lib/ban-auditor"
+
+
+def _k3s_values() -> Obj:
+    doc = _load(K3S)
+    assert doc["apiVersion"] == "helm.cattle.io/v1"
+    assert doc["kind"] == "HelmChartConfig"
+    assert doc["metadata"] == {"name": "traefik", "namespace": "kube-system"}
+    values: Obj = yaml.safe_load(doc["spec"]["valuesContent"])
+    return values
+
+
+VALUES = {
+    "v41": lambda: _load(HELM_V41),
+    "v40": lambda: _load(HELM_V40),
+    "k3s": _k3s_values,
+}
+
+
+@pytest.mark.parametrize("flavour", VALUES)
+def test_traefik_values(flavour: str) -> None:
+    _check_traefik_values(flavour, VALUES[flavour]())
+
+
+def _check_traefik_values(flavour: str, values: Obj) -> None:
+    if flavour == "v41":
+        # Chart >= v41: accessLog.* / log.*, camelCase defaultMode.
+        assert "logs" not in values
+        access = values["accessLog"]
+        headers = access["fields"]["headers"]
+        assert headers["defaultMode"] == "drop"
+        assert "defaultmode" not in headers
+        assert "log" in values
+    else:
+        # Chart <= v40 and k3s' bundled chart: logs.access.* / logs.general.*, lowercase.
+        assert "accessLog" not in values
+        assert "log" not in values
+        access = values["logs"]["access"]
+        headers = access["fields"]["headers"]
+        assert headers["defaultmode"] == "drop"
+        assert "defaultMode" not in headers
+        assert "general" in values["logs"]
+    assert access["enabled"] is True
+    assert access["format"] == "json"
+    assert access["filePath"] == f"{LOG_DIR}/access.log"
+    assert headers["names"] == {
+        "X-Forwarded-For": "keep",
+        "X-Real-Ip": "keep",
+        "User-Agent": "keep",
+    }
+    assert values["deployment"]["kind"] == "DaemonSet"
+    assert values["service"]["spec"]["externalTrafficPolicy"] == "Local"
+    assert values["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    assert values["additionalVolumeMounts"] == [{"name": "traefik-logs", "mountPath": LOG_DIR}]
+
+
+@pytest.mark.parametrize("flavour", VALUES)
+def test_traefik_values_make_a_valid_pod(flavour: str) -> None:
+    values = VALUES[flavour]()
+    deployment = values["deployment"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "traefik"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "traefik",
+                    "image": "traefik:v3.3",
+                    "volumeMounts": values["additionalVolumeMounts"],
+                },
+                *deployment["additionalContainers"],
+            ],
+            "volumes": deployment["additionalVolumes"],
+        },
+    }
+    _validate(pod)
+    _check_sidecar_pod(_auditor(pod["spec"]), deployment["additionalVolumes"])
+
+
+def test_auditor_container_identical_everywhere() -> None:
+    """One container definition, four copies: the patch and three values files."""
+    patch_spec = _load(SIDECAR_PATCH)["spec"]["template"]["spec"]
+    reference = (_auditor(patch_spec), patch_spec["volumes"])
+    for flavour, load in VALUES.items():
+        deployment = load()["deployment"]
+        assert (deployment["additionalContainers"], deployment["additionalVolumes"]) == (
+            [reference[0]],
+            reference[1],
+        ), flavour
+
+
+def test_k3s_and_v40_values_agree() -> None:
+    assert _k3s_values() == _load(HELM_V40)
+
+
+def test_value_checks_catch_the_wrong_chart_keys() -> None:
+    """v41 key names in a v40 file are silently ignored by the chart; the check must notice."""
+    renamed = copy.deepcopy(_load(HELM_V40))
+    renamed["accessLog"] = renamed.pop("logs")["access"]
+    with pytest.raises((AssertionError, KeyError)):
+        _check_traefik_values("v40", renamed)
+    lowercase = copy.deepcopy(_load(HELM_V41))
+    headers = lowercase["accessLog"]["fields"]["headers"]
+    headers["defaultmode"] = headers.pop("defaultMode")
+    with pytest.raises((AssertionError, KeyError)):
+        _check_traefik_values("v41", lowercase)
+
+
+# --- lint and image ---------------------------------------------------------------------------
+
+
+def _yamllint() -> list[str]:
+    if importlib.util.find_spec("yamllint") is not None:
+        return [sys.executable, "-m", "yamllint"]
+    path = shutil.which("yamllint")
+    if path is None:
+        pytest.fail("yamllint not found: add it to the test extra or install the Debian package")
+    return [path]
+
+
+def test_yamllint_clean() -> None:
+    result = subprocess.run(
+        [*_yamllint(), "--strict", "-f", "parsable", "-c", str(DEPLOY / ".yamllint"), str(DEPLOY)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs with continuation lines joined and ARGs substituted."""
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    text = re.sub(r"\\\n", " ", text)
+    args: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "ARG" and "=" in rest:
+            key, _, value = rest.partition("=")
+            args[key.strip()] = value.strip()
+        rest = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), rest)
+        out.append((instruction, rest.strip()))
+    return out
+
+
+def test_dockerfile_stages_share_the_python_base_and_run_non_root() -> None:
+    instructions = _dockerfile()
+    bases = [rest.split()[0] for ins, rest in instructions if ins == "FROM"]
+    assert len(bases) >= 2, "multi-stage build expected"
+    assert len(set(bases)) == 1, f"build and runtime bases differ (ABI mismatch): {bases}"
+    assert bases[0].startswith("python:3.11-slim-bookworm")
+    users = [rest for ins, rest in instructions if ins == "USER"]
+    assert users, "no USER: the image would run as root"
+    final_stage = instructions[max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM") :]
+    final_users = [rest for ins, rest in final_stage if ins == "USER"]
+    assert final_users
+    assert final_users[-1].split(":")[0] == str(UID)
+    assert ("ENTRYPOINT", '["auditor"]') in final_stage
+    assert ("CMD", '["run", "--config", "/etc/ban-auditor/config.toml"]') in final_stage
+    assert any(
+        ins == "COPY" and "--from=build" in rest and "/opt/venv" in rest
+        for ins, rest in final_stage
+    )
+    assert any(ins == "RUN" and "pip install ." in rest for ins, rest in instructions)
+
+
+def test_dockerignore_exists() -> None:
+    ignore = DEPLOY / "Dockerfile.dockerignore"
+    assert ignore.is_file()
+    lines = ignore.read_text(encoding="utf-8").splitlines()
+    assert "*" in lines, "deny by default: only the package sources go into the context"
+    for needed in ("!pyproject.toml", "!pipeline/", "!parsers/", "!sinks/"):
+        assert needed in lines
