@@ -81,7 +81,7 @@ def hot(path: str, decisions: str | None) -> dict[str, Any]:
     engine.finish()
     finish_s = time.perf_counter() - t1
     lines = sum(st.lines for st in engine.stats.values())
-    whole = engine.timeline.whole()
+    whole = engine.traffic.whole()
     from bench.peers.common import answer
 
     return {

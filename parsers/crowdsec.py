@@ -74,6 +74,12 @@ class Decision:
         return f"{self.scope}:{self.value}:{self.type}:{self.origin}"
 
     @property
+    def is_range(self) -> bool:
+        """A range, whether scoped ``Range`` or an ``Ip`` decision written as a CIDR (cscli and
+        some bouncers send ``--ip 10.0.0.0/8``; CrowdSec stores it as a range)."""
+        return self.scope == "Range" or (self.scope == "Ip" and "/" in self.value)
+
+    @property
     def expired(self) -> bool:
         return self.duration_s is not None and self.duration_s <= 0
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import maxminddb
 from maxminddb import InvalidDatabaseError
 
-from pipeline.core.addresses import AddrClass, Classifier, format_network, parse_address
+from pipeline.core.addresses import AddrClass, ClassifierView, format_network, parse_address
 from pipeline.core.findings import Finding, FindingEvent
 from pipeline.errors import UsageError
 
@@ -122,7 +122,7 @@ class GeoIP:
     def __init__(
         self,
         databases: Sequence[GeoDatabase],
-        classifier: Classifier,
+        classifier: ClassifierView,
         cache_size: int = CACHE_SIZE,
     ) -> None:
         self.databases = tuple(databases)
@@ -132,7 +132,7 @@ class GeoIP:
         self.lookups = 0  # database lookups done (cache misses), for tests and debugging
 
     @classmethod
-    def open(cls, paths: Iterable[str], classifier: Classifier) -> GeoIP:
+    def open(cls, paths: Iterable[str], classifier: ClassifierView) -> GeoIP:
         opened: list[GeoDatabase] = []
         try:
             for path in paths:

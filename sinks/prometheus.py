@@ -173,7 +173,7 @@ class Metrics:
             whole_by_class[(ep, cls.value)] = n
         self._advance(self.requests, self._seen_requests, whole_by_class.items())
 
-        window = engine.timeline.window()
+        window = engine.traffic.window()
         self.internal_ratio.clear()  # entrypoints that left the window drop out
         for ep, total in window.ep_total.items():
             self.internal_ratio.labels(ep).set(

@@ -35,8 +35,8 @@ def build_report(engine: Engine, inputs: list[str], geo: GeoIP | None = None) ->
     total = ParseStats()
     for st in engine.stats.values():
         total.merge(st)
-    whole = engine.timeline.whole()
-    tl = engine.timeline
+    whole = engine.traffic.whole()
+    tl = engine.traffic
     entrypoints = [
         {
             "name": ep,

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _CACHE_LIMIT = 65536
@@ -67,6 +68,12 @@ class Network:
     @property
     def cidr(self) -> str:
         return format_network(self.version, self.prefix, self.length)
+
+    def contains(self, other: Network) -> bool:
+        """``other`` lies wholly inside this network (same family, at least as long a prefix)."""
+        return other.length >= self.length and same_prefix(
+            self.version, self.prefix, other.version, other.prefix, self.length
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +152,27 @@ def parse_network(text: str) -> tuple[int, int, int] | None:
     return version, value & mask, length
 
 
+def same_prefix(version: int, a: int, other_version: int, b: int, length: int) -> bool:
+    """The one containment rule: two values of one family agree on their first ``length`` bits.
+
+    Every "is this address in that network" and "do these ranges overlap" in the project comes
+    here, so the IPv4/IPv6 rule lives in one place.
+    """
+    if version != other_version:
+        return False
+    shift = (32 if version == 4 else 128) - length
+    return a >> shift == b >> shift
+
+
+def network_contains(cidr: str, address: str) -> bool:
+    """``address`` (any form ``parse_address`` takes) lies inside ``cidr``."""
+    net = parse_network(cidr)
+    addr = parse_address(address)
+    if net is None or addr is None:
+        return False
+    return same_prefix(net[0], net[1], addr[0], addr[1], net[2])
+
+
 def format_network(version: int, prefix: int, length: int) -> str:
     if version == 4:
         addr = socket.inet_ntop(socket.AF_INET, prefix.to_bytes(4, "big"))
@@ -196,6 +224,17 @@ def k3s_defaults() -> tuple[Network, ...]:
     )
 
 
+class ClassifierView(Protocol):
+    """What readers of the engine's classifier may do: ask, never swap networks."""
+
+    @property
+    def networks(self) -> tuple[Network, ...]: ...
+
+    def classify(self, text: str) -> Classification: ...
+
+    def classify_range(self, text: str) -> Classification: ...
+
+
 class Classifier:
     """Classifies addresses and ranges against a set of networks, with a per-address cache.
 
@@ -235,11 +274,8 @@ class Classifier:
         if parsed is None:
             return Classification(AddrClass.INVALID, None)
         version, value = parsed
-        bits = 32 if version == 4 else 128
         for net in self._networks:
-            if net.version == version and value >> (bits - net.length) == net.prefix >> (
-                bits - net.length
-            ):
+            if same_prefix(net.version, net.prefix, version, value, net.length):
                 return Classification(net.cls, net)
         return Classification(AddrClass.PUBLIC, None)
 
@@ -253,27 +289,15 @@ class Classifier:
         if parsed is None:
             return Classification(AddrClass.INVALID, None)
         version, prefix, length = parsed
-        bits = 32 if version == 4 else 128
         best: Network | None = None
         for net in self._networks:
-            if net.version != version or net.cls not in INTERNAL_CLASSES:
+            if net.cls not in INTERNAL_CLASSES:
                 continue
-            shorter = min(length, net.length)
-            shift = bits - shorter
-            if prefix >> shift == net.prefix >> shift and (
-                best is None or _RANK[net.cls] < _RANK[best.cls]
-            ):
+            # Two ranges overlap when they agree on the shorter of their prefixes.
+            overlap = same_prefix(net.version, net.prefix, version, prefix, min(length, net.length))
+            if overlap and (best is None or _RANK[net.cls] < _RANK[best.cls]):
                 best = net
         if best is not None:
             return Classification(best.cls, best)
         # No internal overlap: the range is as public as its first address.
         return self.classify(format_network(version, prefix, length).partition("/")[0])
-
-    def range_contains(self, cidr: str, address: str) -> bool:
-        net = parse_network(cidr)
-        addr = parse_address(address)
-        if net is None or addr is None or net[0] != addr[0]:
-            return False
-        bits = 32 if net[0] == 4 else 128
-        shift = bits - net[2]
-        return addr[1] >> shift == net[1] >> shift

@@ -7,8 +7,9 @@ drive the same code and tests can step time by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
 from parsers.crowdsec import Decision, DecisionDelta
@@ -19,11 +20,13 @@ from pipeline.core.addresses import (
     AddrClass,
     Classification,
     Classifier,
+    ClassifierView,
+    Network,
+    network_contains,
     parse_address,
-    parse_network,
 )
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
-from pipeline.core.traffic import Run, Summary, Timeline, count_runs
+from pipeline.core.traffic import Run, Summary, Timeline, TrafficView, count_runs
 
 BAN_TYPES = frozenset({"ban", "captcha"})
 
@@ -59,22 +62,30 @@ def _share(part: int, whole: int) -> float:
 
 
 class Engine:
-    """See module docstring. Call ``ingest``/``apply``/``tick``; read ``drain_events``."""
+    """See module docstring. Call ``ingest``/``apply``/``tick``; read ``drain_events``.
+
+    State is read through views (``findings``, ``decisions``, ``stats``, ``traffic``...) that
+    cannot be written: every change goes through an input method, so sinks and integrations
+    cannot put the engine in a state its own evaluation would not reach.
+    """
 
     def __init__(
         self,
         config: EngineConfig,
         classifier: Classifier,
         clock: Callable[[], float],
+        timeline: Timeline | None = None,
     ) -> None:
+        """``timeline``: the traffic tallies to evaluate; the Kafka aggregator passes the
+        cluster-wide view, everyone else gets a local one."""
         self.config = config
-        self.classifier = classifier
+        self._classifier = classifier
         self.clock = clock
-        self.timeline = Timeline(config.window_s, config.bucket_s)
-        self.stats: dict[str, ParseStats] = {}
-        self.decisions: dict[str, ActiveDecision] = {}
-        self.findings: dict[str, Finding] = {}
-        self.raised_total: dict[tuple[Kind, Severity], int] = {}
+        self._timeline = timeline or Timeline(config.window_s, config.bucket_s)
+        self._stats: dict[str, ParseStats] = {}
+        self._decisions: dict[str, ActiveDecision] = {}
+        self._findings: dict[str, Finding] = {}
+        self._raised_total: dict[tuple[Kind, Severity], int] = {}
         self._events: list[FindingEvent] = []
         self._masked_peak: dict[str, float] = {}
         self._last_ingest = 0.0  # clock time of the last batch (live window sliding)
@@ -83,7 +94,40 @@ class Engine:
         self._material: dict[str, object] = {}
         self.decisions_seen = 0
         # (scope, type, target class) -> active decisions, kept current for the metrics.
-        self.decision_counts: dict[tuple[str, str, AddrClass], int] = {}
+        self._decision_counts: dict[tuple[str, str, AddrClass], int] = {}
+
+    # -- read-only views ------------------------------------------------------------------
+    @property
+    def findings(self) -> Mapping[str, Finding]:
+        """Active findings by key."""
+        return MappingProxyType(self._findings)
+
+    @property
+    def decisions(self) -> Mapping[str, ActiveDecision]:
+        """Active decisions by ``Decision.key``."""
+        return MappingProxyType(self._decisions)
+
+    @property
+    def stats(self) -> Mapping[str, ParseStats]:
+        """Parse counters per source (file path or Kafka source name)."""
+        return MappingProxyType(self._stats)
+
+    @property
+    def decision_counts(self) -> Mapping[tuple[str, str, AddrClass], int]:
+        """Active decisions per (scope, type, target class), kept current for the metrics."""
+        return MappingProxyType(self._decision_counts)
+
+    @property
+    def raised_total(self) -> Mapping[tuple[Kind, Severity], int]:
+        return MappingProxyType(self._raised_total)
+
+    @property
+    def traffic(self) -> TrafficView:
+        return self._timeline
+
+    @property
+    def classifier(self) -> ClassifierView:
+        return self._classifier
 
     # -- inputs ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[AccessRecord], stats: ParseStats, source: str) -> None:
@@ -92,16 +136,16 @@ class Engine:
 
     def ingest_runs(self, runs: Sequence[Run], stats: ParseStats, source: str) -> None:
         """Fold pre-counted runs in (``count_runs`` output, possibly from another process)."""
-        mine = self.stats.get(source)
+        mine = self._stats.get(source)
         if mine is None:
-            mine = self.stats[source] = ParseStats()
+            mine = self._stats[source] = ParseStats()
         mine.merge(stats)
         limit = self.config.max_future_s
         if limit is not None and runs:
             runs = self._clamp_future(runs, self.clock() + limit)
-        self.timeline.add_runs(runs, self.classifier.classify, self._evaluate_masked)
+        self._timeline.add_runs(runs, self._classifier.classify, self._evaluate_masked)
         self._last_ingest = self.clock()
-        if stats.common or f"log_format:{source}" in self.findings:
+        if stats.common or f"log_format:{source}" in self._findings:
             self._evaluate_format(source)
 
     def _clamp_future(self, runs: Sequence[Run], edge: float) -> list[Run]:
@@ -114,23 +158,23 @@ class Engine:
 
     @property
     def _format_sources(self) -> set[str]:
-        return {f.target for f in self.findings.values() if f.kind is Kind.LOG_FORMAT}
+        return {f.target for f in self._findings.values() if f.kind is Kind.LOG_FORMAT}
 
     def apply(self, delta: DecisionDelta) -> None:
         """Apply a decision delta; a startup delta replaces the whole state (LAPI resync)."""
         now = self.clock()
         if delta.startup:
             incoming = {d.key for d in delta.new if not d.expired}
-            for key in list(self.decisions):
+            for key in list(self._decisions):
                 if key not in incoming:
                     self._drop_decision(key)
         for d in delta.deleted:
-            if d.key in self.decisions:
+            if d.key in self._decisions:
                 self._drop_decision(d.key)
                 continue
             # CrowdSec 1.4.6 streams one decision per value (the longest) under `new` but reports
             # the deletion under another decision's id, and only once none is left on the value.
-            for key, active in list(self.decisions.items()):
+            for key, active in list(self._decisions.items()):
                 a = active.decision
                 if (a.scope, a.value, a.type) == (d.scope, d.value, d.type):
                     self._drop_decision(key)
@@ -145,55 +189,61 @@ class Engine:
             self._evaluate_decision(d.key)
 
     def _store_decision(self, key: str, active: ActiveDecision) -> None:
-        self._uncount(self.decisions.get(key))
-        self.decisions[key] = active
+        self._uncount(self._decisions.get(key))
+        self._decisions[key] = active
         label = (active.decision.scope, active.decision.type, active.target.cls)
-        self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
+        self._decision_counts[label] = self._decision_counts.get(label, 0) + 1
 
     def _uncount(self, active: ActiveDecision | None) -> None:
         if active is None:
             return
         label = (active.decision.scope, active.decision.type, active.target.cls)
-        left = self.decision_counts.get(label, 0) - 1
+        left = self._decision_counts.get(label, 0) - 1
         if left > 0:
-            self.decision_counts[label] = left
+            self._decision_counts[label] = left
         else:
-            self.decision_counts.pop(label, None)
+            self._decision_counts.pop(label, None)
 
     def tick(self) -> None:
         """Live mode, about once a second: expire decisions by the clock, slide the window
         through quiet periods, and re-evaluate what depends on the window."""
         now = self.clock()
-        for key, active in list(self.decisions.items()):
+        for key, active in list(self._decisions.items()):
             if active.expires_at is not None and active.expires_at <= now:
                 self._drop_decision(key)
         quiet = now - self._last_ingest if self._last_ingest else 0.0
-        if quiet > self.config.bucket_s and self.timeline.last_ts:
+        if quiet > self.config.bucket_s and self._timeline.last_ts:
             # No data for a while: time still passes on the data's time line.
-            self._data_now = max(self._data_now, self.timeline.last_ts) + quiet
-            self.timeline.advance(self._data_now, self._evaluate_masked)
+            self._data_now = max(self._data_now, self._timeline.last_ts) + quiet
+            self._timeline.advance(self._data_now, self._evaluate_masked)
             self._last_ingest = now
         self._evaluate_masked()
         for source in self._format_sources:
             self._evaluate_format(source)
         # Only internal targets have a finding (and a blast radius) to keep current; CAPI
         # lists bring tens of thousands of external ones.
-        for key, active in list(self.decisions.items()):
+        for key, active in list(self._decisions.items()):
             if active.target.internal:
                 self._evaluate_decision(key)
 
     def finish(self) -> None:
         """End of a replay: evaluate everything once more on the full input."""
-        for source, st in self.stats.items():
+        for source, st in self._stats.items():
             if st.common:
                 self._evaluate_format(source)
         self._evaluate_masked()
-        for key in list(self.decisions):
+        for key in list(self._decisions):
             self._evaluate_decision(key)
 
+    def set_networks(self, networks: Iterable[Network]) -> None:
+        """The cluster's internal networks changed (discovery): swap them and re-judge every
+        active decision against the new set."""
+        self._classifier.replace_networks(networks)
+        self.reclassify()
+
     def reclassify(self) -> None:
-        """The classifier's networks changed (discovery): re-judge every active decision."""
-        for key, active in list(self.decisions.items()):
+        """Re-judge every active decision against the classifier's current networks."""
+        for key, active in list(self._decisions.items()):
             self._store_decision(
                 key,
                 ActiveDecision(
@@ -210,7 +260,7 @@ class Engine:
         """
         prefix = f"{group}:"
         wanted = {prefix + (f.key or f"{f.kind.value}:{f.check}:{f.target}"): f for f in findings}
-        for key in [k for k in self.findings if k.startswith(prefix) and k not in wanted]:
+        for key in [k for k in self._findings if k.startswith(prefix) and k not in wanted]:
             self._clear(key)
         for key, f in wanted.items():
             self._emit(replace(f, key=key))
@@ -221,13 +271,13 @@ class Engine:
         self._notes += 1
         f = replace(finding, key=f"note:{self._notes}:{finding.kind.value}:{finding.target}")
         k = (f.kind, f.severity)
-        self.raised_total[k] = self.raised_total.get(k, 0) + 1
+        self._raised_total[k] = self._raised_total.get(k, 0) + 1
         now = self.clock()
         self._events.append(FindingEvent(State.RAISED, f, now))
         self._events.append(FindingEvent(State.CLEARED, f, now))
 
     def request_classes(self) -> dict[tuple[str, AddrClass], int]:
-        return self.timeline.by_class()
+        return self._timeline.by_class()
 
     def drain_events(self) -> list[FindingEvent]:
         events, self._events = self._events, []
@@ -241,43 +291,43 @@ class Engine:
         summary) changes: shares drift with every batch, and a line per drift would drown the
         findings stream. Callers pass a coarse form of their numbers as ``material``.
         """
-        old = self.findings.get(finding.key)
+        old = self._findings.get(finding.key)
         mark = finding.summary if material is None else material
         if old is None:
-            self.findings[finding.key] = finding
+            self._findings[finding.key] = finding
             self._material[finding.key] = mark
             k = (finding.kind, finding.severity)
-            self.raised_total[k] = self.raised_total.get(k, 0) + 1
+            self._raised_total[k] = self._raised_total.get(k, 0) + 1
             self._events.append(FindingEvent(State.RAISED, finding, self.clock()))
         elif old.severity != finding.severity or self._material.get(finding.key) != mark:
-            self.findings[finding.key] = finding
+            self._findings[finding.key] = finding
             self._material[finding.key] = mark
             self._events.append(FindingEvent(State.UPDATED, finding, self.clock()))
         else:
-            self.findings[finding.key] = finding  # refresh evidence silently
+            self._findings[finding.key] = finding  # refresh evidence silently
 
     def _clear(self, key: str) -> None:
-        old = self.findings.pop(key, None)
+        old = self._findings.pop(key, None)
         self._material.pop(key, None)
         if old is not None:
             self._events.append(FindingEvent(State.CLEARED, old, self.clock()))
 
     # -- decisions --------------------------------------------------------------------------
     def _classify_target(self, d: Decision) -> Classification:
-        if d.scope == "Range" or (d.scope == "Ip" and "/" in d.value):
-            return self.classifier.classify_range(d.value)
+        if d.is_range:
+            return self._classifier.classify_range(d.value)
         if d.scope == "Ip":
-            return self.classifier.classify(d.value)
+            return self._classifier.classify(d.value)
         return Classification(AddrClass.INVALID, None)  # Country, AS, username...: not addresses
 
     def _drop_decision(self, key: str) -> None:
-        active = self.decisions.pop(key, None)
+        active = self._decisions.pop(key, None)
         if active is not None:
             self._uncount(active)
             self._clear(f"internal_ban:{key}")
 
     def _evaluate_decision(self, key: str) -> None:
-        active = self.decisions.get(key)
+        active = self._decisions.get(key)
         if active is None:
             return
         d, target = active.decision, active.target
@@ -317,9 +367,9 @@ class Engine:
     def blast_radius(self, d: Decision) -> dict[str, Any]:
         """Share of recent traffic (and of distinct hosts/routers) that came from the target."""
         summary = (
-            self.timeline.whole()
+            self._timeline.whole()
             if self.config.blast_scope == "span"
-            else self.timeline.window(full=True)
+            else self._timeline.window(full=True)
         )
         matches = self._matching_clients(d, summary)
         requests = sum(summary.internal[a].count for a in matches)
@@ -346,35 +396,24 @@ class Engine:
         }
 
     def _matching_clients(self, d: Decision, summary: Summary) -> list[str]:
-        if d.scope == "Range" or "/" in d.value:
-            net = parse_network(d.value)
-            if net is None:
-                return []
-            version, prefix, length = net
-            bits = 32 if version == 4 else 128
-            shift = bits - length
-            out = []
-            for addr in summary.internal:
-                p = parse_address(addr)
-                if p is not None and p[0] == version and p[1] >> shift == prefix >> shift:
-                    out.append(addr)
-            return out
+        if d.is_range:
+            return [a for a in summary.internal if network_contains(d.value, a)]
         want = parse_address(d.value)
         return [a for a in summary.internal if want is not None and parse_address(a) == want]
 
     # -- masked client IP -------------------------------------------------------------------
     def _evaluate_masked(self) -> None:
         cfg = self.config
-        window = self.timeline.window()
+        window = self._timeline.window()
         # Entrypoints with an open finding are judged even when they left the window (share 0).
         judged = set(window.ep_total)
-        judged |= {f.target for f in self.findings.values() if f.kind is Kind.MASKED_CLIENT_IP}
+        judged |= {f.target for f in self._findings.values() if f.kind is Kind.MASKED_CLIENT_IP}
         for ep in judged:
             total = window.ep_total.get(ep, 0)
             key = f"masked_client_ip:{ep}"
             internal = window.ep_internal.get(ep, 0)
             share = internal / total if total else 0.0
-            active = key in self.findings
+            active = key in self._findings
             if total >= cfg.masked_min_requests and share >= cfg.masked_share:
                 if cfg.clear_recovered or share >= self._masked_peak.get(ep, 0.0):
                     self._masked_peak[ep] = share
@@ -383,7 +422,7 @@ class Engine:
                 self._clear(key)
 
     def _raise_masked(self, ep: str) -> None:
-        window = self.timeline.window(full=True)
+        window = self._timeline.window(full=True)
         total = window.ep_total.get(ep, 0)
         internal = window.ep_internal.get(ep, 0)
         share = _share(internal, total)
@@ -400,13 +439,13 @@ class Engine:
             "internal_share": share,
             "distinct_clients": len(window.ep_clients.get(ep, ())),
             "internal_hops": [
-                {"address": a, "requests": n, "class": self.classifier.classify(a).cls.value}
+                {"address": a, "requests": n, "class": self._classifier.classify(a).cls.value}
                 for a, n in hops
             ],
             "headers_kept": headers_kept,
             "real_client_visible": visible,
             "real_client_example": window.ep_example.get(ep),
-            "window_end": self.timeline.last_ts,
+            "window_end": self._timeline.last_ts,
         }
         summary = (
             f"{pct}% of requests on entrypoint {label} come from internal addresses: "
@@ -433,7 +472,7 @@ class Engine:
         source's parsed lines (a stray line is not a misconfiguration), cleared below half."""
         if not self.config.expect_json:
             return
-        st = self.stats[source]
+        st = self._stats[source]
         share = st.common / st.parsed if st.parsed else 0.0
         key = f"log_format:{source}"
         if share < self.config.format_share:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
+from typing import Protocol
 
 from parsers.records import KEY, TS, AccessRecord
 from pipeline.core.addresses import AddrClass, Classification
@@ -228,6 +229,28 @@ def count_runs(records: Sequence[AccessRecord], bucket_s: int) -> list[Run]:
     run = records[start:]
     runs.append((current, Counter(map(_key, run)), _earliest(run), max(map(_ts, run))))
     return runs
+
+
+class TrafficView(Protocol):
+    """The read-only face of a timeline: what sinks and reports may ask of the engine's tallies."""
+
+    @property
+    def window_s(self) -> int: ...
+
+    @property
+    def bucket_s(self) -> int: ...
+
+    @property
+    def first_ts(self) -> float: ...
+
+    @property
+    def last_ts(self) -> float: ...
+
+    def window(self, *, full: bool = False) -> Summary: ...
+
+    def whole(self) -> Summary: ...
+
+    def by_class(self) -> dict[tuple[str, AddrClass], int]: ...
 
 
 class Timeline:

@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Any
 import pipeline
 from parsers.crowdsec import DecisionDelta
 from pipeline.core import fixes
-from pipeline.core.addresses import INTERNAL_CLASSES, Classifier, parse_network
+from pipeline.core.addresses import (
+    INTERNAL_CLASSES,
+    ClassifierView,
+    network_contains,
+    parse_network,
+)
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
 from pipeline.errors import ConfigError
 from pipeline.secrets import Secret
@@ -244,7 +249,7 @@ class WatcherClient:
 
 
 # -- safety -----------------------------------------------------------------------------------
-def internal_network_of(classifier: Classifier, scope: str, value: str) -> str | None:
+def internal_network_of(classifier: ClassifierView, scope: str, value: str) -> str | None:
     """The internal network that holds all of ``value`` (an address or CIDR), else None.
 
     A range is deletable only when it lies entirely inside one internal network: ``0.0.0.0/1``
@@ -336,7 +341,7 @@ class Remediator:
     def __init__(
         self,
         client: WatcherClient,
-        classifier: Classifier,
+        classifier: ClassifierView,
         *,
         dry_run: bool = True,
         max_per_minute: int = 6,
@@ -489,11 +494,7 @@ class Remediator:
             a.decision
             for a in engine.decisions.values()
             if a.decision.value == value
-            or (
-                ranged
-                and a.decision.scope == "Ip"
-                and self.classifier.range_contains(value, a.decision.value)
-            )
+            or (ranged and a.decision.scope == "Ip" and network_contains(value, a.decision.value))
         )
         if gone:
             engine.apply(DecisionDelta(new=(), deleted=gone))

@@ -68,8 +68,7 @@ class DiscoveryService:
             findings = audit(facts)
 
             def apply(runner: Runner) -> None:
-                runner.engine.classifier.replace_networks(networks)
-                runner.engine.reclassify()
+                runner.engine.set_networks(networks)
                 runner.engine.replace_findings(FINDING_GROUP, findings)
 
             await post(apply)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from parsers.records import ParseStats
 from pipeline.config import RunConfig, listen_address
+from pipeline.core.engine import EngineConfig
 from pipeline.core.findings import Finding, FindingEvent, State
 from pipeline.crowdsec.lapi import LapiAuthError, LapiStream
 from pipeline.errors import UsageError
@@ -167,10 +168,9 @@ class Aggregator:
         self.clock = clock
         self.tick_s = tick_s
         self.settings = KafkaSettings.from_config(config, role="aggregator")
-        self.engine = engine_from_config(config, clock)
-        self.view = ClusterView(config.window, self.engine.config.bucket_s)
+        self.view = ClusterView(config.window, EngineConfig().bucket_s)
         self.timeline = ClusterTimeline(self.view)
-        self.engine.timeline = self.timeline
+        self.engine = engine_from_config(config, clock, self.timeline)
         self.metrics = Metrics(registry or CollectorRegistry())
         self.lapi: LapiStream | None = lapi_from_config(config)
         self.stop = asyncio.Event()

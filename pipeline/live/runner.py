@@ -28,6 +28,7 @@ from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.feed import SourceAuditor
 from pipeline.core.findings import FindingEvent
 from pipeline.core.networks import build_networks
+from pipeline.core.traffic import Timeline
 from pipeline.errors import FatalSourceError, UsageError
 from pipeline.live.plugins import attach_all
 from pipeline.secrets import load_secret
@@ -103,7 +104,9 @@ def lapi_from_config(config: RunConfig) -> LapiStream | None:
     )
 
 
-def engine_from_config(config: RunConfig, clock: Callable[[], float]) -> Engine:
+def engine_from_config(
+    config: RunConfig, clock: Callable[[], float], timeline: Timeline | None = None
+) -> Engine:
     networks = build_networks(
         {
             "pod_cidr": config.pod_cidr,
@@ -123,7 +126,7 @@ def engine_from_config(config: RunConfig, clock: Callable[[], float]) -> Engine:
         clear_recovered=True,
         max_future_s=MAX_FUTURE_S,
     )
-    return Engine(engine_config, Classifier(networks), clock)
+    return Engine(engine_config, Classifier(networks), clock, timeline)
 
 
 class Runner:

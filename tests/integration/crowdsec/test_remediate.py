@@ -365,7 +365,7 @@ async def test_reclassified_target_is_refused(
         h.runner.engine.apply(parse_decisions(bouncer_decisions(inst, bouncer, EXTERNAL)))
         events = h.runner.engine.drain_events()
         assert events[0].finding.evidence["class"] == "node"
-        h.runner.engine.classifier.replace_networks(k3s_defaults())  # the node is gone
+        h.runner.engine.set_networks(k3s_defaults())  # the node is gone
         h.remediator.emit(events)
         await h.until(lambda: "refused" in h.results(), "the refusal")
     finally:

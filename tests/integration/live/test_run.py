@@ -96,7 +96,7 @@ async def test_internal_bans_follow_lapi_through_a_restart(
     runner = Runner(_config(tmp_path, lapi, key), registry=CollectorRegistry())
     task = asyncio.create_task(runner.run())
     try:
-        await _until(lambda: runner.engine.timeline.whole().total == 100, what="traffic")
+        await _until(lambda: runner.engine.traffic.whole().total == 100, what="traffic")
         lapi.add_decision(ip="10.42.0.7", reason="probing through the servicelb hop")
         lapi.add_decision(range="10.42.0.0/24", reason="range")
         lapi.add_decision(ip="203.0.113.9", reason="a real attacker")
@@ -181,7 +181,7 @@ async def test_slow_sink_pauses_reading(tmp_path: Path) -> None:
     try:
         await _until(lambda: slow.batches >= 10, what="some batches")
         read = runner.tailer.stats.lines
-        done = runner.engine.timeline.whole().total
+        done = runner.engine.traffic.whole().total
         # The queue holds a bounded number of batches: reading stays close behind processing.
         assert read - done <= 12 * 2048
         assert read < n

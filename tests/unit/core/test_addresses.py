@@ -16,6 +16,7 @@ from pipeline.core.addresses import (
     format_network,
     k3s_defaults,
     make_network,
+    network_contains,
     parse_address,
     parse_network,
 )
@@ -361,15 +362,15 @@ def test_classify_range_reports_the_overlapped_network(k3s: Classifier) -> None:
     assert got.network.cidr == "10.42.0.0/16"
 
 
-def test_range_contains(k3s: Classifier) -> None:
-    assert k3s.range_contains("10.42.0.0/24", "10.42.0.7")
-    assert k3s.range_contains("10.42.0.0/24", "::ffff:10.42.0.7")
-    assert k3s.range_contains("10.42.0.0/24", "10.42.0.7:443")
-    assert not k3s.range_contains("10.42.0.0/24", "10.42.1.7")
-    assert not k3s.range_contains("10.42.0.0/24", "::1")
-    assert not k3s.range_contains("garbage", "10.42.0.7")
-    assert not k3s.range_contains("10.42.0.0/24", "garbage")
-    assert k3s.range_contains("2001:cafe:42::/56", "2001:cafe:42:ab::1")
+def test_network_contains() -> None:
+    assert network_contains("10.42.0.0/24", "10.42.0.7")
+    assert network_contains("10.42.0.0/24", "::ffff:10.42.0.7")
+    assert network_contains("10.42.0.0/24", "10.42.0.7:443")
+    assert not network_contains("10.42.0.0/24", "10.42.1.7")
+    assert not network_contains("10.42.0.0/24", "::1")
+    assert not network_contains("garbage", "10.42.0.7")
+    assert not network_contains("10.42.0.0/24", "garbage")
+    assert network_contains("2001:cafe:42::/56", "2001:cafe:42:ab::1")
 
 
 # -- cache ----------------------------------------------------------------------------------------
@@ -393,3 +394,12 @@ def test_cache_is_bounded() -> None:
         c.classify(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}")
     assert len(c._cache) <= 65536
     assert c.classify("10.42.0.1").cls is A.POD
+
+
+def test_network_contains_network() -> None:
+    outer = make_network("10.42.0.0/16", AddrClass.POD, "t")
+    assert outer.contains(make_network("10.42.3.0/24", AddrClass.POD, "t"))
+    assert outer.contains(outer)
+    assert not outer.contains(make_network("10.0.0.0/8", AddrClass.PRIVATE, "t"))
+    assert not outer.contains(make_network("10.43.0.0/24", AddrClass.SERVICE, "t"))
+    assert not outer.contains(make_network("2001:db8::/64", AddrClass.PRIVATE, "t"))

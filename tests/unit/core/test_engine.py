@@ -13,7 +13,7 @@ from pipeline.core.addresses import AddrClass, Classifier, k3s_defaults, make_ne
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, Severity, State
 from pipeline.core.networks import build_networks
-from pipeline.core.traffic import CLIENTS_CAP, SET_CAP
+from pipeline.core.traffic import CLIENTS_CAP, SET_CAP, Timeline
 from tests.support.paths import CORPUS
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, a bucket boundary
@@ -88,10 +88,14 @@ def deleted(*ds: Decision) -> DecisionDelta:
 
 
 def make_engine(
-    clock: FakeClock | None = None, classifier: Classifier | None = None, **cfg: object
+    clock: FakeClock | None = None,
+    classifier: Classifier | None = None,
+    timeline: Timeline | None = None,
+    **cfg: object,
 ) -> tuple[Engine, FakeClock]:
     clock = clock or FakeClock()
-    engine = Engine(EngineConfig(**cfg), classifier or Classifier(k3s_defaults()), clock)  # type: ignore[arg-type]
+    config = EngineConfig(**cfg)  # type: ignore[arg-type]
+    engine = Engine(config, classifier or Classifier(k3s_defaults()), clock, timeline)
     return engine, clock
 
 
@@ -673,17 +677,18 @@ def _feed_distinct(engine: Engine, prefix: str, n: int = N_DISTINCT) -> None:
 
 
 def test_memory_caps_public_clients() -> None:
-    engine, _ = make_engine()
+    timeline = Timeline(900, 60)
+    engine, _ = make_engine(timeline=timeline)
     _feed_distinct(engine, "11")  # 11.0.0.0/8 is public
-    whole = engine.timeline.whole()
+    whole = engine.traffic.whole()
     assert whole.total == N_DISTINCT
     assert len(whole.clients) <= CLIENTS_CAP
-    assert len(engine.timeline.span.clients) <= CLIENTS_CAP
+    assert len(timeline.span.clients) <= CLIENTS_CAP
     assert all(len(s) <= SET_CAP for s in whole.ep_clients.values())
     assert len(whole.hosts) <= SET_CAP
     assert len(whole.routers) <= SET_CAP
     assert len(engine.classifier._cache) <= 65536
-    window = engine.timeline.window(full=True)
+    window = engine.traffic.window(full=True)
     assert len(window.clients) <= CLIENTS_CAP
 
 
@@ -692,13 +697,14 @@ def test_memory_caps_internal_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     # A small cap keeps this fast; the code's own cap is checked to exist and be finite.
     monkeypatch.setattr(traffic, "INTERNAL_CAP", 1000, raising=False)
     n = 20_000
-    engine, _ = make_engine()
+    timeline = Timeline(900, 60)
+    engine, _ = make_engine(timeline=timeline)
     _feed_distinct(engine, "10", n)  # all RFC 1918: internal
-    whole = engine.timeline.whole()
+    whole = engine.traffic.whole()
     assert whole.total == n
     assert whole.ep_internal == {"websecure": n}  # still counted as internal traffic
-    assert len(engine.timeline.span.internal) <= 1000
+    assert len(timeline.span.internal) <= 1000
     assert len(whole.internal) <= 1000
-    assert len(engine.timeline.window(full=True).internal) <= 1000
+    assert len(engine.traffic.window(full=True).internal) <= 1000
     monkeypatch.undo()
     assert 0 < traffic.INTERNAL_CAP <= 1 << 20

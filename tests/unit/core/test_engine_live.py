@@ -20,10 +20,10 @@ def test_future_dated_line_does_not_freeze_the_window() -> None:
     for minute in range(120):
         feed(engine, [rec("198.51.100.1", T0 + minute * 60 + i) for i in range(10)])
         clock.advance(60)
-    window = engine.timeline.window()
+    window = engine.traffic.window()
     # 15 buckets of 10 lines, not two hours piled into one future bucket.
     assert window.total <= 16 * 10
-    assert engine.timeline.last_ts <= clock.now + 300
+    assert engine.traffic.last_ts <= clock.now + 300
 
 
 def test_masked_finding_clears_when_traffic_stops() -> None:

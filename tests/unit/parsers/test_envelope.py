@@ -319,5 +319,5 @@ def test_traefik_json_split_by_containerd_is_reassembled_and_parsed() -> None:
     stats = src.feed(lines)
     assert stats.json == 4
     assert stats.skipped[SkipReason.NOT_ACCESS_LOG] == 4  # the interleaved stderr lines
-    assert engine.timeline.whole().total == 4
-    assert "10.0.0.50" in engine.timeline.whole().clients
+    assert engine.traffic.whole().total == 4
+    assert "10.0.0.50" in engine.traffic.whole().clients
