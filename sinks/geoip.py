@@ -14,17 +14,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import maxminddb
 from maxminddb import InvalidDatabaseError
 
 from pipeline.core.addresses import AddrClass, ClassifierView, format_network, parse_address
-from pipeline.core.findings import Finding, FindingEvent
+from pipeline.core.findings import EventSink, Finding, FindingEvent
 from pipeline.errors import UsageError
-
-if TYPE_CHECKING:
-    from pipeline.live.runner import EventSink
 
 CACHE_SIZE = 8192
 _MAX_DEPTH = 4  # how deep evidence is searched for addresses

@@ -14,11 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from pipeline import __version__
-from pipeline.errors import UsageError
-
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 COMMANDS: tuple[str, ...] = (
     "pipeline.cli.replay",
@@ -57,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"auditor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
 

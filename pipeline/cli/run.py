@@ -1,7 +1,9 @@
-"""``auditor run``: command-line entry of the live sidecar (the wiring is in pipeline.live.runner).
+"""``auditor run``: the command line of the live sidecar, and its composition root.
 
-Kept import-light: registering the command must not load the HTTP and async stack, so that
-``auditor replay`` stays small.
+``attach_plugins`` decides which optional parts the config turns on; each part's module is
+imported only then, so a plain sidecar loads none of Kafka, Kubernetes, MaxMind or aiohttp.
+Registering the command stays import-light for the same reason: ``auditor replay`` must not
+load the async stack.
 """
 
 from __future__ import annotations
@@ -9,9 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from pipeline.config import add_config_args, load_config, print_config
-from pipeline.errors import UsageError
+from pipeline.config import RunConfig, add_config_args, load_config, print_config
+from pipeline.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.contracts import Plugin, PluginContext
+    from pipeline.live.runner import Runner
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,16 +46,48 @@ def setup_logging(level: str) -> None:
     )
 
 
+def attach_plugins(config: RunConfig, ctx: PluginContext) -> list[Plugin]:
+    """The optional parts of ``auditor run`` that ``config`` turns on, in a fixed order."""
+    plugins: list[Plugin] = []
+    if config.remediate or config.crowdsec_metrics_url or config.geoip_db:
+        from pipeline.crowdsec.attach import attach_crowdsec
+
+        plugins += attach_crowdsec(config, ctx)
+    if config.kafka_bootstrap:
+        from pipeline.kafka.attach import attach_kafka
+
+        plugins.append(attach_kafka(config, ctx))
+    if config.discovery:
+        from pipeline.kube.attach import attach_discovery
+
+        plugins.append(attach_discovery(config, ctx))
+    return plugins
+
+
+def build_runner(
+    config: RunConfig,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+    extra: Sequence[Plugin] = (),
+) -> Runner:
+    """The sidecar as ``auditor run`` builds it; ``extra`` plugins join after the config's."""
+    from pipeline.live.runner import Runner
+
+    def attach(cfg: RunConfig, ctx: PluginContext) -> list[Plugin]:
+        return [*attach_plugins(cfg, ctx), *extra]
+
+    return Runner(config, registry=registry, clock=clock, attach=attach)
+
+
 def main_run(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.print_config:
         print_config(config)
-        return 0
+        return EXIT_OK
     if not config.access_log:
         raise UsageError("config key 'access_log': at least one access log path is required")
     setup_logging(config.log_level)
     import asyncio  # heavy imports only where the command runs
 
-    from pipeline.live.runner import Runner
-
-    return asyncio.run(Runner(config).run())
+    return asyncio.run(build_runner(config).run())

@@ -6,10 +6,10 @@ JSONL sink, ``auditor check`` and the Kafka findings topic; see README "JSON out
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class Severity(StrEnum):
@@ -86,3 +86,15 @@ class FindingEvent:
 
 def at_or_above(findings: list[Finding], threshold: Severity) -> list[Finding]:
     return [f for f in findings if f.severity.rank >= threshold.rank]
+
+
+class EventSink(Protocol):
+    """Receives finding state changes (JSONL file, Kafka findings topic, remediation...).
+
+    Defined beside the events it receives, so sinks, integrations and the live commands can all
+    name it without depending on one another.
+    """
+
+    def emit(self, events: Sequence[FindingEvent]) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -36,7 +36,7 @@ import pipeline
 from pipeline.core.findings import Finding, Kind, Severity
 
 if TYPE_CHECKING:
-    from pipeline.live.runner import Post, Runner
+    from pipeline.contracts import LiveState, Post
 
 log = logging.getLogger(__name__)
 
@@ -433,14 +433,14 @@ class HealthService:
             raise MetricsFetchError(msg) from None
         return body.decode("utf-8", "replace")
 
-    def _apply(self, now: float, m: CrowdSecMetrics, runner: Runner) -> None:
-        engine = runner.engine
+    def _apply(self, now: float, m: CrowdSecMetrics, state: LiveState) -> None:
+        engine = state.engine
         view = AuditorView(
             decisions_active=len(engine.decisions),
             decisions_seen=engine.decisions_seen,
-            lapi_configured=runner.lapi is not None,
+            lapi_configured=state.lapi_configured,
         )
         engine.replace_findings(GROUP, self.checker.observe(now, m, view))
 
-    def _apply_failure(self, now: float, error: str, runner: Runner) -> None:
-        runner.engine.replace_findings(GROUP, self.checker.failed(now, error))
+    def _apply_failure(self, now: float, error: str, state: LiveState) -> None:
+        state.engine.replace_findings(GROUP, self.checker.failed(now, error))

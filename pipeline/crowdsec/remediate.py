@@ -43,8 +43,8 @@ from pipeline.secrets import Secret
 if TYPE_CHECKING:
     import aiohttp
 
+    from pipeline.contracts import LiveState, Post
     from pipeline.core.engine import Engine
-    from pipeline.live.runner import Post, Runner
 
 log = logging.getLogger(__name__)
 
@@ -474,12 +474,12 @@ class Remediator:
         detail = {"deleted": deleted, "attempt": job.attempts + 1, "network": network}
         return Outcome("done", job.key, d, job.target_class, detail)
 
-    def _report(self, outcome: Outcome, runner: Runner) -> None:
-        runner.engine.note(outcome.finding(self.client.url, self.max_per_minute))
+    def _report(self, outcome: Outcome, state: LiveState) -> None:
+        state.engine.note(outcome.finding(self.client.url, self.max_per_minute))
         if outcome.result != "refused":
-            runner.metrics.remediations.labels(ACTION, outcome.result).inc()
+            state.metrics.remediations.labels(ACTION, outcome.result).inc()
         if outcome.result == "done":
-            self._forget(runner.engine, outcome.decision)
+            self._forget(state.engine, outcome.decision)
 
     def _forget(self, engine: Engine, decision: Mapping[str, Any]) -> None:
         """Drop the engine's copies of what the LAPI just deleted, so the finding clears now.

@@ -1,25 +1,23 @@
-"""Wires Kafka into ``auditor run``: the sidecar publishes its batches instead of auditing them.
+"""Kafka as a plugin of ``auditor run``: the sidecar publishes its batches instead of (or as
+well as, with ``kafka_local_audit``) auditing them.
 
-Called by ``pipeline.live.plugins.attach_all`` when ``kafka_bootstrap`` is set. The publisher is
-also registered as a runner service, so the topic is checked (or created) at startup and a
-missing topic with ``kafka_create_topics=false`` ends the run with exit code 2.
+Attached by ``pipeline.cli.run`` when ``kafka_bootstrap`` is set. The publisher is also a
+service, so the topic is checked (or created) at startup and a missing topic with
+``kafka_create_topics=false`` ends the run with exit code 2.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
 
 from parsers.envelope import Envelope
+from pipeline.config import RunConfig
+from pipeline.contracts import Plugin, PluginContext
 from pipeline.kafka.client import KafkaSettings
 from pipeline.kafka.producer import KafkaPublisher
 
-if TYPE_CHECKING:
-    from pipeline.live.runner import Runner
 
-
-def attach_kafka(runner: Runner) -> None:
-    config = runner.config
+def attach_kafka(config: RunConfig, ctx: PluginContext) -> Plugin:
     settings = KafkaSettings.from_config(config, role="sidecar")
     publisher = KafkaPublisher(
         settings,
@@ -29,11 +27,11 @@ def attach_kafka(runner: Runner) -> None:
         node=config.node_name or socket.gethostname(),
         envelope=Envelope(config.envelope),
         max_line_bytes=config.max_line_bytes,
-        metrics=runner.metrics,
-        source_kind=runner.source_kind,
-        stop=runner.stop,
-        clock=runner.clock,
+        metrics=ctx.metrics,
+        source_kind=ctx.source_kind,
+        stop=ctx.stop,
+        clock=ctx.clock,
     )
-    runner.publisher = publisher
-    runner.services.append(publisher)
-    runner.audit_locally = config.kafka_local_audit
+    return Plugin(
+        publisher=publisher, services=(publisher,), audit_locally=config.kafka_local_audit
+    )

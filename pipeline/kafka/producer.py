@@ -34,7 +34,7 @@ from pipeline.sources.tail import TailBatch
 from sinks.prometheus import Metrics
 
 if TYPE_CHECKING:
-    from pipeline.live.runner import Post
+    from pipeline.contracts import Post
 
 log = logging.getLogger("auditor.kafka.producer")
 
@@ -65,7 +65,7 @@ def line_ends(batch: TailBatch) -> list[int]:
 
 
 class KafkaPublisher:
-    """``runner.publisher`` when ``kafka_bootstrap`` is set; also a ``Service`` (startup)."""
+    """The publisher of the Kafka plugin; also its ``Service`` (topic check at startup)."""
 
     def __init__(
         self,

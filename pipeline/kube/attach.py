@@ -1,10 +1,10 @@
 """``auditor run`` with discovery: keeps the classifier current and reports config findings.
 
-``attach_discovery(runner)`` adds a background service to the runner. On every cluster snapshot it
-posts to the runner's single consumer: swap the classifier's networks (static ones from config plus
-the discovered ones), re-judge active decisions, and hand the config audit to the engine as the
-``kube`` finding group (raised/updated/cleared like any other finding). ``runner.kube_status``
-exposes ``up`` and ``last_sync`` for the exporter.
+``attach_discovery`` returns a plugin with one background service. On every cluster snapshot it
+posts to the runner's single consumer: swap the engine's networks (static ones from config plus
+the discovered ones; the engine re-judges active decisions), and hand the config audit to the
+engine as the ``kube`` finding group (raised/updated/cleared like any other finding). The
+plugin's ``kube_status`` exposes ``up`` and ``last_sync`` for the exporter.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from pipeline.contracts import Plugin, PluginContext
 from pipeline.kube.checks import audit
 from pipeline.kube.discovery import Discovery, DiscoveryOptions
 from pipeline.kube.model import ClusterFacts
 from pipeline.kube.networks import cluster_networks
 
 if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+    from pipeline.contracts import LiveState, Post
     from pipeline.core.addresses import Network
-    from pipeline.live.runner import Post, Runner
 
-log = logging.getLogger("pipeline.kube")
+log = logging.getLogger("auditor.kube")
 FINDING_GROUP = "kube"
 
 
@@ -67,9 +69,9 @@ class DiscoveryService:
             networks = [*self._static, *cluster_networks(facts)]
             findings = audit(facts)
 
-            def apply(runner: Runner) -> None:
-                runner.engine.set_networks(networks)
-                runner.engine.replace_findings(FINDING_GROUP, findings)
+            def apply(state: LiveState) -> None:
+                state.engine.set_networks(networks)
+                state.engine.replace_findings(FINDING_GROUP, findings)
 
             await post(apply)
 
@@ -84,12 +86,10 @@ class DiscoveryService:
             await api.close()
 
 
-def attach_discovery(runner: Runner) -> None:
-    config = runner.config
+def attach_discovery(config: RunConfig, ctx: PluginContext) -> Plugin:
     service = DiscoveryService(
         config.kubeconfig,
         config.kube_context,
-        tuple(runner.engine.classifier.networks),
+        tuple(ctx.classifier.networks),
     )
-    runner.services.append(service)
-    runner.kube_status = service
+    return Plugin(services=(service,), kube_status=service)

@@ -3,7 +3,8 @@
 Tasks on one event loop, so the engine stays single-threaded: the events consumer (partition
 states and snapshots), the totals reader (cluster view), the LAPI decisions stream and a ticker
 that evaluates the engine once a second. Findings leave through ``FindingRouter`` (only those of
-owned partitions) to the JSONL sink and the findings topic. See ``pipeline.kafka`` for the design.
+owned partitions) to the JSONL sink and the findings topic. See ``pipeline.kafka`` for the design;
+the start/stop machinery is the one ``auditor run`` uses (``pipeline.live.lifecycle``).
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 
 from parsers.records import ParseStats
-from pipeline.config import RunConfig, listen_address
+from pipeline.config import RunConfig
 from pipeline.core.engine import EngineConfig
-from pipeline.core.findings import Finding, FindingEvent, State
+from pipeline.core.findings import EventSink, FindingEvent
 from pipeline.crowdsec.lapi import LapiAuthError, LapiStream
-from pipeline.errors import UsageError
+from pipeline.errors import EXIT_OK, EXIT_USAGE
 from pipeline.kafka.client import (
     KafkaSettings,
     KafkaUnavailable,
@@ -33,11 +32,11 @@ from pipeline.kafka.client import (
 from pipeline.kafka.consumer import EventsConsumer, TotalsReader
 from pipeline.kafka.events import Partitioner
 from pipeline.kafka.findings import KafkaFindings
+from pipeline.kafka.routing import FindingRouter
 from pipeline.kafka.totals import ClusterTimeline, ClusterView
-from pipeline.live.runner import EventSink, engine_from_config, lapi_from_config
-from sinks.http import MetricsServer
-from sinks.jsonl import JsonlFindings
-from sinks.prometheus import Metrics, SourceHealth
+from pipeline.live.lifecycle import Lifecycle, lapi_unready, open_findings, send, source_health
+from pipeline.live.wiring import engine_from_config, lapi_from_config
+from sinks.prometheus import Metrics
 
 log = logging.getLogger("auditor.aggregate")
 
@@ -54,84 +53,6 @@ FINDINGS_CONFIGS = {"cleanup.policy": "compact"}
 def session_timeout_ms(kafka_timeout: float) -> int:
     """A third of ``kafka_timeout``, within the broker defaults' allowed range (6 s to 10 s)."""
     return int(min(10.0, max(6.0, kafka_timeout / 3)) * 1000)
-
-
-class FindingRouter:
-    """Lets through the finding events of the partitions this aggregator owns.
-
-    Every aggregator's engine holds every finding (same view); the owner of
-    ``partition(target)`` speaks for it. A new owner re-announces active findings, and the
-    clears it saw in the last ``keep_cleared_s`` (they may have happened while nobody owned the
-    partition); consumers key findings, so a repeat is harmless.
-    """
-
-    def __init__(
-        self,
-        partition_of: Callable[[str], int],
-        clock: Callable[[], float],
-        keep_cleared_s: float = 3600.0,
-    ) -> None:
-        self.partition_of = partition_of
-        self.clock = clock
-        self.keep_cleared_s = keep_cleared_s
-        self.owned: set[int] = set()
-        self._last: dict[str, dict[str, Any]] = {}
-        self._cleared: dict[str, tuple[Finding, float]] = {}
-
-    def owner(self, f: Finding) -> int:
-        return self.partition_of(f.target or f.key)
-
-    def _remember(self, e: FindingEvent) -> None:
-        if e.state is State.CLEARED:
-            self._last.pop(e.finding.key, None)
-        else:
-            self._last[e.finding.key] = e.finding.as_dict()
-
-    def route(self, events: Sequence[FindingEvent]) -> list[FindingEvent]:
-        out: list[FindingEvent] = []
-        for e in events:
-            key = e.finding.key
-            if e.state is State.CLEARED:
-                self._cleared[key] = (e.finding, e.at)
-            else:
-                self._cleared.pop(key, None)
-            if self.owner(e.finding) in self.owned:
-                out.append(e)
-                self._remember(e)
-        horizon = self.clock() - self.keep_cleared_s
-        for key in [k for k, (_, at) in self._cleared.items() if at < horizon]:
-            del self._cleared[key]
-        return out
-
-    def gain(self, parts: set[int], active: Mapping[str, Finding]) -> list[FindingEvent]:
-        self.owned |= parts
-        now = self.clock()
-        out = [
-            FindingEvent(State.RAISED, f, now) for f in active.values() if self.owner(f) in parts
-        ]
-        out += [
-            FindingEvent(State.CLEARED, f, now)
-            for key, (f, _) in self._cleared.items()
-            if key not in active and self.owner(f) in parts
-        ]
-        for e in out:
-            self._remember(e)
-        return out
-
-    def lose(self, parts: set[int]) -> None:
-        self.owned -= parts
-
-    def refresh(self, active: Mapping[str, Finding]) -> list[FindingEvent]:
-        """Owned findings whose evidence moved since last emitted (sent once at shutdown)."""
-        now = self.clock()
-        out = [
-            FindingEvent(State.UPDATED, f, now)
-            for key, f in active.items()
-            if self.owner(f) in self.owned and self._last.get(key) != f.as_dict()
-        ]
-        for e in out:
-            self._remember(e)
-        return out
 
 
 def _minus(a: ParseStats, b: ParseStats) -> ParseStats | None:
@@ -194,7 +115,7 @@ class Aggregator:
         )
         self.router: FindingRouter | None = None
         self.sinks: list[EventSink] = []
-        self.server: MetricsServer | None = None
+        self.lifecycle: Lifecycle | None = None
         self._fed: dict[str, ParseStats] = {}
         self._reader_task: asyncio.Task[None] | None = None
         self._fatal: BaseException | None = None
@@ -202,24 +123,13 @@ class Aggregator:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> int:
-        host, port = listen_address(self.config)
-        self.server = MetricsServer(host, port, self.metrics.exposition, self._ready)
-        try:
-            await self.server.start()
-        except (OSError, OverflowError) as exc:
-            msg = (
-                f"config key 'metrics_listen': cannot listen on {self.config.metrics_listen}: {exc}"
-            )
-            raise UsageError(msg) from None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop.set)
-        log.info("aggregator listening on %s:%d", host, self.server.port)
+        self.lifecycle = Lifecycle(self.config, self.metrics.exposition, self._ready, self.stop)
+        await self.lifecycle.start()
+        log.info("aggregator listening on %s:%d", self.lifecycle.host, self.lifecycle.port)
         reader_stop = asyncio.Event()
         try:
             if not await self._connect(reader_stop):
-                return 0
+                return EXIT_OK
             self._started = True
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.events.run(self.stop))
@@ -239,18 +149,15 @@ class Aggregator:
             if self._reader_task is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(self._reader_task, self.settings.timeout)
-            closing = [self.events.aclose(), self.reader.aclose(), self.server.close()]
+            closing = [self.events.aclose(), self.reader.aclose(), self.lifecycle.close()]
             closing += [sink.aclose() for sink in self.sinks]
             if self.lapi is not None:
                 closing.append(self.lapi.aclose())
             await asyncio.gather(*closing)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
         if self._fatal is not None:
             log.error("%s", self._fatal)
-            return 2
-        return 0
+            return EXIT_USAGE
+        return EXIT_OK
 
     async def _connect(self, reader_stop: asyncio.Event) -> bool:
         """Topics, then the cluster view (running), then the group: a partition assigned to us
@@ -275,12 +182,7 @@ class Aggregator:
         self.router = FindingRouter(
             Partitioner(counts[cfg.kafka_events_topic]), self.clock, float(cfg.window)
         )
-        try:
-            self.sinks = [JsonlFindings(cfg.findings)]
-        except OSError as exc:
-            msg = f"config key 'findings': cannot open {cfg.findings}: {exc}"
-            raise UsageError(msg) from None
-        self.sinks.append(KafkaFindings(self.settings, cfg.kafka_findings_topic))
+        self.sinks = [open_findings(cfg), KafkaFindings(self.settings, cfg.kafka_findings_topic)]
         self.events.on_gained = self._gained
         self.events.on_lost = self._lost
         if not await self._until_started(self.reader.start):
@@ -306,8 +208,9 @@ class Aggregator:
             return False, "reading the cluster view"
         if not self.events.healthy:
             return False, "kafka: cannot read events or publish snapshots"
-        if self.lapi is not None and not self.lapi.status.up:
-            return False, f"lapi down: {self.lapi.status.last_error or 'no successful poll yet'}"
+        why = lapi_unready(self.lapi)
+        if why is not None:
+            return False, why
         return True, "ready"
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -348,12 +251,7 @@ class Aggregator:
         self._send(self.router.route(events))
 
     def _send(self, events: Sequence[FindingEvent]) -> None:
-        if not events:
-            return
-        for sink in self.sinks:
-            sink.emit(events)
-        for e in events:
-            log.info("finding %s: %s %s", e.state.value, e.finding.kind.value, e.finding.summary)
+        send(events, self.sinks, log)
 
     def _gained(self, parts: set[int]) -> None:
         if self.router is None:
@@ -366,17 +264,8 @@ class Aggregator:
             self.router.lose(parts)
 
     def _refresh(self) -> None:
-        lapi = self.lapi.status if self.lapi is not None else None
         self.metrics.refresh(
-            self.engine,
-            dict.fromkeys(self.engine.stats, "kafka"),
-            SourceHealth(
-                lapi_configured=lapi is not None,
-                lapi_up=bool(lapi and lapi.up),
-                lapi_last_success=lapi.last_success if lapi else None,
-                lapi_polls_ok=lapi.polls_ok if lapi else 0,
-                lapi_polls_failed=lapi.polls_failed if lapi else 0,
-            ),
+            self.engine, dict.fromkeys(self.engine.stats, "kafka"), source_health(self.lapi)
         )
 
 

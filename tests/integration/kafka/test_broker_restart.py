@@ -14,10 +14,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from pipeline.cli.run import build_runner
 from pipeline.config import RunConfig
 from pipeline.kafka.producer import KafkaPublisher
 from pipeline.live.aggregator import Aggregator
-from pipeline.live.runner import Runner
 from tests.support.kafka import TansuBroker, node_log_lines
 
 HALF = 500
@@ -53,7 +53,7 @@ async def test_broker_restart_loses_nothing(kafka_broker_s3: TansuBroker, tmp_pa
     lines = node_log_lines(2 * HALF, seed=7, masked_share=0.5)
     log = tmp_path / "node.log"
     log.write_bytes(b"".join(lines[:HALF]))
-    runner = Runner(
+    runner = build_runner(
         RunConfig(
             access_log=(str(log),),
             checkpoint_dir=str(tmp_path / "ck"),

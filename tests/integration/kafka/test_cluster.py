@@ -16,9 +16,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from pipeline.cli.run import build_runner
 from pipeline.config import RunConfig
 from pipeline.live.aggregator import Aggregator
-from pipeline.live.runner import Runner
 from tests.support.crowdsec import CrowdSecInstance
 from tests.support.kafka import TansuBroker, clf_lines, fold_findings, node_log_lines
 from tests.support.paths import ROOT
@@ -120,7 +120,7 @@ async def test_sidecars_and_two_aggregators_equal_one_replay(
         "both aggregators to own partitions",
     )
     runners = [
-        Runner(
+        build_runner(
             RunConfig(
                 access_log=(str(f),),
                 checkpoint_dir=str(tmp_path / f"ck{i}"),

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from parsers.records import ENTRYPOINT, ParseStats
 from parsers.traefik import TraefikParser
+from pipeline.cli.run import build_runner
 from pipeline.config import RunConfig
 from pipeline.live.runner import Runner
 from tests.support.kafka import (
@@ -122,7 +123,7 @@ def sidecar(broker: TansuBroker, tmp_path: Path, i: int) -> Runner:
         kafka_partitions=PARTITIONS,
         kafka_timeout=10.0,
     )
-    return Runner(config, registry=CollectorRegistry())
+    return build_runner(config, registry=CollectorRegistry())
 
 
 def lines_seen(agg: AggregatorProcess) -> float:

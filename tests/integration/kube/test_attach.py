@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from pipeline.cli.run import build_runner
 from pipeline.config import RunConfig
 from pipeline.core.addresses import AddrClass
 from pipeline.core.findings import Kind
@@ -67,7 +68,7 @@ def _config_findings(runner: Runner) -> dict[str, str]:
 
 async def test_run_follows_the_cluster(fake: FakeKubeApi, tmp_path: Path) -> None:
     kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
-    runner = Runner(_config(tmp_path, kubeconfig), registry=CollectorRegistry())
+    runner = build_runner(_config(tmp_path, kubeconfig), registry=CollectorRegistry())
     clf = runner.engine.classifier
     assert clf.classify("203.0.113.10").cls is AddrClass.PUBLIC  # before discovery
     task = asyncio.create_task(runner.run())
@@ -84,8 +85,8 @@ async def test_run_follows_the_cluster(fake: FakeKubeApi, tmp_path: Path) -> Non
         )
         assert all(k.startswith("kube:config:") for k, f in runner.engine.findings.items()
                    if f.kind is Kind.CONFIG)  # fmt: skip
-        assert runner.server is not None
-        port = runner.server.port
+        assert runner.lifecycle is not None
+        port = runner.lifecycle.port
         text = ""
         deadline = time.monotonic() + 20
         while "auditor_kubernetes_up 1.0" not in text and time.monotonic() < deadline:
@@ -107,5 +108,5 @@ async def test_run_follows_the_cluster(fake: FakeKubeApi, tmp_path: Path) -> Non
 
 
 async def test_bad_kubeconfig_stops_run_with_exit_2(tmp_path: Path) -> None:
-    runner = Runner(_config(tmp_path, tmp_path / "missing"), registry=CollectorRegistry())
+    runner = build_runner(_config(tmp_path, tmp_path / "missing"), registry=CollectorRegistry())
     assert await asyncio.wait_for(runner.run(), 30) == 2

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from pipeline.cli.run import build_runner
 from pipeline.config import RunConfig
+from pipeline.contracts import Plugin
 from pipeline.core.findings import Kind
 from pipeline.live.runner import Runner
 from pipeline.sources.tail import TailBatch
@@ -93,7 +95,7 @@ async def test_internal_bans_follow_lapi_through_a_restart(
     key = tmp_path / "lapi-key"
     key.write_text(lapi.add_bouncer("auditor-live") + "\n")
     _traffic(tmp_path / "access.log")
-    runner = Runner(_config(tmp_path, lapi, key), registry=CollectorRegistry())
+    runner = build_runner(_config(tmp_path, lapi, key), registry=CollectorRegistry())
     task = asyncio.create_task(runner.run())
     try:
         await _until(lambda: runner.engine.traffic.whole().total == 100, what="traffic")
@@ -107,8 +109,8 @@ async def test_internal_bans_follow_lapi_through_a_restart(
         assert len(runner.engine.decisions) == 3  # the external ban is tracked, not flagged
         ban = next(f for f in runner.engine.findings.values() if f.target == "10.42.0.7")
         assert ban.evidence["blast_radius"]["request_share"] == pytest.approx(0.9)
-        assert runner.server is not None
-        port = runner.server.port
+        assert runner.lifecycle is not None
+        port = runner.lifecycle.port
         await _until_metric(port, 'auditor_internal_bans_active{target_class="pod"} 2.0')
         assert "auditor_lapi_up 1.0" in await _ascrape(port)
 
@@ -150,7 +152,7 @@ async def test_wrong_key_exits_2_naming_the_key_file(
     key = tmp_path / "wrong-key"
     key.write_text("not-a-real-key\n")
     _traffic(tmp_path / "access.log", 1, 1)
-    runner = Runner(_config(tmp_path, crowdsec_lapi, key), registry=CollectorRegistry())
+    runner = build_runner(_config(tmp_path, crowdsec_lapi, key), registry=CollectorRegistry())
     assert await asyncio.wait_for(runner.run(), 30) == 2
     assert str(key) in caplog.text
     assert "not-a-real-key" not in caplog.text
@@ -174,9 +176,10 @@ async def test_slow_sink_pauses_reading(tmp_path: Path) -> None:
     line = traefik_json_line("198.51.100.1", "/videoplayback?id=x", 200) + "\n"
     n = 200_000
     (tmp_path / "access.log").write_text(line * n)
-    runner = Runner(_config(tmp_path, None, None), registry=CollectorRegistry())
     slow = _SlowPublisher()
-    runner.publisher = slow
+    runner = build_runner(
+        _config(tmp_path, None, None), registry=CollectorRegistry(), extra=[Plugin(publisher=slow)]
+    )
     task = asyncio.create_task(runner.run())
     try:
         await _until(lambda: slow.batches >= 10, what="some batches")
@@ -291,9 +294,12 @@ class _BrokenPublisher:
 async def test_a_failing_sink_stops_with_exit_2_and_no_ack(tmp_path: Path) -> None:
     line = traefik_json_line("198.51.100.1", "/", 200) + "\n"
     (tmp_path / "access.log").write_text(line * 50_000)  # more than the queue holds
-    runner = Runner(_config(tmp_path, None, None), registry=CollectorRegistry())
     broken = _BrokenPublisher()
-    runner.publisher = broken
+    runner = build_runner(
+        _config(tmp_path, None, None),
+        registry=CollectorRegistry(),
+        extra=[Plugin(publisher=broken)],
+    )
     assert await asyncio.wait_for(runner.run(), 30) == 2
     assert broken.calls == 1
     saved = json.loads((tmp_path / "ckpt" / "tail.json").read_text())
@@ -303,7 +309,7 @@ async def test_a_failing_sink_stops_with_exit_2_and_no_ack(tmp_path: Path) -> No
 async def test_findings_sink_full_disk_exits_2(tmp_path: Path) -> None:
     _traffic(tmp_path / "access.log", 90, 10)
     config = replace(_config(tmp_path, None, None, masked_min_requests=10), findings="/dev/full")
-    runner = Runner(config, registry=CollectorRegistry())
+    runner = build_runner(config, registry=CollectorRegistry())
     assert await asyncio.wait_for(runner.run(), 30) == 2
 
 

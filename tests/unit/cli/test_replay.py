@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli.main import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+from pipeline.cli.main import main
+from pipeline.errors import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
 from pipeline.sources.readfile import open_input
 from tests.support.paths import CORPUS
 

@@ -28,8 +28,8 @@ from pipeline.kafka.events import (
     partition_for,
     record_of,
 )
+from pipeline.kafka.routing import FindingRouter
 from pipeline.kafka.totals import ClusterView, PartitionState, decode_snapshot
-from pipeline.live.aggregator import FindingRouter
 from tests.support.crowdsec import traefik_json_line
 from tests.support.paths import CORPUS
 

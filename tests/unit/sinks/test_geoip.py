@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline.cli.main import main
+from pipeline.cli.run import build_runner
 from pipeline.config import RunConfig
 from pipeline.core.addresses import Classifier, k3s_defaults
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
 from pipeline.errors import UsageError
-from pipeline.live.runner import Runner
 from sinks.geoip import CACHE_SIZE, DbKind, GeoIP, GeoSink, db_kind, extract, open_database
 from tests.support.crowdsec import traefik_json_line
 from tests.support.mmdb import geolite2_asn, geolite2_country, ipinfo_lite, iplocation_country_v4
@@ -304,7 +304,7 @@ async def test_run_findings_carry_geo(tmp_path: Path, dbs: tuple[Path, Path]) ->
     log = tmp_path / "access.log"
     write_masked_log(log)
     findings = tmp_path / "findings.jsonl"
-    runner = Runner(
+    runner = build_runner(
         RunConfig(
             access_log=(str(log),),
             start_at="beginning",
