@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ demo: $(STAMP)
 	$(BIN)/auditor replay examples/demo/access.log --decisions examples/demo/decisions.json \
 		--format table || test $$? -eq 1
 
-## The whole suite (real CrowdSec, Tansu broker, Prometheus/promtool, kubectl; see .ci/run for installs).
-test: $(STAMP)
+## Debian packages the tests start for real (installed when root, else the command is printed).
+deps:
+	@bash .ci/deps
+
+## The whole suite (real CrowdSec, Tansu broker, Prometheus/promtool, kubectl).
+test: deps $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -39,7 +39,7 @@ from pipeline.kafka.events import BadMessage, decode_chunk
 from pipeline.kafka.totals import Classify, ClusterView, PartitionState
 from sinks.prometheus import Metrics
 
-log = logging.getLogger("auditor.kafka.consumer")
+log = logging.getLogger("auditor.kafka")
 
 FLUSH_S = 1.0
 # Idle partitions are re-published this often, so their latest snapshot survives on brokers that

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from pipeline.core.findings import FindingEvent
 from pipeline.kafka.client import KafkaSettings, KafkaUnavailable, bounded, stop_quietly
 
-log = logging.getLogger("auditor.kafka.findings")
+log = logging.getLogger("auditor.kafka")
 
 SEND_SLICE = 500
 

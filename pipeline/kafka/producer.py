@@ -36,7 +36,7 @@ from sinks.prometheus import Metrics
 if TYPE_CHECKING:
     from pipeline.contracts import Post
 
-log = logging.getLogger("auditor.kafka.producer")
+log = logging.getLogger("auditor.kafka")
 
 BACKOFF_MAX_S = 10.0
 

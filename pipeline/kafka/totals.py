@@ -32,7 +32,7 @@ from pipeline.core.addresses import AddrClass, Classification
 from pipeline.core.traffic import InternalClient, Summary, Timeline, count_runs
 from pipeline.kafka.events import Chunk, Watermarks, chunk_stats, record_of
 
-log = logging.getLogger("auditor.kafka.totals")
+log = logging.getLogger("auditor.kafka")
 
 SNAPSHOT_VERSION = 1
 SNAPSHOT_MAX_BYTES = 4 * 1024 * 1024  # topic max.message.bytes is raised to 8 MiB on creation

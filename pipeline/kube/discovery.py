@@ -37,7 +37,7 @@ from pipeline.kube.model import (
     WorkloadInfo,
 )
 
-log = logging.getLogger("pipeline.kube")
+log = logging.getLogger("auditor.kube")
 
 _R = TypeVar("_R")
 _QUICK_END_S = 1.0  # a watch that ends this fast without events is treated as a failure to hold
