@@ -13,8 +13,9 @@ auditor polls them and raises ``crowdsec_health`` findings:
 - ``metrics_unreachable`` (low): the endpoint does not answer, or is not CrowdSec's.
 
 Judgements use increases over a sliding window, never totals since CrowdSec started, so a problem
-fixed hours ago does not keep a finding up. Fetching runs in the service; judging runs in the
-runner's consumer (posted callables), next to the engine state it reads.
+fixed hours ago does not keep a finding up. Fetching runs in the service (through the shared
+CrowdSec client; the text format is ``parsers.crowdsec_metrics``); judging runs in the runner's
+consumer (posted callables), next to the engine state it reads.
 """
 
 from __future__ import annotations
@@ -27,22 +28,20 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client.parser import text_string_to_metric_families
-
-import pipeline
+from parsers.crowdsec_metrics import CrowdSecMetrics, parse_metrics
 from pipeline.core.findings import Finding, Kind, Severity
+from pipeline.crowdsec.client import CrowdSecClient, CrowdSecError
 
 if TYPE_CHECKING:
     from pipeline.contracts import LiveState, Post
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("auditor.crowdsec")
 
 GROUP = "crowdsec_health"
 HISTORY_MAX = 720
-_BODY_MAX = 8 * 1024 * 1024
 
 PARSE_FIX = (
     "Make the lines parseable by CrowdSec's crowdsecurity/traefik-logs parser: set Traefik's "
@@ -63,106 +62,6 @@ UNREACHABLE_FIX = (
     "Kubernetes: the agent/LAPI pod's metrics port) and point crowdsec_metrics_url at its "
     "/metrics."
 )
-
-
-# -- the metrics ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class CrowdSecMetrics:
-    """The few series the checks need, summed per source / scenario / bouncer."""
-
-    parser_ok: Mapping[str, float] = field(default_factory=dict)  # by acquisition source
-    parser_ko: Mapping[str, float] = field(default_factory=dict)
-    traefik_ok: Mapping[str, float] = field(default_factory=dict)  # traefik parser node, by source
-    traefik_ko: Mapping[str, float] = field(default_factory=dict)
-    overflowed: Mapping[str, float] = field(default_factory=dict)  # by scenario
-    active_decisions: float | None = None  # None: this endpoint has no LAPI metrics
-    bouncer_requests: Mapping[str, float] = field(default_factory=dict)  # by bouncer name
-    version: str = ""
-    crowdsec: bool = False  # any cs_* series at all
-
-    @property
-    def overflow_total(self) -> float:
-        return sum(self.overflowed.values())
-
-    def counters(self) -> dict[tuple[str, str], float]:
-        """Every monotonic value by series and key, to notice a CrowdSec restart."""
-        out: dict[tuple[str, str], float] = {}
-        for series, values in (
-            ("parser_ok", self.parser_ok),
-            ("parser_ko", self.parser_ko),
-            ("traefik_ok", self.traefik_ok),
-            ("traefik_ko", self.traefik_ko),
-            ("overflowed", self.overflowed),
-        ):
-            for key, value in values.items():
-                out[(series, key)] = value
-        return out
-
-    def restarted_since(self, earlier: CrowdSecMetrics) -> bool:
-        """A counter went down or vanished: CrowdSec restarted and began again at zero."""
-        now = self.counters()
-        return any(now.get(k, -1.0) < v for k, v in earlier.counters().items())
-
-
-def _is_traefik_node(name: str) -> bool:
-    # The parser's own node counts one hit per line; its "child-" nodes count per-pattern tries.
-    return "traefik" in name and not name.startswith("child-")
-
-
-def _add(target: dict[str, float], key: str, value: float) -> None:
-    target[key] = target.get(key, 0.0) + value
-
-
-def parse_metrics(text: str) -> CrowdSecMetrics:
-    """Read CrowdSec's exposition text (any version; unknown series are ignored)."""
-    parser_ok: dict[str, float] = {}
-    parser_ko: dict[str, float] = {}
-    traefik_ok: dict[str, float] = {}
-    traefik_ko: dict[str, float] = {}
-    overflowed: dict[str, float] = {}
-    bouncers: dict[str, float] = {}
-    active: float | None = None
-    lapi = False
-    version = ""
-    crowdsec = False
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            name, labels, value = s.name, s.labels, float(s.value)
-            if not name.startswith("cs_"):
-                continue
-            crowdsec = True
-            source = labels.get("source", "")
-            if name == "cs_parser_hits_ok_total":
-                _add(parser_ok, source, value)
-            elif name == "cs_parser_hits_ko_total":
-                _add(parser_ko, source, value)
-            elif name == "cs_node_hits_ok_total" and _is_traefik_node(labels.get("name", "")):
-                _add(traefik_ok, source, value)
-            elif name == "cs_node_hits_ko_total" and _is_traefik_node(labels.get("name", "")):
-                _add(traefik_ko, source, value)
-            elif name == "cs_bucket_overflowed_total":
-                _add(overflowed, labels.get("name", ""), value)
-            elif name == "cs_active_decisions":
-                active = (active or 0.0) + value
-            elif name == "cs_lapi_bouncer_requests_total":
-                _add(bouncers, labels.get("bouncer", ""), value)
-            elif name == "cs_info":
-                version = labels.get("version", "")
-            if name.startswith("cs_lapi_"):
-                lapi = True
-    if active is None and lapi:
-        active = 0.0  # the LAPI is here and exports no decision gauge: there are none
-    return CrowdSecMetrics(
-        parser_ok=parser_ok,
-        parser_ko=parser_ko,
-        traefik_ok=traefik_ok,
-        traefik_ko=traefik_ko,
-        overflowed=overflowed,
-        active_decisions=active,
-        bouncer_requests=bouncers,
-        version=version,
-        crowdsec=crowdsec,
-    )
 
 
 # -- the checks -------------------------------------------------------------------------------
@@ -323,7 +222,7 @@ class HealthChecker:
                 self._undecided_overflows = {}
             self._undecided_last = now
             for name, n in grew.items():
-                _add(self._undecided_overflows, name, n)
+                self._undecided_overflows[name] = self._undecided_overflows.get(name, 0.0) + n
         elif (
             self._undecided_since is not None and now - self._undecided_last > self.config.window_s
         ):
@@ -359,10 +258,6 @@ class HealthChecker:
 
 
 # -- the service ------------------------------------------------------------------------------
-class MetricsFetchError(Exception):
-    pass
-
-
 class HealthService:
     """Polls the endpoint every ``interval`` seconds and posts the verdicts to the consumer."""
 
@@ -378,23 +273,19 @@ class HealthService:
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
+        self.client = CrowdSecClient(checker.url, timeout=timeout)
         self.polls_ok = 0
         self.polls_failed = 0
         self._last_ok = False
 
     async def run(self, stop: asyncio.Event, post: Post) -> None:
-        import aiohttp
-
-        async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-            headers={"User-Agent": f"ban-auditor/{pipeline.__version__}"},
-        ) as session:
+        try:
             while not stop.is_set():
                 now = self.clock()
                 try:
-                    metrics = parse_metrics(await self.fetch(session))
-                except (MetricsFetchError, ValueError) as exc:
-                    error = str(exc) if isinstance(exc, MetricsFetchError) else f"bad text: {exc}"
+                    metrics = parse_metrics(await self.fetch())
+                except (CrowdSecError, ValueError) as exc:
+                    error = str(exc) if isinstance(exc, CrowdSecError) else f"bad text: {exc}"
                     if self.polls_failed == 0 or self._last_ok:
                         log.warning("CrowdSec metrics %s: %s", self.checker.url, error)
                     self.polls_failed += 1
@@ -406,32 +297,12 @@ class HealthService:
                     await post(functools.partial(self._apply, now, metrics))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.interval)
+        finally:
+            await self.client.aclose()  # the session belongs to this loop's task
 
-    async def fetch(self, session: Any) -> str:
-        import aiohttp
-
-        url = self.checker.url
-        try:
-            async with session.get(url, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    msg = f"GET {url}: HTTP {resp.status}"
-                    raise MetricsFetchError(msg)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(65536):
-                    size += len(chunk)
-                    if size > _BODY_MAX:
-                        msg = f"GET {url}: body larger than {_BODY_MAX} bytes"
-                        raise MetricsFetchError(msg)
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-        except TimeoutError:
-            msg = f"GET {url}: no answer within {self.timeout:g}s"
-            raise MetricsFetchError(msg) from None
-        except aiohttp.ClientError as exc:
-            msg = f"GET {url}: {type(exc).__name__}: {exc}"
-            raise MetricsFetchError(msg) from None
-        return body.decode("utf-8", "replace")
+    async def fetch(self) -> str:
+        """The endpoint's text; ``CrowdSecError`` says why there is none."""
+        return await self.client.metrics_text()
 
     def _apply(self, now: float, m: CrowdSecMetrics, state: LiveState) -> None:
         engine = state.engine

@@ -10,24 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
-
-import pipeline
-from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
+from parsers.crowdsec import DecisionDelta, DecisionFormatError
+from pipeline.crowdsec.client import (
+    BouncerKey,
+    CrowdSecAuthError,
+    CrowdSecClient,
+    CrowdSecStatusError,
+    CrowdSecUnavailable,
+    RetryPolicy,
+)
 from pipeline.errors import FatalSourceError
 from pipeline.secrets import Secret
 
-log = logging.getLogger(__name__)
-
-STREAM_PATH = "v1/decisions/stream"
-_RETRY_4XX = frozenset({408, 425, 429})
-_BODY_SNIPPET = 200
+log = logging.getLogger("auditor.crowdsec")
 
 
 class LapiError(Exception):
@@ -36,10 +35,6 @@ class LapiError(Exception):
 
 class LapiAuthError(LapiError, FatalSourceError):
     """The LAPI rejected the bouncer key (401/403); the message names its source, never the key."""
-
-
-class _TransientError(Exception):
-    """A failed poll worth retrying (connection error, timeout, 5xx, unreadable body)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +48,13 @@ class LapiConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
 
-    @property
-    def stream_url(self) -> str:
-        return self.url.rstrip("/") + "/" + STREAM_PATH
+    def client(self) -> CrowdSecClient:
+        return CrowdSecClient(
+            self.url,
+            api_key=BouncerKey(self.key, self.key_source),
+            timeout=self.timeout,
+            retry=RetryPolicy(initial_s=self.backoff_initial, max_s=self.backoff_max),
+        )
 
 
 @dataclass(slots=True)
@@ -69,51 +68,41 @@ class LapiStatus:
     last_error: str = ""
 
 
-SessionFactory = Callable[[], aiohttp.ClientSession]
-
-
 class LapiStream:
     """Polls the decisions stream as a bouncer would (header ``X-Api-Key``)."""
 
-    def __init__(
-        self, config: LapiConfig, *, session_factory: SessionFactory | None = None
-    ) -> None:
+    def __init__(self, config: LapiConfig, *, client: CrowdSecClient | None = None) -> None:
         self.config = config
         self.status = LapiStatus()
-        self._session_factory = session_factory
-        self._session: aiohttp.ClientSession | None = None
-        self._rng = random.Random()
+        self.client = client or config.client()
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self.client.aclose()
 
     async def deltas(self, stop: asyncio.Event) -> AsyncIterator[DecisionDelta]:
         """Yield decision deltas until ``stop`` is set.
 
         Always yields startup deltas (even empty: the state is empty); increments only when
-        something changed. Connection errors and 5xx are retried with jittered exponential
-        backoff and mark the stream down; 401/403 raise ``LapiAuthError`` at once. The HTTP
-        session is closed when the iteration ends.
+        something changed. Connection errors and 5xx are retried with the client's jittered
+        exponential backoff and mark the stream down; 401/403 raise ``LapiAuthError`` at once.
+        The HTTP session is closed when the iteration ends.
         """
         try:
             startup = True
             failures = 0
             while not stop.is_set():
                 try:
-                    body = await _until_stopped(self._poll(startup=startup), stop)
-                    if body is None:
+                    delta = await _until_stopped(self._poll(startup=startup), stop)
+                    if delta is None:
                         return
-                    delta = parse_decisions(body, startup=startup)
                 except LapiError as exc:
                     self._failed(str(exc))
                     raise
-                except (_TransientError, DecisionFormatError) as exc:
+                except (CrowdSecUnavailable, DecisionFormatError) as exc:
                     self._failed(str(exc))
                     failures += 1
                     startup = True  # resync after any gap
-                    delay = self._backoff(failures)
+                    delay = self.client.retry.delay(failures, self.client.rng)
                     log.debug("LAPI poll failed (%s); retrying in %.2fs", exc, delay)
                     if await _wait(stop, delay):
                         return
@@ -129,12 +118,6 @@ class LapiStream:
             await self.aclose()  # the session belongs to this loop's task
 
     # ---- internals ----------------------------------------------------------------------------
-    def _backoff(self, failures: int) -> float:
-        cfg = self.config
-        ceiling = min(cfg.backoff_max, cfg.backoff_initial * 2.0 ** min(failures - 1, 30))
-        jitter: float = self._rng.uniform(0, ceiling / 2)
-        return ceiling / 2 + jitter  # "equal jitter"
-
     def _succeeded(self) -> None:
         st = self.status
         if not st.up:
@@ -151,55 +134,13 @@ class LapiStream:
         st.polls_failed += 1
         st.last_error = error
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if self._session_factory is not None:
-                self._session = self._session_factory()
-            else:
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-                    headers={"User-Agent": f"ban-auditor/{pipeline.__version__}"},
-                )
-        return self._session
-
-    async def _poll(self, *, startup: bool) -> bytes:
-        cfg = self.config
-        params = {"startup": "true" if startup else "false"}
-        if cfg.scopes:
-            params["scopes"] = ",".join(cfg.scopes)
-        headers = {"X-Api-Key": cfg.key.reveal(), "Accept": "application/json"}
-        url = cfg.stream_url
+    async def _poll(self, *, startup: bool) -> DecisionDelta:
         try:
-            async with self._get_session().get(
-                url,
-                params=params,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=cfg.timeout),
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                body = await resp.read()
-        except TimeoutError:
-            msg = f"GET {url}: no answer within {cfg.timeout:g}s"
-            raise _TransientError(msg) from None
-        except aiohttp.ClientError as exc:
-            msg = f"GET {url}: {type(exc).__name__}: {exc}"
-            raise _TransientError(msg) from None
-        if status == 200:
-            return body
-        snippet = body[:_BODY_SNIPPET].decode("utf-8", "replace").strip()
-        if status in (401, 403):
-            msg = (
-                f"CrowdSec LAPI {cfg.url} rejected the bouncer API key from {cfg.key_source} "
-                f"(HTTP {status}); check that the key was created with "
-                "'cscli bouncers add' on this LAPI"
-            )
-            raise LapiAuthError(msg)
-        if status >= 500 or status in _RETRY_4XX:
-            msg = f"GET {url}: HTTP {status} {snippet}"
-            raise _TransientError(msg)
-        msg = f"GET {url}: unexpected HTTP {status} {snippet}"
-        raise LapiError(msg)
+            return await self.client.stream_decisions(startup=startup, scopes=self.config.scopes)
+        except CrowdSecAuthError as exc:
+            raise LapiAuthError(str(exc)) from None
+        except CrowdSecStatusError as exc:
+            raise LapiError(str(exc)) from None
 
 
 async def _wait(stop: asyncio.Event, delay: float) -> bool:
@@ -209,9 +150,11 @@ async def _wait(stop: asyncio.Event, delay: float) -> bool:
     return stop.is_set()
 
 
-async def _until_stopped(coro: Coroutine[Any, Any, bytes], stop: asyncio.Event) -> bytes | None:
-    """Run ``coro`` but give up (returning None) as soon as ``stop`` is set."""
-    task = asyncio.ensure_future(coro)
+async def _until_stopped(
+    work: Awaitable[DecisionDelta], stop: asyncio.Event
+) -> DecisionDelta | None:
+    """Await ``work`` but give up (returning None) as soon as ``stop`` is set."""
+    task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)

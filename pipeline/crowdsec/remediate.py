@@ -25,33 +25,38 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import pipeline
-from parsers.crowdsec import DecisionDelta
+from parsers.crowdsec import Decision, DecisionDelta
 from pipeline.core import fixes
 from pipeline.core.addresses import (
     INTERNAL_CLASSES,
     ClassifierView,
     network_contains,
     parse_network,
+    same_prefix,
 )
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
+from pipeline.crowdsec.client import (
+    DEFAULT_TIMEOUT_S,
+    CrowdSecClient,
+    CrowdSecError,
+    MachineCredentials,
+    RetryPolicy,
+)
 from pipeline.errors import ConfigError
 from pipeline.secrets import Secret
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from pipeline.contracts import LiveState, Post
     from pipeline.core.engine import Engine
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("auditor.crowdsec")
 
 ACTION = "delete_decision"
 DRAIN_TIMEOUT_S = 5.0  # an in-flight deletion may finish this long after stop
-RETRY_INITIAL_S = 2.0
-RETRY_MAX_S = 60.0
+# A failed deletion waits before its job is tried again (the client itself already retried).
+RETRY = RetryPolicy(initial_s=2.0, max_s=60.0)
 
 FIX = (
     "Deleting the decision only lasts until CrowdSec bans the address again. "
@@ -62,16 +67,6 @@ FIX = (
 
 
 # -- credentials ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class MachineCredentials:
-    """A watcher login from CrowdSec's ``local_api_credentials.yaml`` (url, login, password)."""
-
-    url: str
-    login: str
-    password: Secret = field(repr=False)
-    source: str  # "file /etc/crowdsec/local_api_credentials.yaml", for error messages
-
-
 def load_credentials(path: str, *, fallback_url: str | None = None) -> MachineCredentials:
     """Read the credentials file; problems are ConfigErrors naming the file, never the password."""
     import yaml  # type: ignore[import-untyped]
@@ -135,117 +130,11 @@ class TokenBucket:
 
 
 # -- the LAPI as a watcher --------------------------------------------------------------------
-class RemediationError(Exception):
-    """A deletion did not happen (LAPI down, credentials rejected, unexpected answer)."""
+class WatcherClient(CrowdSecClient):
+    """The CrowdSec client logged in as a machine: bouncer keys cannot delete decisions."""
 
-
-class WatcherClient:
-    """Just enough of the watcher API: login (JWT) and deleting decisions by value."""
-
-    def __init__(self, creds: MachineCredentials, *, timeout: float = 10.0) -> None:
-        self.creds = creds
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._token: Secret | None = None
-
-    @property
-    def url(self) -> str:
-        return self.creds.url
-
-    def _endpoint(self, path: str) -> str:
-        return self.creds.url.rstrip("/") + "/" + path
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        import aiohttp
-
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers={"User-Agent": f"ban-auditor/{pipeline.__version__}"},
-            )
-        return self._session
-
-    async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json: object = None,
-        token: Secret | None = None,
-    ) -> tuple[int, Any]:
-        import aiohttp
-
-        url = self._endpoint(path)
-        headers = {"Accept": "application/json"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token.reveal()}"
-        try:
-            async with self._get_session().request(
-                method, url, params=params, json=json, headers=headers, allow_redirects=False
-            ) as resp:
-                status = resp.status
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
-        except TimeoutError:
-            msg = f"{method} {url}: no answer within {self.timeout:g}s"
-            raise RemediationError(msg) from None
-        except aiohttp.ClientError as exc:
-            msg = f"{method} {url}: {type(exc).__name__}: {exc}"
-            raise RemediationError(msg) from None
-        return status, body
-
-    async def login(self) -> Secret:
-        status, body = await self._request(
-            "POST",
-            "v1/watchers/login",
-            json={
-                "machine_id": self.creds.login,
-                "password": self.creds.password.reveal(),
-                "scenarios": [],
-            },
-        )
-        if status in (401, 403):
-            msg = (
-                f"CrowdSec LAPI {self.url} rejected the machine login '{self.creds.login}' from "
-                f"{self.creds.source} (HTTP {status})"
-            )
-            raise RemediationError(msg)
-        token = body.get("token") if isinstance(body, Mapping) else None
-        if status != 200 or not isinstance(token, str) or not token:
-            msg = f"POST {self._endpoint('v1/watchers/login')}: unexpected HTTP {status}"
-            raise RemediationError(msg)
-        self._token = Secret(token)
-        return self._token
-
-    async def delete_decisions(self, scope: str, value: str) -> int:
-        """Delete every decision on exactly ``value``; returns how many the LAPI removed."""
-        param = "range" if scope == "Range" or "/" in value else "ip"
-        params = {param: value, "contains": "false"}
-        for attempt in range(2):
-            token = self._token or await self.login()
-            status, body = await self._request("DELETE", "v1/decisions", params=params, token=token)
-            if status == 401 and attempt == 0:
-                self._token = None  # expired JWT: log in again once
-                continue
-            if status != 200:
-                detail = body.get("message") if isinstance(body, Mapping) else None
-                msg = f"DELETE {self._endpoint('v1/decisions')}: HTTP {status} {detail or ''}"
-                raise RemediationError(msg.strip())
-            raw = body.get("nbDeleted") if isinstance(body, Mapping) else None
-            try:
-                return int(raw)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                return 0
-        msg = f"CrowdSec LAPI {self.url} keeps rejecting the watcher token"
-        raise RemediationError(msg)
+    def __init__(self, creds: MachineCredentials, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(creds.url, machine=creds, timeout=timeout)
 
 
 # -- safety -----------------------------------------------------------------------------------
@@ -261,21 +150,34 @@ def internal_network_of(classifier: ClassifierView, scope: str, value: str) -> s
     if parsed is None:
         return None
     version, prefix, length = parsed
-    bits = 32 if version == 4 else 128
     for net in classifier.networks:  # most specific first
-        if net.version != version or net.length > length:
-            continue
-        shift = bits - net.length
-        if prefix >> shift == net.prefix >> shift:
+        if net.length <= length and same_prefix(
+            net.version, net.prefix, version, prefix, net.length
+        ):
             return net.cidr if net.cls in INTERNAL_CLASSES else None
     return None
+
+
+def _decision_of(reported: Mapping[str, object]) -> Decision:
+    """The decision back from a finding's evidence (``Decision.as_dict``), as a record."""
+    raw_id, duration = reported.get("id"), reported.get("duration_s")
+    return Decision(
+        id=raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None,
+        origin=str(reported.get("origin") or ""),
+        scenario=str(reported.get("scenario") or ""),
+        scope=str(reported.get("scope", "")),
+        value=str(reported.get("value", "")),
+        type=str(reported.get("type") or "ban"),
+        duration_s=float(duration) if isinstance(duration, int | float) else None,
+    )
 
 
 # -- the remediator ---------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Job:
     key: str  # the internal_ban finding key
-    decision: dict[str, Any]
+    decision: Decision
+    reported: Mapping[str, object]  # the decision as the finding's evidence has it
     target_class: str
     not_before: float = 0.0
     attempts: int = 0
@@ -289,13 +191,17 @@ class Outcome:
 
     result: str  # done / dry_run / error / rate_limited / refused
     job_key: str
-    decision: Mapping[str, Any]
+    decision: Decision
+    reported: Mapping[str, object]  # the decision as the internal_ban evidence had it
     target_class: str
-    detail: Mapping[str, Any] = field(default_factory=dict)
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: str, job: _Job, **detail: object) -> Outcome:
+        return cls(result, job.key, job.decision, job.reported, job.target_class, detail)
 
     def finding(self, lapi_url: str, max_per_minute: int) -> Finding:
-        d = self.decision
-        value, cls = str(d.get("value", "")), self.target_class
+        value, cls = self.decision.value, self.target_class
         what = f"the CrowdSec decisions on {value} ({cls})"
         summaries = {
             "done": f"Deleted {what} through the LAPI ({self.detail.get('deleted', 0)} removed)",
@@ -321,7 +227,7 @@ class Outcome:
             evidence={
                 "action": ACTION,
                 "result": self.result,
-                "decision": dict(d),
+                "decision": dict(self.reported),
                 "target_class": cls,
                 "lapi_url": lapi_url,
                 **self.detail,
@@ -340,7 +246,7 @@ class Remediator:
 
     def __init__(
         self,
-        client: WatcherClient,
+        client: CrowdSecClient,
         classifier: ClassifierView,
         *,
         dry_run: bool = True,
@@ -366,10 +272,10 @@ class Remediator:
             if e.state is State.CLEARED:
                 self._jobs.pop(f.key, None)  # gone already (expired, deleted by hand, by us)
             elif e.state is State.RAISED and f.key not in self._jobs:
-                decision = f.evidence.get("decision")
-                if isinstance(decision, Mapping):
+                reported = f.evidence.get("decision")
+                if isinstance(reported, Mapping):
                     cls = str(f.evidence.get("class", ""))
-                    self._jobs[f.key] = _Job(f.key, dict(decision), cls)
+                    self._jobs[f.key] = _Job(f.key, _decision_of(reported), dict(reported), cls)
                     self._wake.set()
 
     async def aclose(self) -> None:
@@ -398,7 +304,7 @@ class Remediator:
             log.warning(
                 "stopping with %d remediation(s) not done: %s",
                 len(self._jobs),
-                ", ".join(str(j.decision.get("value")) for j in self._jobs.values()),
+                ", ".join(j.decision.value for j in self._jobs.values()),
             )
 
     def _ready_job(self) -> _Job | None:
@@ -420,8 +326,7 @@ class Remediator:
                 w.cancel()
 
     async def _work(self, job: _Job, stop: asyncio.Event) -> Outcome | None:
-        d = job.decision
-        scope, value = str(d.get("scope", "")), str(d.get("value", ""))
+        scope, value = job.decision.scope, job.decision.value
         network = internal_network_of(self.classifier, scope, value)
         if network is None:
             self._jobs.pop(job.key, None)
@@ -430,18 +335,18 @@ class Remediator:
                 if scope not in ("Ip", "Range")
                 else "it is not entirely inside an internal network"
             )
-            return Outcome("refused", job.key, d, job.target_class, {"why": why})
+            return Outcome.of("refused", job, why=why)
         if not self.bucket.take():
             job.not_before = self.clock() + self.bucket.wait_s()
             if job.told_rate_limited:
                 return None
             job.told_rate_limited = True
-            return Outcome("rate_limited", job.key, d, job.target_class, {"network": network})
+            return Outcome.of("rate_limited", job, network=network)
         if self.dry_run:
             self._jobs.pop(job.key, None)
             log.warning("dry run: would delete the CrowdSec decisions on %s", value)
-            return Outcome("dry_run", job.key, d, job.target_class, {"network": network})
-        task = self._inflight = asyncio.ensure_future(self._delete(job, scope, value, network))
+            return Outcome.of("dry_run", job, network=network)
+        task = self._inflight = asyncio.ensure_future(self._delete(job, network))
         stopper = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -457,22 +362,18 @@ class Remediator:
             return None
         return task.result()
 
-    async def _delete(self, job: _Job, scope: str, value: str, network: str) -> Outcome:
-        d = job.decision
+    async def _delete(self, job: _Job, network: str) -> Outcome:
+        value = job.decision.value
         try:
-            deleted = await self.client.delete_decisions(scope, value)
-        except RemediationError as exc:
+            deleted = await self.client.delete_decisions(job.decision)
+        except CrowdSecError as exc:
             job.attempts += 1
-            job.not_before = self.clock() + min(
-                RETRY_MAX_S, RETRY_INITIAL_S * 2.0 ** (job.attempts - 1)
-            )
+            job.not_before = self.clock() + RETRY.delay(job.attempts)
             job.last_error = str(exc)
             log.warning("remediation of %s failed (attempt %d): %s", value, job.attempts, exc)
-            detail = {"error": str(exc), "attempt": job.attempts, "network": network}
-            return Outcome("error", job.key, d, job.target_class, detail)
+            return Outcome.of("error", job, error=str(exc), attempt=job.attempts, network=network)
         self._jobs.pop(job.key, None)
-        detail = {"deleted": deleted, "attempt": job.attempts + 1, "network": network}
-        return Outcome("done", job.key, d, job.target_class, detail)
+        return Outcome.of("done", job, deleted=deleted, attempt=job.attempts + 1, network=network)
 
     def _report(self, outcome: Outcome, state: LiveState) -> None:
         state.engine.note(outcome.finding(self.client.url, self.max_per_minute))
@@ -481,15 +382,14 @@ class Remediator:
         if outcome.result == "done":
             self._forget(state.engine, outcome.decision)
 
-    def _forget(self, engine: Engine, decision: Mapping[str, Any]) -> None:
+    def _forget(self, engine: Engine, decision: Decision) -> None:
         """Drop the engine's copies of what the LAPI just deleted, so the finding clears now.
 
         Waiting for the stream is not enough: with several decisions on one value CrowdSec 1.4.6
         streams the longest one as new but reports the deletion under another id, which the
         engine (keyed by id) would not match until the original duration ran out.
         """
-        scope, value = str(decision.get("scope", "")), str(decision.get("value", ""))
-        ranged = scope == "Range" or "/" in value
+        value, ranged = decision.value, decision.is_range
         gone = tuple(
             a.decision
             for a in engine.decisions.values()

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from parsers.crowdsec import DecisionDelta
+from pipeline.crowdsec.client import fetch_decisions
 from pipeline.crowdsec.lapi import LapiAuthError, LapiConfig, LapiError, LapiStream
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UsageError
 from pipeline.secrets import Secret, load_secret, secret_from_env, secret_from_file
 from tests.support.crowdsec import CrowdSecInstance, free_port
 from tests.support.crowdsec_fixtures import CrowdSecFactory
@@ -205,6 +206,19 @@ async def test_wrong_path_is_a_fatal_error(crowdsec_lapi: CrowdSecInstance) -> N
     finally:
         await stream.aclose()
     assert not isinstance(info.value, LapiAuthError)
+
+
+async def test_one_shot_decisions_for_auditor_check(crowdsec_lapi: CrowdSecInstance) -> None:
+    url = crowdsec_lapi.lapi_url
+    key = crowdsec_lapi.add_bouncer("auditor-oneshot")
+    crowdsec_lapi.add_decision(ip=INTERNAL_HOP, reason="one shot")
+    crowdsec_lapi.add_decision(range=INTERNAL_RANGE, reason="one shot")
+    found = await fetch_decisions(url, key)
+    assert {(d.scope, d.value) for d in found} == {("Ip", INTERNAL_HOP), ("Range", INTERNAL_RANGE)}
+    wrong = "not-a-real-bouncer-key-1b2c"
+    with pytest.raises(UsageError) as info:
+        await fetch_decisions(url, wrong)
+    assert str(info.value) == f"--lapi-key-file: the LAPI at {url} rejected the key (403)"
 
 
 def test_key_never_shown(tmp_path: Path) -> None:

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from parsers.crowdsec import parse_decisions
+from parsers.crowdsec import Decision, parse_decisions
 from pipeline.config import RunConfig
 from pipeline.core.addresses import Classifier, k3s_defaults
 from pipeline.core.findings import FindingEvent, Kind, Severity, State
+from pipeline.crowdsec.client import CrowdSecAuthError, MachineCredentials
 from pipeline.crowdsec.remediate import (
     ACTION,
-    MachineCredentials,
-    RemediationError,
     Remediator,
     TokenBucket,
     WatcherClient,
@@ -123,6 +122,10 @@ def values(inst: CrowdSecInstance) -> list[str]:
     return sorted(d["value"] for d in inst.active_decisions())
 
 
+def ban(scope: str, value: str) -> Decision:
+    return Decision(None, "crowdsec", "test", scope, value, "ban", 3600.0)
+
+
 async def test_delete_removes_every_decision_on_exactly_that_value(
     crowdsec_lapi: CrowdSecInstance,
 ) -> None:
@@ -133,13 +136,17 @@ async def test_delete_removes_every_decision_on_exactly_that_value(
     inst.add_decision(ip=EXTERNAL, reason="external")
     client = WatcherClient(creds_of(inst))
     try:
-        assert await client.delete_decisions("Ip", HOP) == 2
+        assert await client.delete_decisions(ban("Ip", HOP)) == 2
         assert values(inst) == ["10.42.0.0/16", EXTERNAL]
         # Already gone: nothing to delete, not an error.
-        assert await client.delete_decisions("Ip", HOP) == 0
+        assert await client.delete_decisions(ban("Ip", HOP)) == 0
         # An expired/invalid JWT: the client logs in again once.
         client._token = Secret("not.a.jwt")
-        assert await client.delete_decisions("Range", "10.42.0.0/16") == 1
+        assert await client.delete_decisions(ban("Range", "10.42.0.0/16")) == 1
+        assert values(inst) == [EXTERNAL]
+        # `cscli decisions add --ip 10.42.1.0/24`: an Ip decision on a CIDR is a range.
+        inst.add_decision(range="10.42.1.0/24", reason="cidr")
+        assert await client.delete_decisions(ban("Ip", "10.42.1.0/24")) == 1
         assert values(inst) == [EXTERNAL]
     finally:
         await client.aclose()
@@ -150,8 +157,8 @@ async def test_wrong_password_is_reported_without_it(crowdsec_lapi: CrowdSecInst
     bad = MachineCredentials(good.url, good.login, Secret("wrong-password-123"), "file x.yaml")
     client = WatcherClient(bad)
     try:
-        with pytest.raises(RemediationError, match=r"rejected the machine login") as info:
-            await client.delete_decisions("Ip", HOP)
+        with pytest.raises(CrowdSecAuthError, match=r"rejected the machine login") as info:
+            await client.delete_decisions(ban("Ip", HOP))
     finally:
         await client.aclose()
     assert "file x.yaml" in str(info.value)

@@ -1,0 +1,483 @@
+"""The one CrowdSec HTTP client: the LAPI as a bouncer and as a watcher, and CrowdSec's metrics.
+
+CrowdSec has one ``apiclient``; so does the auditor. Every request to CrowdSec goes through
+``CrowdSecClient``, so they all share one session, one User-Agent, one time budget per call, body
+caps, one reading of answers into errors and one retry policy, and a fix to any of them (a
+timeout, a cap, what counts as transient) reaches every caller at once.
+
+Errors say what the operator must fix: ``CrowdSecAuthError`` (the key or login was refused; the
+message names where it came from, never its value), ``CrowdSecUnavailable`` (no answer, a
+timeout, 5xx, 408/425/429, an oversized body: worth trying again later) and
+``CrowdSecStatusError`` (any other answer, e.g. a wrong URL: retrying would not help).
+
+aiohttp is loaded when a client is built, not with this module: it costs ~10 MB RSS, and
+``auditor replay`` or a sidecar without a LAPI import this module's callers without ever talking
+to CrowdSec. Whoever builds a client has switched CrowdSec on, and a broken install then fails at
+start rather than at the first poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Self
+
+import orjson
+
+import pipeline
+from parsers.crowdsec import Decision, DecisionDelta, DecisionFormatError, parse_decisions
+from pipeline.errors import UsageError
+from pipeline.secrets import Secret
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("auditor.crowdsec")
+
+USER_AGENT = f"ban-auditor/{pipeline.__version__}"
+DEFAULT_TIMEOUT_S = 10.0
+CHECK_TIMEOUT_S = 15.0  # `auditor check`: one look, a little more patience
+
+STREAM_PATH = "v1/decisions/stream"
+DECISIONS_PATH = "v1/decisions"
+LOGIN_PATH = "v1/watchers/login"
+
+# Caps on what is read (after decompression). A startup stream with the community blocklist
+# and a few subscriptions is tens of MB; anything far beyond that is not a LAPI.
+DECISIONS_BODY_MAX = 64 * 1024 * 1024
+METRICS_BODY_MAX = 8 * 1024 * 1024
+SMALL_BODY_MAX = 1024 * 1024  # login and delete answers, and any error body
+_CHUNK = 65536
+_SNIPPET = 200
+
+_AUTH = frozenset({401, 403})
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+# -- errors -----------------------------------------------------------------------------------
+class CrowdSecError(Exception):
+    """A call to CrowdSec that gave no usable answer; the message names the endpoint."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, None when no answer came
+        self.reason = reason or message  # what went wrong, without the request line
+
+
+class CrowdSecUnavailable(CrowdSecError):
+    """Worth trying again later: no answer, a timeout, 5xx, 408/425/429, an oversized body."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, reason: str = "", retry_now: bool = True
+    ) -> None:
+        super().__init__(message, status=status, reason=reason)
+        # False when an immediate retry would meet the same fate (a bad URL, a huge body).
+        self.retry_now = retry_now
+
+
+class ResponseTooLarge(CrowdSecUnavailable):
+    """The body went past its cap: a later poll may find a smaller state, a retry now would not."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_now=False)
+
+
+class CrowdSecAuthError(CrowdSecError):
+    """CrowdSec refused the bouncer key or the machine login (401/403)."""
+
+
+class CrowdSecStatusError(CrowdSecError):
+    """Any other unexpected answer (a wrong path, a bad request): retrying would not help."""
+
+
+# -- credentials and policy -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BouncerKey:
+    """A bouncer API key (``cscli bouncers add``) and where it came from, for error messages."""
+
+    key: Secret = field(repr=False)
+    source: str  # e.g. "file /run/secrets/lapi-key"
+
+
+@dataclass(frozen=True, slots=True)
+class MachineCredentials:
+    """A watcher login from CrowdSec's ``local_api_credentials.yaml`` (url, login, password)."""
+
+    url: str
+    login: str
+    password: Secret = field(repr=False)
+    source: str  # "file /etc/crowdsec/local_api_credentials.yaml", for error messages
+
+
+_RNG = random.Random()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Capped exponential backoff with "equal jitter", and how many tries one call gets.
+
+    Jitter keeps many auditors from hammering a LAPI that comes back in the same instant; the
+    guaranteed half keeps a flapping LAPI from being polled in a tight loop.
+    """
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    attempts: int = 3  # tries per call; loops that count every try (the stream) use one
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (1 for the first)."""
+        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(max(failures, 1) - 1, 30))
+        half = ceiling / 2
+        return half + (rng or _RNG).uniform(0, half)
+
+
+# -- answers ----------------------------------------------------------------------------------
+StatusText = Callable[[int, bytes], str]  # (status, body) -> error message
+AuthText = Callable[[int], str]  # status -> message naming the refused credentials
+
+
+def _snippet(body: bytes) -> str:
+    return body[:_SNIPPET].decode("utf-8", "replace").strip()
+
+
+def _json_field(body: bytes, name: str) -> object:
+    """``body[name]`` when the body is a JSON object, else None (error pages are often HTML)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc.get(name) if isinstance(doc, dict) else None
+
+
+async def _read(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The body, or None once it is longer than ``cap`` bytes (counted after decompression)."""
+    length = resp.content_length
+    if length is not None and length > cap and not resp.headers.get("Content-Encoding"):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- the client -------------------------------------------------------------------------------
+class CrowdSecClient:
+    """One CrowdSec endpoint: the LAPI at ``url`` (as a bouncer with ``api_key``, as a watcher
+    with ``machine``), or CrowdSec's Prometheus listener when ``url`` is its ``/metrics``.
+
+    ``timeout`` bounds a whole call, retries and backoff included, so a caller's worst case is
+    the same whether the LAPI hangs or refuses. The session is opened on the first request and
+    reopened after ``aclose``; close it from the task that used it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: BouncerKey | None = None,
+        machine: MachineCredentials | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        importlib.import_module("aiohttp")  # see the module docstring
+        self.url = url
+        self.api_key = api_key
+        self.machine = machine
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.rng = random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        self._token: Secret | None = None  # the watcher JWT, until the LAPI refuses it
+
+    def endpoint(self, path: str) -> str:
+        return self.url.rstrip("/") + "/" + path
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- as a bouncer -------------------------------------------------------------------------
+    async def stream_decisions(self, *, startup: bool, scopes: Sequence[str] = ()) -> DecisionDelta:
+        """One poll of ``GET /v1/decisions/stream``: the full state with ``startup``, else what
+        changed since this bouncer's last poll.
+
+        A single try: the stream counts every poll in its status and backs off between polls
+        with ``self.retry``, so retrying here would hide failures from its metrics. A body that
+        is not a decisions payload raises ``DecisionFormatError``.
+        """
+        params = {"startup": "true" if startup else "false"}
+        if scopes:
+            params["scopes"] = ",".join(scopes)
+        body = await self._bouncer_get(STREAM_PATH, params, attempts=1)
+        return parse_decisions(body, startup=startup)
+
+    async def decisions(self) -> DecisionDelta:
+        """``GET /v1/decisions`` once (with retries): every active decision, as one delta."""
+        return parse_decisions(await self._bouncer_get(DECISIONS_PATH, None))
+
+    async def _bouncer_get(
+        self, path: str, params: Mapping[str, str] | None, *, attempts: int | None = None
+    ) -> bytes:
+        key = self.api_key
+        if key is None:
+            msg = "this CrowdSecClient has no bouncer key"
+            raise TypeError(msg)
+
+        def rejected(status: int) -> str:
+            return (
+                f"CrowdSec LAPI {self.url} rejected the bouncer API key from {key.source} "
+                f"(HTTP {status}); check that the key was created with "
+                "'cscli bouncers add' on this LAPI"
+            )
+
+        return await self._call(
+            "GET",
+            self.endpoint(path),
+            params=params,
+            headers={"X-Api-Key": key.key.reveal(), "Accept": "application/json"},
+            max_body=DECISIONS_BODY_MAX,
+            attempts=attempts,
+            rejected=rejected,
+        )
+
+    # -- as a watcher -------------------------------------------------------------------------
+    async def login(self) -> Secret:
+        """``POST /v1/watchers/login``: a JWT for the machine, kept for the next calls."""
+        creds = self.machine
+        if creds is None:
+            msg = "this CrowdSecClient has no machine credentials"
+            raise TypeError(msg)
+        url = self.endpoint(LOGIN_PATH)
+
+        def rejected(status: int) -> str:
+            return (
+                f"CrowdSec LAPI {self.url} rejected the machine login '{creds.login}' from "
+                f"{creds.source} (HTTP {status})"
+            )
+
+        def unexpected(status: int, _body: bytes) -> str:
+            return f"POST {url}: unexpected HTTP {status}"
+
+        body = await self._call(
+            "POST",
+            url,
+            json={
+                "machine_id": creds.login,
+                "password": creds.password.reveal(),
+                "scenarios": [],
+            },
+            headers={"Accept": "application/json"},
+            describe=unexpected,
+            rejected=rejected,
+        )
+        token = _json_field(body, "token")
+        if not isinstance(token, str) or not token:
+            raise CrowdSecStatusError(unexpected(200, body), status=200)
+        self._token = Secret(token)
+        return self._token
+
+    async def delete_decisions(self, decision: Decision) -> int:
+        """Delete every decision on exactly ``decision``'s value (an address, or a range as a
+        range: a wider range that contains it stays); returns how many the LAPI removed.
+
+        An expired or foreign JWT (401) means one new login, not an error.
+        """
+        url = self.endpoint(DECISIONS_PATH)
+        params = {"range" if decision.is_range else "ip": decision.value, "contains": "false"}
+
+        def refused(status: int, body: bytes) -> str:
+            detail = _json_field(body, "message")
+            return f"DELETE {url}: HTTP {status} {detail or ''}".strip()
+
+        for attempt in range(2):
+            token = self._token or await self.login()
+            try:
+                body = await self._call(
+                    "DELETE",
+                    url,
+                    params=params,
+                    headers={
+                        "Accept": "application/json",
+                        "Authorization": f"Bearer {token.reveal()}",
+                    },
+                    describe=refused,
+                )
+            except CrowdSecAuthError as exc:
+                if exc.status == 401 and attempt == 0:
+                    self._token = None
+                    continue
+                raise
+            raw = _json_field(body, "nbDeleted")  # CrowdSec 1.4 sends a string, later an int
+            try:
+                return int(raw) if isinstance(raw, int | float | str) else 0
+            except (ValueError, OverflowError):
+                return 0
+        msg = f"CrowdSec LAPI {self.url} keeps rejecting the watcher token"
+        raise CrowdSecAuthError(msg, status=401)
+
+    # -- CrowdSec's Prometheus endpoint -------------------------------------------------------
+    async def metrics_text(self) -> str:
+        """``GET url`` of CrowdSec's own ``/metrics`` (Prometheus text), capped."""
+        url = self.url
+
+        def failed(status: int, _body: bytes) -> str:
+            return f"GET {url}: HTTP {status}"
+
+        body = await self._call("GET", url, max_body=METRICS_BODY_MAX, describe=failed)
+        return body.decode("utf-8", "replace")
+
+    # -- the one request path -----------------------------------------------------------------
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: object = None,
+        max_body: int = SMALL_BODY_MAX,
+        attempts: int | None = None,
+        describe: StatusText | None = None,
+        rejected: AuthText | None = None,
+    ) -> bytes:
+        """The body of a 200 answer, trying again on transient failures within ``timeout``.
+
+        ``describe`` words a failed status for this endpoint (default: the request line, the
+        status and the start of the body); ``rejected`` words a 401/403 that means refused
+        credentials (default: ``describe``).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        tries = attempts or self.retry.attempts
+        failures = 0
+        while True:
+            try:
+                status, body = await self._once(
+                    method, url, params, headers, json, max_body, deadline - loop.time()
+                )
+                if status == 200:
+                    return body
+                raise self._failure(method, url, status, body, describe, rejected)
+            except CrowdSecUnavailable as exc:
+                failures += 1
+                delay = self.retry.delay(failures, self.rng)
+                if not exc.retry_now or failures >= tries or loop.time() + delay >= deadline:
+                    raise
+                log.debug("%s; trying again in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    @staticmethod
+    def _failure(
+        method: str,
+        url: str,
+        status: int,
+        body: bytes,
+        describe: StatusText | None,
+        rejected: AuthText | None,
+    ) -> CrowdSecError:
+        transient = status >= 500 or status in _TRANSIENT_4XX
+        if describe is not None:
+            message = describe(status, body)
+        elif transient:
+            message = f"{method} {url}: HTTP {status} {_snippet(body)}"
+        else:
+            message = f"{method} {url}: unexpected HTTP {status} {_snippet(body)}"
+        if status in _AUTH:
+            return CrowdSecAuthError(
+                rejected(status) if rejected is not None else message, status=status
+            )
+        if transient:
+            return CrowdSecUnavailable(message, status=status)
+        return CrowdSecStatusError(message, status=status)
+
+    async def _once(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        json: object,
+        max_body: int,
+        budget: float,
+    ) -> tuple[int, bytes]:
+        import aiohttp
+
+        try:
+            async with self._get_session().request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                json=json,
+                timeout=aiohttp.ClientTimeout(total=max(budget, 0.001)),
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                body = await _read(resp, max_body if status == 200 else SMALL_BODY_MAX)
+        except TimeoutError as exc:
+            msg = f"{method} {url}: no answer within {self.timeout:g}s"
+            raise CrowdSecUnavailable(msg, reason=str(exc) or type(exc).__name__) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            msg = f"{method} {url}: {type(exc).__name__}: {exc}"
+            # A URL aiohttp cannot use (InvalidURL is a ValueError) stays unusable; a refused
+            # connection may not.
+            raise CrowdSecUnavailable(
+                msg,
+                reason=str(exc) or type(exc).__name__,
+                retry_now=not isinstance(exc, ValueError),
+            ) from None
+        if body is None:
+            if status == 200:
+                msg = f"{method} {url}: body larger than {max_body} bytes"
+                raise ResponseTooLarge(msg)
+            body = b""  # an error page too big to quote: the status says enough
+        return status, body
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        return self._session
+
+
+# -- `auditor check` ---------------------------------------------------------------------------
+async def fetch_decisions(url: str, key: str) -> list[Decision]:
+    """``GET {url}/v1/decisions`` with a bouncer key; the active decisions, or a ``UsageError``
+    naming the flag to fix (``--lapi-url`` or ``--lapi-key-file``), never the key."""
+    client = CrowdSecClient(
+        url, api_key=BouncerKey(Secret(key), "--lapi-key-file"), timeout=CHECK_TIMEOUT_S
+    )
+    try:
+        async with client:
+            delta = await client.decisions()
+    except ResponseTooLarge as exc:
+        msg = f"--lapi-url {url}: {exc.reason}"
+        raise UsageError(msg) from None
+    except CrowdSecError as exc:
+        if isinstance(exc, CrowdSecAuthError) and exc.status == 403:
+            msg = f"--lapi-key-file: the LAPI at {url} rejected the key (403)"
+        elif exc.status is not None:
+            msg = f"--lapi-url {url}: GET /{DECISIONS_PATH} answered HTTP {exc.status}"
+        else:
+            msg = f"--lapi-url {url}: cannot reach the LAPI: {exc.reason}"
+        raise UsageError(msg) from None
+    except DecisionFormatError as exc:
+        msg = f"--lapi-url {url}: unexpected decisions payload: {exc}"
+        raise UsageError(msg) from None
+    return [d for d in delta.new if not d.expired]
