@@ -8,7 +8,7 @@ the merged size so a runaway partial sequence cannot grow memory.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from enum import StrEnum
 
 import orjson
@@ -56,20 +56,39 @@ class EnvelopeDecoder:
         self._sizes: dict[bytes, int] = {}
         self._overflow: set[bytes] = set()
 
-    def unwrap(self, lines: Iterable[bytes], stats: ParseStats) -> list[bytes]:
+    def settle(self, lines: Sequence[bytes]) -> bool:
+        """Whether this batch needs unwrapping; AUTO settles here, once, on the batch's first
+        non-blank line (a blank-only batch leaves it open and passes through).
+
+        The one place the envelope is decided: per batch, so lines never pay for it.
+        """
+        kind = self.kind
+        if kind is Envelope.AUTO:
+            first = next((ln for ln in lines if ln.strip()), None)
+            if first is None:
+                return False
+            kind = self.kind = detect(first)
+        return kind is not Envelope.RAW
+
+    def decode(self, lines: Sequence[bytes], stats: ParseStats) -> Sequence[bytes]:
+        """The batch's logical lines; a RAW batch is handed back as is (no copy)."""
+        return self.unwrap(lines, stats) if self.settle(lines) else lines
+
+    def unwrap(self, lines: Sequence[bytes], stats: ParseStats) -> list[bytes]:
+        """Strip the envelope of every line, reassembling partials; settles AUTO first."""
+        kind = self.kind
+        if kind is Envelope.AUTO:
+            self.settle(lines)
+            kind = self.kind
         out: list[bytes] = []
-        for line in lines:
-            if self.kind is Envelope.AUTO:
-                if not line.strip():
-                    out.append(line)
-                    continue
-                self.kind = detect(line)
-            if self.kind is Envelope.RAW:
-                out.append(line)
-            elif self.kind is Envelope.CRI:
+        if kind is Envelope.CRI:
+            for line in lines:
                 self._cri(line, out, stats)
-            else:
+        elif kind is Envelope.DOCKER:
+            for line in lines:
                 self._docker(line, out, stats)
+        else:  # RAW, or AUTO with nothing but blank lines so far
+            out.extend(lines)
         return out
 
     def _piece(

@@ -11,23 +11,24 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.cli.allowlist import Allowlist, add_cluster_args, allowlist_from_facts
-from pipeline.core import fixes
-from pipeline.core.addresses import CRITICAL_CLASSES, Classifier, Network, k3s_defaults
+from parsers.crowdsec import DecisionDelta
+from pipeline.cli.allowlist import allowlist_from_facts
+from pipeline.cli.args import add_cluster_args, cluster_from_args
+from pipeline.core.addresses import Classifier, Network
+from pipeline.core.allowlist import Allowlist
+from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, Severity, at_or_above
-from pipeline.errors import UsageError
+from pipeline.core.networks import with_k3s_defaults
+from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from parsers.crowdsec import Decision
     from pipeline.kube.model import ClusterFacts
-
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-LAPI_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,109 +81,30 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_check)
 
 
-# -- LAPI -----------------------------------------------------------------------------------------
-async def fetch_decisions(url: str, key: str) -> list[Decision]:
-    """``GET {url}/v1/decisions`` with a bouncer key; raises ``UsageError`` naming the flag."""
-    import aiohttp  # lazy: only with --lapi-url
-
-    from parsers.crowdsec import DecisionFormatError, parse_decisions
-
-    endpoint = url.rstrip("/") + "/v1/decisions"
-    timeout = aiohttp.ClientTimeout(total=LAPI_TIMEOUT_S)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(endpoint, headers={"X-Api-Key": key, "Accept": "application/json"}) as resp,
-        ):
-            body = await resp.read()
-            status = resp.status
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-        msg = f"--lapi-url {url}: cannot reach the LAPI: {exc or type(exc).__name__}"
-        raise UsageError(msg) from None
-    if status == 403:
-        msg = f"--lapi-key-file: the LAPI at {url} rejected the key (403)"
-        raise UsageError(msg)
-    if status != 200:
-        msg = f"--lapi-url {url}: GET /v1/decisions answered HTTP {status}"
-        raise UsageError(msg)
-    try:
-        delta = parse_decisions(body)
-    except DecisionFormatError as exc:
-        msg = f"--lapi-url {url}: unexpected decisions payload: {exc}"
-        raise UsageError(msg) from None
-    return [d for d in delta.new if not d.expired]
-
-
-def _go_duration(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    total = int(seconds)
-    sign = "-" if total < 0 else ""
-    h, rest = divmod(abs(total), 3600)
-    m, s = divmod(rest, 60)
-    return f"{sign}{h}h{m}m{s}s"
-
-
-def internal_ban_findings(decisions: Sequence[Decision], classifier: Classifier) -> list[Finding]:
-    """A finding per active decision on an internal address or range."""
-    out = []
-    for d in decisions:
-        if d.scope == "Range" or (d.scope == "Ip" and "/" in d.value):
-            c = classifier.classify_range(d.value)
-        elif d.scope == "Ip":
-            c = classifier.classify(d.value)
-        else:
-            continue  # Country, AS...: not addresses
-        if not c.internal:
-            continue
-        where = c.as_dict()
-        severity = Severity.CRITICAL if c.cls in CRITICAL_CLASSES else Severity.HIGH
-        hop = (
-            "every client whose traffic crosses this hop is blocked"
-            if severity is Severity.CRITICAL
-            else "traffic from it is blocked"
-        )
-        out.append(
-            Finding(
-                kind=Kind.INTERNAL_BAN,
-                severity=severity,
-                target=d.value,
-                summary=f"CrowdSec {d.type}s {d.value}, an internal {c.cls.value} address "
-                f"({where['network']}: {where['provenance']}): {hop}",
-                evidence={
-                    "id": d.id,
-                    "origin": d.origin,
-                    "scenario": d.scenario,
-                    "scope": d.scope,
-                    "value": d.value,
-                    "type": d.type,
-                    "duration": _go_duration(d.duration_s),
-                    **where,
-                },
-                fix=fixes.internal_ban_fix(d.value, d.scope),
-                key=f"internal_ban:{d.key}",
-            )
-        )
-    return out
+def internal_bans(decisions: Sequence[Decision], networks: Iterable[Network]) -> list[Finding]:
+    """The engine judges the LAPI's decisions, as it does for ``run`` and ``replay``: one rule
+    for decision types, simulation and severity, one evidence shape. Without traffic the blast
+    radius is empty."""
+    engine = Engine(EngineConfig(blast_scope="span"), Classifier(networks), time.time)
+    engine.apply(DecisionDelta(new=tuple(decisions), deleted=(), startup=True))
+    engine.finish()
+    return [f for f in engine.findings.values() if f.kind is Kind.INTERNAL_BAN]
 
 
 # -- run ------------------------------------------------------------------------------------------
 async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
     # Lazy: Kubernetes costs ~60 MB; `import pipeline.cli.check` must stay light for the CLI.
-    from pipeline.kube.checks import audit
-    from pipeline.kube.discovery import discover_once
-    from pipeline.kube.networks import cluster_networks
+    from pipeline.crowdsec.client import fetch_decisions
+    from pipeline.kube.checks import check_cluster
 
-    facts, where = await discover_once(args.kubeconfig, args.context, args.traefik_selector)
-    discovered = cluster_networks(facts)
-    classes = {n.cls for n in discovered}
-    networks = (*(n for n in k3s_defaults() if n.cls not in classes), *discovered)
-    findings = audit(facts)
+    facts, discovered, where = await cluster_from_args(args)
+    networks = tuple(with_k3s_defaults(discovered))
+    findings = check_cluster(facts)
     decisions: int | None = None
     if args.lapi_url and lapi_key is not None:
         active = await fetch_decisions(args.lapi_url, lapi_key)
         decisions = len(active)
-        findings += internal_ban_findings(active, Classifier(networks))
+        findings += internal_bans(active, networks)
     findings.sort(key=lambda f: -f.severity.rank)
     return CheckResult(
         source=where,

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
-from parsers.envelope import Envelope, detect
+from parsers.envelope import Envelope, EnvelopeDecoder
+from pipeline.cli.args import add_network_args, networks_from_args
 from pipeline.cli.progress import Progress
 from pipeline.core.addresses import Classifier
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.feed import SourceAuditor
 from pipeline.core.findings import Severity, at_or_above
-from pipeline.core.networks import add_network_args, networks_from_args
 from pipeline.errors import UsageError
 from pipeline.sources.parallel import audit_parallel
 from pipeline.sources.readfile import input_size, line_batches, open_input
@@ -180,8 +180,7 @@ def _parallel_ok(path: str, envelope: Envelope) -> bool:
         head = fh.read(4096)
     if isinstance(fh, gzip.GzipFile):
         return False
-    first = next((ln for ln in head.split(b"\n") if ln.strip()), b"")
-    return envelope is Envelope.RAW or detect(first) is Envelope.RAW
+    return not EnvelopeDecoder(envelope).settle(head.split(b"\n"))
 
 
 def run_replay(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from parsers.envelope import Envelope, EnvelopeDecoder, detect
+from parsers.envelope import Envelope, EnvelopeDecoder
 from parsers.records import ParseStats
 from parsers.traefik import MAX_LINE_BYTES, TraefikParser
 from pipeline.core.engine import Engine
@@ -28,21 +28,11 @@ class SourceAuditor:
         self.engine = engine
         self.name = name
         self._parser = TraefikParser(max_line_bytes)
-        self._envelope = EnvelopeDecoder(envelope) if envelope is not Envelope.RAW else None
+        self._envelope = EnvelopeDecoder(envelope)
 
     def feed(self, lines: Sequence[bytes]) -> ParseStats:
         """Parse and ingest one batch; returns the batch's own counters (for metrics)."""
         stats = ParseStats()
-        env = self._envelope
-        if env is not None:
-            if env.kind is Envelope.AUTO:
-                first = next((ln for ln in lines if ln.strip()), None)
-                if first is not None:
-                    env.kind = detect(first)
-            if env.kind is Envelope.RAW:
-                self._envelope = None
-            else:
-                lines = env.unwrap(lines, stats)
-        records = self._parser.parse(lines, stats)
+        records = self._parser.parse(self._envelope.decode(lines, stats), stats)
         self.engine.ingest(records, stats, self.name)
         return stats

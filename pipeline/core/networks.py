@@ -1,8 +1,7 @@
-"""Static internal networks from flags/config: k3s defaults plus what the user adds."""
+"""Internal networks from flags/config: what the user lists plus k3s defaults for the rest."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 
 from pipeline.core.addresses import AddrClass, Network, k3s_defaults, make_network
@@ -18,38 +17,16 @@ NETWORK_KEYS: dict[str, AddrClass] = {
 }
 
 
-def add_network_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("internal networks (IPv4 or IPv6; repeatable)")
-    g.add_argument(
-        "--pod-cidr",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="pod network (default k3s 10.42.0.0/16)",
-    )
-    g.add_argument(
-        "--service-cidr",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="service network (default k3s 10.43.0.0/16)",
-    )
-    g.add_argument("--node-ip", action="append", default=[], metavar="IP", help="a node address")
-    g.add_argument(
-        "--lb-ip", action="append", default=[], metavar="IP", help="a load-balancer address"
-    )
-    g.add_argument(
-        "--internal-cidr",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="any other internal network",
-    )
-    g.add_argument(
-        "--no-k3s-defaults",
-        action="store_true",
-        help="do not assume k3s' default pod/service CIDRs",
-    )
+def with_k3s_defaults(networks: Iterable[Network]) -> list[Network]:
+    """``networks`` plus k3s' default pod/service CIDRs for each of those classes it lacks.
+
+    A pod or service range the user gave or discovery found replaces the guess for its class
+    only; every command (flags, config, ``check``, ``allowlist``) fills the gaps this one way.
+    """
+    out = list(networks)
+    given = {n.cls for n in out}
+    out += [n for n in k3s_defaults() if n.cls not in given]
+    return out
 
 
 def build_networks(
@@ -64,14 +41,4 @@ def build_networks(
             except ValueError:
                 msg = f"{key.replace('_', '-')}: not a CIDR or IP address: {cidr!r}"
                 raise ConfigError(msg) from None
-    # User-given pod/service CIDRs replace the k3s guesses for that class.
-    if k3s:
-        given = {n.cls for n in out}
-        out += [n for n in k3s_defaults() if n.cls not in given]
-    return out
-
-
-def networks_from_args(args: argparse.Namespace) -> list[Network]:
-    return build_networks(
-        {key: getattr(args, key) for key in NETWORK_KEYS}, k3s=not args.no_k3s_defaults
-    )
+    return with_k3s_defaults(out) if k3s else out

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from parsers.envelope import Envelope, EnvelopeDecoder, detect
+from parsers.envelope import Envelope, EnvelopeDecoder
 from parsers.records import ParseStats, SkipReason
 from parsers.traefik import MAX_LINE_BYTES, TraefikParser
 
@@ -168,7 +168,7 @@ class _SourceParser:
 
     def __init__(self, envelope: Envelope, max_line_bytes: int) -> None:
         self.parser = TraefikParser(max_line_bytes)
-        self.envelope = EnvelopeDecoder(envelope) if envelope is not Envelope.RAW else None
+        self.envelope = EnvelopeDecoder(envelope)
 
 
 class BatchEncoder:
@@ -226,13 +226,7 @@ class BatchEncoder:
         self, src: _SourceParser, lines: Sequence[bytes], ends: Sequence[int], skips: list[Skip]
     ) -> tuple[Sequence[bytes], Sequence[int]]:
         env = src.envelope
-        if env is not None and env.kind is Envelope.AUTO:
-            first = next((ln for ln in lines if ln.strip()), None)
-            if first is not None:
-                env.kind = detect(first)
-        if env is not None and env.kind is Envelope.RAW:
-            src.envelope = env = None
-        if env is None:
+        if not env.settle(lines):
             return lines, ends
         logical: list[bytes] = []
         lends: list[int] = []

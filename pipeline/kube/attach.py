@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from pipeline.contracts import Plugin, PluginContext
-from pipeline.kube.checks import audit
+from pipeline.kube.checks import check_cluster
 from pipeline.kube.discovery import Discovery, DiscoveryOptions
 from pipeline.kube.model import ClusterFacts
 from pipeline.kube.networks import cluster_networks
@@ -67,7 +67,7 @@ class DiscoveryService:
         async def on_change(facts: ClusterFacts) -> None:
             self.facts = facts
             networks = [*self._static, *cluster_networks(facts)]
-            findings = audit(facts)
+            findings = check_cluster(facts)
 
             def apply(state: LiveState) -> None:
                 state.engine.set_networks(networks)

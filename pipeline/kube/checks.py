@@ -466,7 +466,7 @@ def _check_found(facts: ClusterFacts) -> list[Finding]:
     ]
 
 
-def audit(facts: ClusterFacts) -> list[Finding]:
+def check_cluster(facts: ClusterFacts) -> list[Finding]:
     """Every config finding for one snapshot, most severe first."""
     findings = [
         *_check_etp(facts),

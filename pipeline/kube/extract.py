@@ -11,7 +11,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.core.addresses import format_network, parse_address, parse_network
+from pipeline.core.addresses import (
+    AddrClass,
+    format_network,
+    make_network,
+    parse_address,
+    parse_network,
+    same_prefix,
+)
 from pipeline.kube.model import (
     CidrFact,
     ClusterFacts,
@@ -261,6 +268,11 @@ def _is_traefik_service(svc: ServiceInfo, pods: Iterable[PodInfo], selector: str
     return bool(wanted) and wanted.items() <= dict(svc.labels).items() and svc.type != "ClusterIP"
 
 
+def _network_of(version: int, value: int, length: int) -> str:
+    """The ``length``-bit network holding ``value``; ``make_network`` clears the host bits."""
+    return make_network(format_network(version, value, length), AddrClass.SERVICE, "").cidr
+
+
 def infer_service_cidrs(services: Iterable[ServiceInfo]) -> tuple[CidrFact, ...]:
     """The smallest prefix covering all cluster IPs of a family, widened to /16 (/112 for IPv6),
     or nothing when that cover is wider than Kubernetes allows (/12, /108)."""
@@ -274,15 +286,15 @@ def infer_service_cidrs(services: Iterable[ServiceInfo]) -> tuple[CidrFact, ...]
     for version, values in by_family.items():
         if not values:
             continue
-        bits = 32 if version == 4 else 128
         lo, hi = min(values), max(values)
-        length = bits - (lo ^ hi).bit_length()
+        # The longest prefix the two ends share; every address between them shares it too.
+        bits = 32 if version == 4 else 128
+        length = next(n for n in range(bits, -1, -1) if same_prefix(version, lo, version, hi, n))
         if length < _SERVICE_MAX[version]:
             continue
-        cover = format_network(version, lo >> (bits - length) << (bits - length), length)
+        cover = _network_of(version, lo, length)
         length = min(length, _SERVICE_MIN[version])
-        prefix = lo >> (bits - length) << (bits - length)
-        cidr = format_network(version, prefix, length)
+        cidr = _network_of(version, lo, length)
         why = f"inferred from {len(values)} Service clusterIPs (cover {cover}"
         why += ")" if cidr == cover else f", widened to /{length})"
         out.append(CidrFact(cidr, why))

@@ -6,21 +6,17 @@ snapshot. Every network says where it was learnt, so a finding can show why an a
 
 from __future__ import annotations
 
-from pipeline.core.addresses import AddrClass, Network, make_network, parse_address
+from pipeline.core.addresses import AddrClass, Network, make_network
 from pipeline.kube.model import ClusterFacts, PodInfo
-
-
-def _host(ip: str, cls: AddrClass, provenance: str) -> Network:
-    parsed = parse_address(ip)
-    bits = 32 if parsed is None or parsed[0] == 4 else 128
-    return make_network(f"{ip.strip()}/{bits}", cls, provenance)
 
 
 def _pod_networks(pod: PodInfo, what: str) -> list[Network]:
     # A hostNetwork pod has its node's address, which is a NODE network already.
     if pod.host_network:
         return []
-    return [_host(ip, AddrClass.POD, f"{what} pod {pod.ref} status.podIPs") for ip in pod.ips]
+    return [
+        make_network(ip, AddrClass.POD, f"{what} pod {pod.ref} status.podIPs") for ip in pod.ips
+    ]
 
 
 def cluster_networks(facts: ClusterFacts) -> list[Network]:
@@ -38,13 +34,13 @@ def cluster_networks(facts: ClusterFacts) -> list[Network]:
         add(make_network(fact.cidr, AddrClass.SERVICE, f"service CIDR {fact.provenance}"))
     for node in facts.nodes:
         for ip in node.internal_ips:
-            add(_host(ip, AddrClass.NODE, f"node {node.name} status.addresses InternalIP"))
+            add(make_network(ip, AddrClass.NODE, f"node {node.name} status.addresses InternalIP"))
         for ip in node.external_ips:
-            add(_host(ip, AddrClass.NODE, f"node {node.name} status.addresses ExternalIP"))
+            add(make_network(ip, AddrClass.NODE, f"node {node.name} status.addresses ExternalIP"))
     for svc in facts.services:
         for ip in svc.lb_ingress_ips:
             add(
-                _host(
+                make_network(
                     ip,
                     AddrClass.LOADBALANCER,
                     f"service {svc.ref} status.loadBalancer.ingress",

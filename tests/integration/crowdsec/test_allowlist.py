@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.cli.allowlist import build_allowlist, collapse
 from pipeline.core.addresses import AddrClass, make_network
-from tests.integration.crowdsec.test_check import Run, _auditor  # noqa: F401 - the fixture
+from pipeline.core.allowlist import build_allowlist, collapse
+from tests.support.auditor_cli import Run, _auditor  # noqa: F401 - the fixture
 from tests.support.crowdsec import HUB_DIR, CrowdSecInstance, write_probing_burst
 from tests.support.kube_api import FakeKubeApi
 

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.cli import main as cli
+from tests.support.auditor_cli import Run, _auditor  # noqa: F401 - the fixture
 from tests.support.crowdsec import CrowdSecInstance, free_port
 from tests.support.kube_api import FakeKubeApi
-from tests.unit.kube.test_checks import EXPECTED_BAD
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture(name="auditor")
-def _auditor(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    commands = tuple(dict.fromkeys((*cli.COMMANDS, "pipeline.cli.check", "pipeline.cli.allowlist")))
-    monkeypatch.setattr(cli, "COMMANDS", commands)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exc:  # argparse errors
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+from tests.support.kube_facts import EXPECTED_BAD
 
 
 @pytest.fixture(name="bad_cluster", scope="module")
@@ -209,14 +190,17 @@ def test_internal_bans_from_a_real_lapi(
     svclb = bans["10.42.0.7"]
     assert svclb["severity"] == "critical"
     ev = svclb["evidence"]
-    assert set(ev) == {
-        "id", "origin", "scenario", "scope", "value", "type", "duration",
-        "class", "network", "provenance",
-    }  # fmt: skip
-    assert (ev["origin"], ev["scope"], ev["type"], ev["class"]) == ("cscli", "Ip", "ban", "pod")
+    # The engine's evidence, as replay and run write it (README "JSON output").
+    assert set(ev) == {"decision", "class", "network", "provenance", "blast_radius"}
+    d = ev["decision"]
+    assert set(d) == {"id", "origin", "scenario", "scope", "value", "type", "duration_s"}
+    assert (d["origin"], d["scope"], d["type"], ev["class"]) == ("cscli", "Ip", "ban", "pod")
+    assert d["scenario"] == "crowdsecurity/http-probing" and d["value"] == "10.42.0.7"
     assert ev["network"] == "10.42.0.7/32"
     assert ev["provenance"].startswith("servicelb pod kube-system/svclb-traefik-")
-    assert isinstance(ev["id"], int) and ev["duration"].startswith("3h59m")
+    assert isinstance(d["id"], int) and 3 * 3600 < d["duration_s"] <= 4 * 3600
+    assert ev["blast_radius"]["requests"] == 0  # check reads no traffic
+    assert svclb["summary"] == "CrowdSec bans 10.42.0.7, an internal pod address"
     assert "cscli decisions delete --ip 10.42.0.7" in svclb["fix"]
     assert bans["192.168.1.11"]["evidence"]["class"] == "node"
     assert bans["192.168.1.11"]["severity"] == "critical"
@@ -225,7 +209,7 @@ def test_internal_bans_from_a_real_lapi(
         "service",
     )
     rng = bans["10.42.1.0/24"]
-    assert (rng["severity"], rng["evidence"]["scope"]) == ("critical", "Range")
+    assert (rng["severity"], rng["evidence"]["decision"]["scope"]) == ("critical", "Range")
     assert "--range 10.42.1.0/24" in rng["fix"]
     # Critical bans sort first; even --fail-on critical fails now.
     assert json.loads(out)["findings"][0]["severity"] == "critical"
@@ -271,3 +255,23 @@ def test_lapi_errors(
     )
     assert code == 2 and f"--lapi-url {down}" in err
     assert "not-a-bouncer-key" not in err  # the key never shows up in messages
+
+
+def test_only_ban_and_captcha_decisions_are_judged(
+    auditor: Run, bad_cluster: Path, crowdsec_lapi: CrowdSecInstance, tmp_path: Path
+) -> None:
+    """The engine's rule, not a second one: a decision of another type blocks no one."""
+    cs = crowdsec_lapi
+    key_file = tmp_path / "bouncer.key"
+    key_file.write_text(cs.add_bouncer("ban-auditor-check-types") + "\n")
+    cs.add_decision(ip="10.42.0.7", type="throttle")
+    cs.add_decision(ip="10.43.0.10", type="captcha")
+    code, out, err = auditor(
+        "check", "--kubeconfig", str(bad_cluster), "--lapi-url", cs.lapi_url,
+        "--lapi-key-file", str(key_file), "--format", "json",
+    )  # fmt: skip
+    assert code == 1, err
+    bans = _bans(json.loads(out))
+    assert set(bans) == {"10.43.0.10"}
+    assert bans["10.43.0.10"]["evidence"]["decision"]["type"] == "captcha"
+    assert bans["10.43.0.10"]["summary"].startswith("CrowdSec captchas 10.43.0.10")

@@ -15,14 +15,14 @@ import pytest
 from pipeline.core.addresses import AddrClass
 from pipeline.errors import UsageError
 from pipeline.kube.api import KubeApiError
-from pipeline.kube.checks import audit
+from pipeline.kube.checks import check_cluster
 from pipeline.kube.client import KubeClient, connect
 from pipeline.kube.discovery import Discovery, DiscoveryOptions
 from pipeline.kube.model import ClusterFacts
 from pipeline.kube.networks import cluster_networks
 from tests.support.kube_api import FakeKubeApi
+from tests.support.kube_facts import facts_from_files
 from tests.support.paths import ROOT
-from tests.unit.kube.test_checks import facts_from_files
 
 FAST = DiscoveryOptions(
     watch_timeout_s=30,
@@ -188,7 +188,7 @@ async def test_live_update_when_a_node_is_added(fake: FakeKubeApi, running: Any)
     fake.load_cluster("k3s-metallb")
     run = await running()
     first = await run.snapshot(lambda f: len(f.nodes) == 2, "initial sync")
-    assert audit(first) == []
+    assert check_cluster(first) == []
     assert run.disc.status.up
     fake.apply(_new_node(fake, "k3s-c", "10.42.2.0/24", "198.51.100.13"))
     facts = await run.snapshot(lambda f: len(f.nodes) == 3, "node k3s-c seen")
@@ -196,7 +196,9 @@ async def test_live_update_when_a_node_is_added(fake: FakeKubeApi, running: Any)
     assert nets[("10.42.2.0/24", AddrClass.POD)] == "node k3s-c spec.podCIDRs"
     assert nets[("198.51.100.13/32", AddrClass.NODE)] == "node k3s-c status.addresses ExternalIP"
     # No Traefik pod there yet: the audit notices.
-    assert [(f.check, f.target) for f in audit(facts)] == [("node_without_traefik", "k3s-c")]
+    assert [(f.check, f.target) for f in check_cluster(facts)] == [
+        ("node_without_traefik", "k3s-c")
+    ]
     assert run.seen[-1] == facts and len(run.seen) == 2
     fake.delete("Node", "k3s-c")
     await run.snapshot(lambda f: len(f.nodes) == 2, "node k3s-c gone")
@@ -210,7 +212,7 @@ async def test_live_update_when_the_service_policy_changes(fake: FakeKubeApi, ru
     svc["spec"]["externalTrafficPolicy"] = "Cluster"
     fake.apply(svc)
     facts = await run.snapshot(lambda f: f.traefik.services[0].etp == "Cluster", "ETP change")
-    assert [f.check for f in audit(facts)] == ["etp_cluster"]
+    assert [f.check for f in check_cluster(facts)] == ["etp_cluster"]
 
 
 async def test_snapshots_iterator_yields_changes(fake: FakeKubeApi, api: KubeClient) -> None:
@@ -276,7 +278,7 @@ async def test_recovery_after_a_dropped_watch(fake: FakeKubeApi, running: Any) -
     svc["spec"]["externalTrafficPolicy"] = "Local"
     fake.apply(svc)
     facts = await run.snapshot(lambda f: f.services[0].etp == "Local", "missed change replayed")
-    assert "etp_cluster" not in {f.check for f in audit(facts)}
+    assert "etp_cluster" not in {f.check for f in check_cluster(facts)}
     await run.until(lambda: fake.open_watches() == 8, "all watched again")
     assert len([r for r in fake.request_log() if not r.watch]) == lists_before  # no relist
     status = run.disc.status

@@ -107,6 +107,28 @@ def test_records_on_the_wire_are_what_the_parser_counts() -> None:
     assert timeline_wire.whole().ep_clients == timeline_local.whole().ep_clients
 
 
+def test_auto_envelope_settles_like_the_local_audit_across_batches() -> None:
+    """Sidecar and ``run`` share the decoder's one AUTO rule: a blank-only batch passes through
+    and leaves the envelope open; the next batch's first content line decides it."""
+    batches = [
+        [b"", b"  "],
+        [b"", b"2024-04-16T06:21:39.0Z stdout F " + traefik_json_line("10.42.0.9").encode()],
+        [b"2024-04-16T06:21:40.0Z stdout F " + traefik_json_line("198.51.100.3").encode()],
+    ]
+    enc = BatchEncoder("n1", Envelope.AUTO)
+    engine = Engine(EngineConfig(), Classifier(build_networks({})), time.time)
+    local = SourceAuditor(engine, "src", Envelope.AUTO)
+    offset, clients = 0, []
+    for batch in batches:
+        ends = ends_of(batch, offset)
+        offset = ends[-1]
+        rows, skips = enc.entries("f", batch, ends)
+        assert len(rows) + len(skips) == len(batch)
+        assert stats_tuple(chunk_stats(rows, skips)) == stats_tuple(local.feed(batch))
+        clients += [r[ev.CLIENT] for r in rows]
+    assert clients == ["10.42.0.9", "198.51.100.3"]  # unwrapped: the CRI prefix is gone
+
+
 def test_cri_envelope_partials_get_the_id_of_their_final_piece() -> None:
     lines = (CORPUS / "cri-lines.log").read_bytes().splitlines()
     lines.insert(3, b"garbage without an envelope")

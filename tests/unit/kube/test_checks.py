@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -11,45 +10,11 @@ import pytest
 from pipeline.core.addresses import AddrClass, Classifier
 from pipeline.core.findings import Kind, Severity
 from pipeline.kube import extract
-from pipeline.kube.checks import CHECKS, audit
+from pipeline.kube.checks import CHECKS, check_cluster
 from pipeline.kube.model import ClusterFacts, PodInfo
 from pipeline.kube.networks import cluster_networks
 from pipeline.kube.traefik_args import traefik_flags
-from tests.support.paths import DATA
-
-DATA = DATA / "kube"
-BAD = "k3s-servicelb"
-GOOD = "k3s-metallb"
-
-
-def items(cluster: str, resource: str) -> list[dict[str, Any]]:
-    doc = json.loads((DATA / cluster / f"{resource}.json").read_text())
-    out: list[dict[str, Any]] = doc["items"]
-    return out
-
-
-def facts_from_files(cluster: str, options: extract.FactOptions | None = None) -> ClusterFacts:
-    """The same reduction discovery applies, straight from the fixture files."""
-    pods = [extract.pod_from_obj(o) for o in items(cluster, "pods")]
-    return extract.build_facts(
-        nodes=[extract.node_from_obj(o) for o in items(cluster, "nodes")],
-        services=[extract.service_from_obj(o) for o in items(cluster, "services")],
-        namespaces=[extract.namespace_from_obj(o) for o in items(cluster, "namespaces")],
-        traefik_pods=pods,
-        traefik_replicasets=[extract.workload_from_obj(o) for o in items(cluster, "replicasets")],
-        servicelb_daemonsets=[
-            extract.workload_from_obj(o)
-            for o in items(cluster, "daemonsets")
-            if o["metadata"]["namespace"] == "kube-system"
-        ],
-        servicelb_pods=[
-            p
-            for p in pods
-            if extract.SVCLB_SVCNAME in dict(p.labels) and p.namespace == "kube-system"
-        ],
-        metallb_pods=pods,
-        options=options,
-    )
+from tests.support.kube_facts import BAD, EXPECTED_BAD, GOOD, facts_from_files, items
 
 
 @pytest.fixture(name="bad", scope="module")
@@ -64,7 +29,7 @@ def _good() -> ClusterFacts:
 
 def by_check(facts: ClusterFacts) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
-    for f in audit(facts):
+    for f in check_cluster(facts):
         out.setdefault(f.check, []).append(f)
     return out
 
@@ -111,6 +76,24 @@ def test_service_cidr_bounds(bad: ClusterFacts) -> None:
     assert only.cidr == "10.43.0.0/16"
     configured = facts_from_files(BAD, extract.FactOptions(service_cidrs=("10.96.0.0/12",)))
     assert [c.cidr for c in configured.service_cidrs] == ["10.96.0.0/12"]
+
+
+@pytest.mark.parametrize(
+    ("ips", "provenance"),
+    [
+        (("10.43.0.1", "10.43.0.10"), "(cover 10.43.0.0/28, widened to /16)"),
+        (("10.43.0.1",), "(cover 10.43.0.1/32, widened to /16)"),
+        (("10.32.0.1", "10.47.255.1"), "(cover 10.32.0.0/12)"),  # the widest Kubernetes allows
+        (("2001:cafe:43::1", "2001:cafe:43::ff"), "(cover 2001:cafe:43::/120, widened to /112)"),
+    ],
+)
+def test_service_cidr_cover_is_the_shared_prefix(
+    bad: ClusterFacts, ips: tuple[str, ...], provenance: str
+) -> None:
+    """The cover comes from addresses.same_prefix, not a shift of its own."""
+    svc = bad.services[0]
+    (only,) = extract.infer_service_cidrs([replace(svc, cluster_ips=(ip,)) for ip in ips])
+    assert only.provenance.endswith(provenance)
 
 
 def test_workload_without_visible_replicaset_is_still_a_deployment(bad: ClusterFacts) -> None:
@@ -184,17 +167,6 @@ def test_classifier_uses_discovered_networks(good: ClusterFacts) -> None:
 
 
 # -- audit ----------------------------------------------------------------------------------------
-EXPECTED_BAD = {
-    "etp_cluster": (Severity.HIGH, "kube-system/traefik"),
-    "servicelb_masquerade": (Severity.HIGH, "kube-system/svclb-traefik-fe02f068"),
-    "trusted_ips_too_broad": (Severity.HIGH, "kube-system/traefik"),
-    "traefik_deployment": (Severity.MEDIUM, "kube-system/traefik"),
-    "node_without_traefik": (Severity.MEDIUM, "k3s-agent-1"),
-    "accesslog_not_json": (Severity.MEDIUM, "kube-system/traefik"),
-    "headers_dropped": (Severity.LOW, "kube-system/traefik"),
-}
-
-
 def test_bad_cluster_has_every_finding(bad: ClusterFacts) -> None:
     found = by_check(bad)
     assert set(found) == set(EXPECTED_BAD)
@@ -204,12 +176,12 @@ def test_bad_cluster_has_every_finding(bad: ClusterFacts) -> None:
         assert f.summary and f.fix and f.evidence
         assert f.key == f"config:{check}:{target}"
         assert f.as_dict()["check"] == check
-    ranks = [f.severity.rank for f in audit(bad)]
+    ranks = [f.severity.rank for f in check_cluster(bad)]
     assert ranks == sorted(ranks, reverse=True)
 
 
 def test_good_cluster_has_no_finding(good: ClusterFacts) -> None:
-    assert audit(good) == []
+    assert check_cluster(good) == []
 
 
 def test_finding_evidence_and_fixes(bad: ClusterFacts) -> None:
@@ -271,13 +243,13 @@ def test_metallb_with_servicelb(bad: ClusterFacts, good: ClusterFacts) -> None:
 
 def test_no_traefik_is_reported_as_info() -> None:
     facts = facts_from_files(BAD, extract.FactOptions(traefik_selector="app=nope"))
-    checks = [f.check for f in audit(facts)]
+    checks = [f.check for f in check_cluster(facts)]
     assert checks == ["traefik_not_found"]
-    assert audit(facts)[0].severity is Severity.INFO
+    assert check_cluster(facts)[0].severity is Severity.INFO
 
 
 def test_checks_are_bounded(bad: ClusterFacts) -> None:
-    assert {f.check for f in audit(bad)} <= set(CHECKS)
+    assert {f.check for f in check_cluster(bad)} <= set(CHECKS)
 
 
 # -- Traefik flags --------------------------------------------------------------------------------

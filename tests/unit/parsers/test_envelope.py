@@ -78,11 +78,34 @@ def test_detect_falls_back_to_raw(line: bytes) -> None:
     assert detect(line) is Envelope.RAW
 
 
-def test_auto_passes_blank_lines_and_detects_on_first_content() -> None:
+def test_auto_settles_on_the_batch_first_content_line() -> None:
+    # One rule for every caller: the batch's first non-blank line decides, and the whole batch
+    # is then read in that envelope (its blank lines are empty CRI lines, as replay counts them).
     out, stats, dec = unwrap([b"", b"  ", cri("stdout", "F", b"hello")])
-    assert out == [b"", b"  ", b"hello"]
+    assert out == [b"hello"]
     assert dec.kind is Envelope.CRI
-    assert stats.skipped_total == 0
+    assert stats.skipped[SkipReason.EMPTY] == 2
+
+
+def test_auto_blank_only_batch_passes_through_and_stays_open() -> None:
+    dec = EnvelopeDecoder()
+    stats = ParseStats()
+    blank = [b"", b"  "]
+    assert dec.settle(blank) is False
+    assert dec.decode(blank, stats) is blank
+    assert dec.unwrap(blank, stats) == blank
+    assert (dec.kind, stats.lines) == (Envelope.AUTO, 0)
+    assert dec.decode([docker("stdout", "x\n")], stats) == [b"x"]
+    assert dec.kind is Envelope.DOCKER
+
+
+def test_decode_hands_raw_batches_back_uncopied() -> None:
+    lines = [b'{"ClientHost":"1.2.3.4"}', b"plain text"]
+    for kind in (Envelope.RAW, Envelope.AUTO):
+        dec = EnvelopeDecoder(kind)
+        assert dec.decode(lines, ParseStats()) is lines
+        assert dec.kind is Envelope.RAW
+        assert dec.settle([cri("stdout", "F", b"later")]) is False  # settled for good
 
 
 # -- CRI ----------------------------------------------------------------------------------------
