@@ -58,19 +58,24 @@ class Secret:
         return bool(self.reveal())
 
 
-def secret_from_file(path: str | Path, *, what: str = "secret") -> tuple[Secret, str]:
-    """Read a secret file (surrounding whitespace stripped, as Kubernetes secret files often end
-    with a newline). Returns the secret and a description of its source for error messages."""
-    p = Path(path)
-    source = f"file {p}"
+def read_private_file(path: str | Path, *, what: str) -> tuple[str, str]:
+    """The text of a key or credentials file and a description of its source; a missing or
+    unreadable file is a ConfigError naming ``what`` and the file, never its content."""
+    source = f"file {Path(path)}"
     try:
-        text = p.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8"), source
     except FileNotFoundError:
         msg = f"{what}: {source} does not exist"
         raise ConfigError(msg) from None
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{what}: cannot read {source}: {type(exc).__name__}"
         raise ConfigError(msg) from None
+
+
+def secret_from_file(path: str | Path, *, what: str = "secret") -> tuple[Secret, str]:
+    """Read a secret file (surrounding whitespace stripped, as Kubernetes secret files often end
+    with a newline). Returns the secret and a description of its source for error messages."""
+    text, source = read_private_file(path, what=what)
     value = text.strip()
     if not value:
         msg = f"{what}: {source} is empty"

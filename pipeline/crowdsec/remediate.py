@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from parsers.crowdsec import Decision, DecisionDelta
@@ -45,7 +44,7 @@ from pipeline.crowdsec.client import (
     RetryPolicy,
 )
 from pipeline.errors import ConfigError
-from pipeline.secrets import Secret
+from pipeline.secrets import Secret, read_private_file
 
 if TYPE_CHECKING:
     from pipeline.contracts import LiveState, Post
@@ -71,16 +70,10 @@ def load_credentials(path: str, *, fallback_url: str | None = None) -> MachineCr
     """Read the credentials file; problems are ConfigErrors naming the file, never the password."""
     import yaml  # type: ignore[import-untyped]
 
-    source = f"file {path}"
     what = "config key 'lapi_credentials_file'"
+    text, source = read_private_file(path, what=what)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        msg = f"{what}: {source} does not exist"
-        raise ConfigError(msg) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{what}: cannot read {source}: {type(exc).__name__}"
-        raise ConfigError(msg) from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError:
         msg = f"{what}: {source} is not valid YAML"
         raise ConfigError(msg) from None
