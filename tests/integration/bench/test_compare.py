@@ -1,0 +1,42 @@
+"""bench.compare runs end to end: this tree as both before and after, on a tiny input.
+
+No timing is asserted: only that every row was measured in both trees and the answers agree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.compare import ROWS
+from tests.support.paths import ROOT
+
+
+@pytest.mark.slow  # about 40 s, most of it bench.live's warm-ups
+def test_compare_this_tree_with_itself(tmp_path: Path) -> None:
+    if not (ROOT / ".venv" / "bin" / "auditor").exists():
+        pytest.skip("bench.compare runs each tree's .venv/bin/auditor; this tree has none")
+    out, md = tmp_path / "compare.json", tmp_path / "compare.md"
+    opts = ["--lines", "2000", "--repeat", "2", "--live-duration", "1", "--before", str(ROOT)]
+    files = ["--data-dir", str(tmp_path), "--json", str(out), "--markdown", str(md)]
+    argv = [sys.executable, "-m", "bench.compare", *opts, *files]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = orjson.loads(out.read_bytes())
+    assert res["warnings"] == []
+    rows = {row["key"]: row for row in res["rows"]}
+    assert set(rows) == {key for key, _, _ in ROWS}
+    for row in rows.values():
+        for side in ("before", "after"):
+            assert len(row[side]["runs"]) == 2, row["key"]
+            assert row[side]["median"] > 0, row["key"]
+        assert len(row["ratio_runs"]) == 2
+    assert res["answers"]["hot before"] == res["answers"]["hot after"]
+    assert res["answers"]["hot after"][0]["lines"] == 2000
+    table = r.stdout[r.stdout.index("measurement") : r.stdout.index("median ±")]
+    assert all(len(line) <= 80 for line in table.splitlines()), table
+    assert md.read_text().startswith("| measurement | before | after | after/before |")
