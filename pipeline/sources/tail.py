@@ -364,6 +364,9 @@ class FileTailer:
         """Write the acked positions now (atomically). Raises OSError if the write fails."""
         if self._store is None or not self._started:
             return
+        for stream in self._by_inode.values():
+            if not stream.closed:
+                self._refresh_nlink(stream)
         entries = [
             s.checkpoint()
             for s in (*self._by_inode.values(), *self._closing.values())
@@ -379,10 +382,26 @@ class FileTailer:
         self._closed = True
         for stream in list(self._by_inode.values()):
             if not stream.closed:
+                self._refresh_nlink(stream)  # for flushes after close (see flush_checkpoints)
                 os.close(stream.fd)
                 stream.closed = True
                 self.stats.files_closed += 1
         self.stats.open_files = 0
+
+    @staticmethod
+    def _refresh_nlink(stream: _Stream) -> None:
+        """Re-read the link count of an open file right before it may be saved.
+
+        ``nlink`` is otherwise only updated by housekeeping, so a file unlinked since the last
+        pass would still be saved. Once we close the fd its inode is free, and a new file that
+        gets the same inode number and starts with the same bytes (a run of empty lines, say)
+        would pass ``FileCheckpoint.matches`` and be resumed at the dead file's offset, losing
+        its first lines. One fstat per open file per flush; not on the read path.
+        """
+        try:
+            stream.nlink = os.fstat(stream.fd).st_nlink
+        except OSError as exc:
+            log.debug("cannot fstat %s: %s", stream.path, exc)
 
     # ----------------------------------------------------------------- lifecycle
 
