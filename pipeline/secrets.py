@@ -61,7 +61,7 @@ class Secret:
 def read_private_file(path: str | Path, *, what: str) -> tuple[str, str]:
     """The text of a key or credentials file and a description of its source; a missing or
     unreadable file is a ConfigError naming ``what`` and the file, never its content."""
-    source = f"file {Path(path)}"
+    source = f"file {path}"
     try:
         return Path(path).read_text(encoding="utf-8"), source
     except FileNotFoundError:

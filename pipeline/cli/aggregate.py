@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import add_config_args, load_config, print_config
-from pipeline.errors import UsageError
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 DESCRIPTION = (
     "Consume access events published by 'auditor run --kafka-bootstrap ...' sidecars as a member "
@@ -37,7 +37,7 @@ def main_aggregate(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.print_config:
         print_config(config)
-        return 0
+        return EXIT_OK
     if not config.kafka_bootstrap:
         raise UsageError("config key 'kafka_bootstrap': required by aggregate")
     from pipeline.cli.run import setup_logging
@@ -58,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_aggregate(args)
     except UsageError as exc:
         print(f"auditor: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.cli.args import add_cluster_args, cluster_from_args
 from pipeline.core.addresses import AddrClass, Network, make_network
 from pipeline.core.allowlist import DEFAULT_ENTRYPOINTS, SECTIONS, Allowlist, build_allowlist
-from pipeline.errors import UsageError
+from pipeline.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from pipeline.kube.model import ClusterFacts
@@ -107,4 +107,4 @@ def run_allowlist(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         sys.stdout.write(allow.to_yaml(args.only))
-    return 0
+    return EXIT_OK

@@ -23,7 +23,7 @@ from pipeline.core.addresses import Classifier, Network
 from pipeline.core.allowlist import Allowlist
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, Severity, at_or_above
-from pipeline.core.networks import with_k3s_defaults
+from pipeline.core.networks import missing_k3s_defaults
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
     from pipeline.kube.checks import check_cluster
 
     facts, discovered, where = await cluster_from_args(args)
-    networks = tuple(with_k3s_defaults(discovered))
+    # Guesses first, then what the cluster says (the order `auditor check` has always shown).
+    networks = (*missing_k3s_defaults(discovered), *discovered)
     findings = check_cluster(facts)
     decisions: int | None = None
     if args.lapi_url and lapi_key is not None:

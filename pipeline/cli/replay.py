@@ -22,7 +22,7 @@ from pipeline.core.addresses import Classifier
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.feed import SourceAuditor
 from pipeline.core.findings import Severity, at_or_above
-from pipeline.errors import UsageError
+from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from pipeline.sources.parallel import audit_parallel
 from pipeline.sources.readfile import input_size, line_batches, open_input
 from sinks.report import build_report, render_json, render_markdown, render_table
@@ -211,4 +211,4 @@ def run_replay(args: argparse.Namespace) -> int:
     sys.stdout.write(render(report))
     sys.stdout.flush()
     failing = at_or_above(list(engine.findings.values()), Severity(args.fail_on))
-    return 1 if failing else 0
+    return EXIT_FINDINGS if failing else EXIT_OK

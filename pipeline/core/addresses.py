@@ -173,6 +173,21 @@ def network_contains(cidr: str, address: str) -> bool:
     return same_prefix(net[0], net[1], addr[0], addr[1], net[2])
 
 
+def addresses_in(cidr: str, addresses: Iterable[str]) -> list[str]:
+    """Those of ``addresses`` inside ``cidr``, parsing the network once (a range decision is
+    judged against every internal client of the window on every tick)."""
+    net = parse_network(cidr)
+    if net is None:
+        return []
+    version, prefix, length = net
+    out = []
+    for address in addresses:
+        parsed = parse_address(address)
+        if parsed is not None and same_prefix(version, prefix, parsed[0], parsed[1], length):
+            out.append(address)
+    return out
+
+
 def format_network(version: int, prefix: int, length: int) -> str:
     if version == 4:
         addr = socket.inet_ntop(socket.AF_INET, prefix.to_bytes(4, "big"))

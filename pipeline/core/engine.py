@@ -22,7 +22,7 @@ from pipeline.core.addresses import (
     Classifier,
     ClassifierView,
     Network,
-    network_contains,
+    addresses_in,
     parse_address,
 )
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
@@ -358,7 +358,7 @@ class Engine:
                 target=d.value,
                 summary=summary,
                 evidence=evidence,
-                fix=fixes.internal_ban_fix(d.value, d.scope),
+                fix=fixes.internal_ban_fix(d.value, ranged=d.is_range),
                 key=fkey,
             ),
             material=pct // 10,
@@ -397,7 +397,7 @@ class Engine:
 
     def _matching_clients(self, d: Decision, summary: Summary) -> list[str]:
         if d.is_range:
-            return [a for a in summary.internal if network_contains(d.value, a)]
+            return addresses_in(d.value, summary.internal)
         want = parse_address(d.value)
         return [a for a in summary.internal if want is not None and parse_address(a) == want]
 

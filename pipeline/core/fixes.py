@@ -30,8 +30,9 @@ JSON_FORMAT = (
 )
 
 
-def internal_ban_fix(value: str, scope: str) -> str:
-    flag = "--range" if scope == "Range" else "--ip"
+def internal_ban_fix(value: str, *, ranged: bool) -> str:
+    """``ranged``: ``Decision.is_range`` (an Ip decision written as a CIDR is a range too)."""
+    flag = "--range" if ranged else "--ip"
     return " ".join(
         (
             f"Remove the decision now: `cscli decisions delete {flag} {value}`.",

@@ -17,16 +17,20 @@ NETWORK_KEYS: dict[str, AddrClass] = {
 }
 
 
-def with_k3s_defaults(networks: Iterable[Network]) -> list[Network]:
-    """``networks`` plus k3s' default pod/service CIDRs for each of those classes it lacks.
+def missing_k3s_defaults(networks: Iterable[Network]) -> list[Network]:
+    """k3s' default pod/service CIDRs for each of those classes ``networks`` lacks.
 
     A pod or service range the user gave or discovery found replaces the guess for its class
     only; every command (flags, config, ``check``, ``allowlist``) fills the gaps this one way.
     """
+    given = {n.cls for n in networks}
+    return [n for n in k3s_defaults() if n.cls not in given]
+
+
+def with_k3s_defaults(networks: Iterable[Network]) -> list[Network]:
+    """``networks`` followed by the k3s defaults they lack."""
     out = list(networks)
-    given = {n.cls for n in out}
-    out += [n for n in k3s_defaults() if n.cls not in given]
-    return out
+    return out + missing_k3s_defaults(out)
 
 
 def build_networks(

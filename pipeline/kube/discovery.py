@@ -1,10 +1,9 @@
 """List+watch of the few resources the audit needs, with a status and change snapshots.
 
-Wiring (the lead's ``run``)::
+Used by ``pipeline.kube.attach`` (``auditor run``) and, once, by ``check``/``allowlist``::
 
     api = await connect(kubeconfig, context)
-    disc = Discovery(api, DiscoveryOptions(), on_change=lambda facts:
-                     classifier.replace_networks([*static, *cluster_networks(facts)]))
+    disc = Discovery(api, DiscoveryOptions(), on_change=post_new_networks_to_the_engine)
     task = asyncio.create_task(disc.run())   # never raises; cancel it to stop
     ... disc.status.up / disc.status.last_sync -> auditor_kubernetes_up / _sync_timestamp_seconds
 

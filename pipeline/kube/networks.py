@@ -1,6 +1,6 @@
 """Cluster facts to classified networks for the address classifier.
 
-The lead's wiring calls ``classifier.replace_networks(static + cluster_networks(facts))`` on each
+``auditor run`` hands ``static + cluster_networks(facts)`` to ``Engine.set_networks`` on each
 snapshot. Every network says where it was learnt, so a finding can show why an address is internal.
 """
 

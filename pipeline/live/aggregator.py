@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 
 from parsers.records import ParseStats
 from pipeline.config import RunConfig
-from pipeline.core.engine import EngineConfig
 from pipeline.core.findings import EventSink, FindingEvent
 from pipeline.crowdsec.lapi import LapiAuthError, LapiStream
 from pipeline.errors import EXIT_OK, EXIT_USAGE
@@ -35,7 +34,7 @@ from pipeline.kafka.findings import KafkaFindings
 from pipeline.kafka.routing import FindingRouter
 from pipeline.kafka.totals import ClusterTimeline, ClusterView
 from pipeline.live.lifecycle import Lifecycle, lapi_unready, open_findings, send, source_health
-from pipeline.live.wiring import engine_from_config, lapi_from_config
+from pipeline.live.wiring import engine_config_from, engine_from_config, lapi_from_config
 from sinks.prometheus import Metrics
 
 log = logging.getLogger("auditor.aggregate")
@@ -89,9 +88,10 @@ class Aggregator:
         self.clock = clock
         self.tick_s = tick_s
         self.settings = KafkaSettings.from_config(config, role="aggregator")
-        self.view = ClusterView(config.window, EngineConfig().bucket_s)
+        engine_config = engine_config_from(config)
+        self.view = ClusterView(config.window, engine_config.bucket_s)
         self.timeline = ClusterTimeline(self.view)
-        self.engine = engine_from_config(config, clock, self.timeline)
+        self.engine = engine_from_config(config, clock, self.timeline, engine_config)
         self.metrics = Metrics(registry or CollectorRegistry())
         self.lapi: LapiStream | None = lapi_from_config(config)
         self.stop = asyncio.Event()
@@ -154,6 +154,7 @@ class Aggregator:
             if self.lapi is not None:
                 closing.append(self.lapi.aclose())
             await asyncio.gather(*closing)
+            self.lifecycle.release()
         if self._fatal is not None:
             log.error("%s", self._fatal)
             return EXIT_USAGE

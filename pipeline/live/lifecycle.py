@@ -65,12 +65,17 @@ class Lifecycle:
                 self._loop.add_signal_handler(sig, self.stop.set)
 
     async def close(self) -> None:
+        """Stop serving. The signal handlers stay until ``release``: a second SIGTERM while the
+        sinks drain must not kill the process before its checkpoint is written."""
+        await self.server.close()
+
+    def release(self) -> None:
+        """Give SIGTERM/SIGINT back; call last, after everything else has closed."""
         if self._loop is not None:
             for sig in _SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     self._loop.remove_signal_handler(sig)
             self._loop = None
-        await self.server.close()
 
 
 def open_findings(config: RunConfig) -> JsonlFindings:

@@ -64,7 +64,9 @@ class Runner:
     """One live auditor. ``run()`` returns the exit code; ``stop`` ends it gracefully.
 
     ``attach`` turns the config into plugins (see ``pipeline.contracts``); it runs at the start
-    of ``run()``, so a bad plugin config is a usage error before any input is read.
+    of ``run()``, so a bad plugin config is a usage error before any input is read. It has no
+    default: ``pipeline.cli.run.build_runner`` passes the one ``auditor run`` uses, and a runner
+    built with ``attach=None`` knowingly ignores GeoIP, remediation, Kafka and discovery.
     """
 
     def __init__(
@@ -73,7 +75,7 @@ class Runner:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
-        attach: Attach | None = None,
+        attach: Attach | None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -152,6 +154,7 @@ class Runner:
             self._install(plugins)
         except UsageError:
             await self.lifecycle.close()
+            self.lifecycle.release()
             raise
         log.info(
             "listening on %s:%d; following %s",
@@ -203,6 +206,8 @@ class Runner:
                     await result
             except Exception:
                 log.exception("shutdown step failed")
+        if self.lifecycle is not None:
+            self.lifecycle.release()
 
     def _ready(self) -> tuple[bool, str]:
         if not self._started:

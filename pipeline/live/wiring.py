@@ -42,9 +42,25 @@ def lapi_from_config(config: RunConfig) -> LapiStream | None:
     )
 
 
+def engine_config_from(config: RunConfig) -> EngineConfig:
+    return EngineConfig(
+        window_s=config.window,
+        blast_scope="window",
+        masked_share=config.masked_share,
+        masked_min_requests=config.masked_min_requests,
+        clear_recovered=True,
+        max_future_s=MAX_FUTURE_S,
+    )
+
+
 def engine_from_config(
-    config: RunConfig, clock: Callable[[], float], timeline: Timeline | None = None
+    config: RunConfig,
+    clock: Callable[[], float],
+    timeline: Timeline | None = None,
+    engine_config: EngineConfig | None = None,
 ) -> Engine:
+    """``timeline`` and ``engine_config``: the aggregator's cluster view, which must be built
+    with the same bucket size as the engine that reads it."""
     networks = build_networks(
         {
             "pod_cidr": config.pod_cidr,
@@ -56,12 +72,6 @@ def engine_from_config(
         k3s=config.k3s_defaults,
         origin="config",
     )
-    engine_config = EngineConfig(
-        window_s=config.window,
-        blast_scope="window",
-        masked_share=config.masked_share,
-        masked_min_requests=config.masked_min_requests,
-        clear_recovered=True,
-        max_future_s=MAX_FUTURE_S,
+    return Engine(
+        engine_config or engine_config_from(config), Classifier(networks), clock, timeline
     )
-    return Engine(engine_config, Classifier(networks), clock, timeline)

@@ -16,10 +16,7 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture(name="auditor")
-def _auditor(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    commands = tuple(dict.fromkeys((*cli.COMMANDS, "pipeline.cli.check", "pipeline.cli.allowlist")))
-    monkeypatch.setattr(cli, "COMMANDS", commands)
-
+def _auditor(capsys: pytest.CaptureFixture[str]) -> Run:
     def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
         try:

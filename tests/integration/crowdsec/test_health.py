@@ -186,7 +186,7 @@ def make_runner(tmp_path: Path, log: Path) -> Runner:
         checkpoint_dir=str(tmp_path / "ckpt"),
         findings=str(tmp_path / "findings.jsonl"),
     )
-    return Runner(config, registry=CollectorRegistry())
+    return Runner(config, registry=CollectorRegistry(), attach=None)  # engine + metrics only
 
 
 class Driver:

@@ -194,6 +194,7 @@ class Harness:
                 findings=str(tmp_path / "findings.jsonl"),
             ),
             registry=CollectorRegistry(),
+            attach=None,  # the remediator under test is driven by hand below
         )
         creds = (
             creds_of(inst)

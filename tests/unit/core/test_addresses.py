@@ -13,6 +13,7 @@ from pipeline.core.addresses import (
     K3S_SERVICE_CIDR,
     AddrClass,
     Classifier,
+    addresses_in,
     format_network,
     k3s_defaults,
     make_network,
@@ -403,3 +404,14 @@ def test_network_contains_network() -> None:
     assert not outer.contains(make_network("10.0.0.0/8", AddrClass.PRIVATE, "t"))
     assert not outer.contains(make_network("10.43.0.0/24", AddrClass.SERVICE, "t"))
     assert not outer.contains(make_network("2001:db8::/64", AddrClass.PRIVATE, "t"))
+
+
+def test_addresses_in_parses_the_network_once_and_keeps_order() -> None:
+    candidates = ["10.42.0.7", "::ffff:10.42.0.9", "10.43.0.1", "garbage", "10.42.0.1:443"]
+    assert addresses_in("10.42.0.0/24", candidates) == [
+        "10.42.0.7",
+        "::ffff:10.42.0.9",
+        "10.42.0.1:443",
+    ]
+    assert addresses_in("not a cidr", candidates) == []
+    assert addresses_in("2001:db8::/32", ["2001:db8::1", "10.42.0.7"]) == ["2001:db8::1"]

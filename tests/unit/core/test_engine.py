@@ -55,7 +55,7 @@ def test_internal_ban_severity_by_class(value: str, cls: AddrClass, severity: Se
     assert f.evidence["class"] == cls.value
     assert f.evidence["decision"]["value"] == value
     assert f.evidence["decision"]["id"] == 42
-    assert f.fix == fixes.internal_ban_fix(value, "Ip")
+    assert f.fix == fixes.internal_ban_fix(value, ranged=False)
     assert f"cscli decisions delete --ip {value}" in f.fix
     assert f.evidence["blast_radius"]["requests"] == 0
     assert [(e.state, e.at) for e in engine.drain_events()] == [(State.RAISED, clock.now)]
@@ -180,6 +180,10 @@ def test_ip_scope_with_cidr_value_and_mapped_matching() -> None:
     for f in engine.findings.values():
         assert f.evidence["blast_radius"]["requests"] == 20
         assert f.evidence["blast_radius"]["addresses"] == ["::ffff:10.42.0.7"]
+    # The fix deletes a CIDR-valued Ip decision as the range it is, as remediation does.
+    fixes_by_target = {f.target: f.fix for f in engine.findings.values()}
+    assert "--range 10.42.0.7/32" in fixes_by_target["10.42.0.7/32"]
+    assert "--ip 10.42.0.7" in fixes_by_target["10.42.0.7"]
 
 
 def test_wide_range_swallowing_pod_cidr_is_internal() -> None:
