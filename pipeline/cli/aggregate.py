@@ -1,17 +1,14 @@
 """``auditor aggregate``: a consumer-group member that audits what node sidecars publish to Kafka.
 
-Kept import-light like ``run``: aiokafka and the engine load only when the command runs. Also
-runnable as ``python -m pipeline.cli.aggregate``.
+Kept import-light like ``run``: aiokafka and the engine load only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
 from pipeline.config import add_config_args, load_config, print_config
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.errors import EXIT_OK, UsageError
 
 DESCRIPTION = (
     "Consume access events published by 'auditor run --kafka-bootstrap ...' sidecars as a member "
@@ -48,20 +45,3 @@ def main_aggregate(args: argparse.Namespace) -> int:
     from pipeline.live.aggregator import Aggregator
 
     return asyncio.run(Aggregator(config).run())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="auditor aggregate", description=DESCRIPTION)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        return main_aggregate(args)
-    except UsageError as exc:
-        print(f"auditor: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

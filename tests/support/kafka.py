@@ -368,7 +368,7 @@ class AggregatorProcess:
         self.findings = root / f"{name}.jsonl"
         self.log = root / f"{name}.log"
         args = [
-            *(sys.executable, "-m", "pipeline.cli.aggregate"),
+            *(sys.executable, "-m", "pipeline.cli", "aggregate"),
             *("--kafka-bootstrap", broker.bootstrap, "--no-kafka-idempotence"),
             *("--kafka-partitions", str(PARTITIONS), "--kafka-group", "failover"),
             *("--kafka-timeout", "18"),  # group session timeout: 6 s

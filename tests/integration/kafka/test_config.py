@@ -99,7 +99,7 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[st
 def test_missing_topic_is_a_clear_error(kafka_broker: TansuBroker, tmp_path: Path) -> None:
     common = ("--kafka-bootstrap", kafka_broker.bootstrap, "--no-kafka-create-topics")
     common += ("--no-kafka-idempotence", "--metrics-listen", "127.0.0.1:0")
-    agg = run_cli("-m", "pipeline.cli.aggregate", *common, "--kafka-events-topic", "ev-missing")
+    agg = run_cli("-m", "pipeline.cli", "aggregate", *common, "--kafka-events-topic", "ev-missing")
     assert agg.returncode == 2, agg.stderr
     assert "'ev-missing'" in agg.stderr
     assert "kafka_events_topic" in agg.stderr
