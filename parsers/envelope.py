@@ -76,10 +76,8 @@ class EnvelopeDecoder:
 
     def unwrap(self, lines: Sequence[bytes], stats: ParseStats) -> list[bytes]:
         """Strip the envelope of every line, reassembling partials; settles AUTO first."""
+        self.settle(lines)
         kind = self.kind
-        if kind is Envelope.AUTO:
-            self.settle(lines)
-            kind = self.kind
         out: list[bytes] = []
         if kind is Envelope.CRI:
             for line in lines:

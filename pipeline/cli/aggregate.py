@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import add_config_args, load_config, print_config
-from pipeline.errors import EXIT_OK, UsageError
+from pipeline.cli.run import load_live_config
+from pipeline.config import add_config_args
+from pipeline.errors import EXIT_OK
 
 DESCRIPTION = (
     "Consume access events published by 'auditor run --kafka-bootstrap ...' sidecars as a member "
@@ -31,15 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def main_aggregate(args: argparse.Namespace) -> int:
-    config = load_config(args)
-    if args.print_config:
-        print_config(config)
+    config = load_live_config(args, require="kafka_bootstrap", why="required by aggregate")
+    if config is None:
         return EXIT_OK
-    if not config.kafka_bootstrap:
-        raise UsageError("config key 'kafka_bootstrap': required by aggregate")
-    from pipeline.cli.run import setup_logging
-
-    setup_logging(config.log_level)
     import asyncio
 
     from pipeline.live.aggregator import Aggregator

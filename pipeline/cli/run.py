@@ -80,14 +80,26 @@ def build_runner(
     return Runner(config, registry=registry, clock=clock, attach=attach)
 
 
-def main_run(args: argparse.Namespace) -> int:
+def load_live_config(args: argparse.Namespace, *, require: str, why: str) -> RunConfig | None:
+    """The config of ``run`` or ``aggregate``, logging set up; None when ``--print-config``
+    printed it and there is nothing to run. ``require`` is the key the command cannot do
+    without (``why`` completes the error naming it)."""
     config = load_config(args)
     if args.print_config:
         print_config(config)
-        return EXIT_OK
-    if not config.access_log:
-        raise UsageError("config key 'access_log': at least one access log path is required")
+        return None
+    if not getattr(config, require):
+        raise UsageError(f"config key '{require}': {why}")
     setup_logging(config.log_level)
+    return config
+
+
+def main_run(args: argparse.Namespace) -> int:
+    config = load_live_config(
+        args, require="access_log", why="at least one access log path is required"
+    )
+    if config is None:
+        return EXIT_OK
     import asyncio  # heavy imports only where the command runs
 
     return asyncio.run(build_runner(config).run())

@@ -166,11 +166,7 @@ def same_prefix(version: int, a: int, other_version: int, b: int, length: int) -
 
 def network_contains(cidr: str, address: str) -> bool:
     """``address`` (any form ``parse_address`` takes) lies inside ``cidr``."""
-    net = parse_network(cidr)
-    addr = parse_address(address)
-    if net is None or addr is None:
-        return False
-    return same_prefix(net[0], net[1], addr[0], addr[1], net[2])
+    return bool(addresses_in(cidr, (address,)))
 
 
 def addresses_in(cidr: str, addresses: Iterable[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """The hot path shared by ``replay``, ``run`` and the benchmark: lines -> records -> engine.
 
-One ``Auditor`` per source keeps that source's envelope state (CRI partials) and parser caches.
+One ``SourceAuditor`` per source keeps that source's envelope state (CRI partials) and parser
+caches.
 """
 
 from __future__ import annotations
