@@ -71,8 +71,13 @@ class Network:
 
     def contains(self, other: Network) -> bool:
         """``other`` lies wholly inside this network (same family, at least as long a prefix)."""
-        return other.length >= self.length and same_prefix(
-            self.version, self.prefix, other.version, other.prefix, self.length
+        return self.covers((other.version, other.prefix, other.length))
+
+    def covers(self, parsed: tuple[int, int, int]) -> bool:
+        """``contains`` for a ``parse_network`` result: ``(version, prefix, length)``."""
+        version, prefix, length = parsed
+        return length >= self.length and same_prefix(
+            self.version, self.prefix, version, prefix, self.length
         )
 
 

@@ -33,7 +33,6 @@ from pipeline.core.addresses import (
     ClassifierView,
     network_contains,
     parse_network,
-    same_prefix,
 )
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
 from pipeline.crowdsec.client import (
@@ -142,11 +141,8 @@ def internal_network_of(classifier: ClassifierView, scope: str, value: str) -> s
     parsed = parse_network(value)
     if parsed is None:
         return None
-    version, prefix, length = parsed
     for net in classifier.networks:  # most specific first
-        if net.length <= length and same_prefix(
-            net.version, net.prefix, version, prefix, net.length
-        ):
+        if net.covers(parsed):
             return net.cidr if net.cls in INTERNAL_CLASSES else None
     return None
 
