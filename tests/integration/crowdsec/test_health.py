@@ -10,7 +10,6 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from parsers.crowdsec_metrics import CrowdSecMetrics, parse_metrics
@@ -29,6 +28,7 @@ from pipeline.live.runner import Runner
 from tests.support.crowdsec import free_port, traefik_json_line
 from tests.support.crowdsec_fixtures import CrowdSecFactory, start_or_fail
 from tests.support.paths import DATA
+from tests.support.waiting import until as _wait
 
 DATA = DATA / "crowdsec_metrics"
 SOURCE = "/var/log/traefik/access.log"  # the captures' source label
@@ -202,14 +202,7 @@ class Driver:
         fn(self.runner)
 
     async def until(self, pred: Callable[[], bool], what: str) -> None:
-        async def wait() -> None:
-            while not pred():
-                await asyncio.sleep(0.05)
-
-        try:
-            await asyncio.wait_for(wait(), WAIT)
-        except TimeoutError:
-            pytest.fail(f"timed out waiting for {what}")
+        await _wait(pred, what, timeout=WAIT)
 
     async def close(self) -> None:
         self.stop.set()

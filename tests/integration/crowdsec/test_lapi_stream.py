@@ -19,6 +19,7 @@ from pipeline.errors import ConfigError, UsageError
 from pipeline.secrets import Secret, load_secret, secret_from_env, secret_from_file
 from tests.support.crowdsec import CrowdSecInstance, free_port
 from tests.support.crowdsec_fixtures import CrowdSecFactory
+from tests.support.waiting import until as _wait
 
 INTERNAL_HOP = "10.42.0.7"
 INTERNAL_RANGE = "10.42.0.0/24"
@@ -82,11 +83,7 @@ async def first_delta(stream: LapiStream) -> DecisionDelta:
 
 
 async def until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await _wait(cond, what, timeout=WAIT)
 
 
 def active(delta: DecisionDelta) -> set[str]:

@@ -30,6 +30,7 @@ from pipeline.errors import ConfigError
 from pipeline.live.runner import Runner
 from pipeline.secrets import Secret
 from tests.support.crowdsec import CrowdSecInstance, free_port
+from tests.support.waiting import until as _wait
 
 HOP = "10.42.0.7"
 OTHER_HOP = "10.42.0.8"
@@ -239,14 +240,7 @@ class Harness:
         return value or 0.0
 
     async def until(self, pred: Callable[[], bool], what: str) -> None:
-        async def wait() -> None:
-            while not pred():
-                await asyncio.sleep(0.05)
-
-        try:
-            await asyncio.wait_for(wait(), WAIT)
-        except TimeoutError:
-            pytest.fail(f"timed out waiting for {what}; notes: {self.results()}")
+        await _wait(pred, what, timeout=WAIT, detail=lambda: f"notes: {self.results()}")
 
     async def close(self) -> None:
         self.stop.set()

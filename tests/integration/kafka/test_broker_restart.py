@@ -19,17 +19,13 @@ from pipeline.config import RunConfig
 from pipeline.kafka.producer import KafkaPublisher
 from pipeline.live.aggregator import Aggregator
 from tests.support.kafka import TansuBroker, node_log_lines
+from tests.support.waiting import until as _wait
 
 HALF = 500
 
 
-async def wait_until(pred: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+async def wait_until(pred: Callable[[], bool], what: str) -> None:
+    await _wait(pred, what, timeout=90.0, interval=0.1)
 
 
 async def test_broker_restart_loses_nothing(kafka_broker_s3: TansuBroker, tmp_path: Path) -> None:

@@ -22,18 +22,14 @@ from pipeline.live.aggregator import Aggregator
 from tests.support.crowdsec import CrowdSecInstance
 from tests.support.kafka import TansuBroker, clf_lines, fold_findings, node_log_lines
 from tests.support.paths import ROOT
+from tests.support.waiting import until as _wait
 
 LINES = 1500
 PARTITIONS = 4
 
 
-async def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+async def wait_until(pred: Callable[[], bool], what: str) -> None:
+    await _wait(pred, what, timeout=60.0, interval=0.1)
 
 
 def kafka_keys(broker: TansuBroker, **extra: Any) -> dict[str, Any]:

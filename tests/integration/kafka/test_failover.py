@@ -30,6 +30,7 @@ from tests.support.kafka import (
     metric_sum,
     node_log_lines,
 )
+from tests.support.waiting import until as _wait
 
 HALF = 600
 
@@ -45,13 +46,8 @@ def aggregators(kafka_broker: TansuBroker, tmp_path: Path) -> Iterator[list[Aggr
             p.wait()
 
 
-async def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
+async def wait_until(pred: Callable[[], bool], what: str) -> None:
+    await _wait(pred, what, timeout=60.0, interval=0.2)
 
 
 def sidecar(broker: TansuBroker, tmp_path: Path, i: int) -> Runner:

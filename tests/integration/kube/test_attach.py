@@ -19,6 +19,7 @@ from pipeline.kube.attach import DiscoveryService
 from pipeline.live.runner import Runner
 from tests.support.crowdsec import traefik_json_line
 from tests.support.kube_api import FakeKubeApi
+from tests.support.waiting import until as _wait
 
 
 @pytest.fixture(name="fake")
@@ -30,12 +31,8 @@ def _fake() -> Iterator[FakeKubeApi]:
         fake.stop()
 
 
-async def _until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    await _wait(cond, what, timeout=20.0, interval=0.02)
 
 
 def _config(tmp_path: Path, kubeconfig: Path) -> RunConfig:

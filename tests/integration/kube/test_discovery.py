@@ -23,6 +23,7 @@ from pipeline.kube.networks import cluster_networks
 from tests.support.kube_api import FakeKubeApi
 from tests.support.kube_facts import facts_from_files
 from tests.support.paths import ROOT
+from tests.support.waiting import until as _wait
 
 FAST = DiscoveryOptions(
     watch_timeout_s=30,
@@ -66,10 +67,7 @@ class Running:
         self.task: asyncio.Task[None] | None = None
 
     async def until(self, predicate: Callable[[], bool], what: str) -> None:
-        async with asyncio.timeout(WAIT_S):
-            while not predicate():
-                await asyncio.sleep(0.01)
-        assert predicate(), what
+        await _wait(predicate, what, timeout=WAIT_S, interval=0.01)
 
     async def snapshot(self, predicate: Callable[[ClusterFacts], bool], what: str) -> ClusterFacts:
         await self.until(lambda: self.disc.facts is not None and predicate(self.disc.facts), what)

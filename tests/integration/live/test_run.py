@@ -25,6 +25,7 @@ from pipeline.live.runner import Runner
 from pipeline.sources.tail import TailBatch
 from tests.support.crowdsec import CrowdSecInstance, free_port, traefik_json_line
 from tests.support.crowdsec_fixtures import CrowdSecFactory
+from tests.support.waiting import until as _wait
 
 AUDITOR = str(Path(sys.executable).with_name("auditor"))
 
@@ -35,12 +36,8 @@ def _traffic(path: Path, n_hop: int = 90, n_public: int = 10) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-async def _until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    await _wait(cond, what, timeout=30.0)
 
 
 def _config(
