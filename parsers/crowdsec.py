@@ -92,6 +92,7 @@ class Decision:
             "value": self.value,
             "type": self.type,
             "duration_s": self.duration_s,
+            "simulated": self.simulated,
         }
 
 

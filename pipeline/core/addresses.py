@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_V4_MAPPED_INT = 0xFFFF << 32  # ::ffff:0.0.0.0 as an integer
 _CACHE_LIMIT = 65536
 
 
@@ -145,10 +146,20 @@ def parse_network(text: str) -> tuple[int, int, int] | None:
     if sep:
         if not (len_part.isascii() and len_part.isdigit()):
             return None
+        if len(len_part) > 3:
+            return None
         length = int(len_part)
-        # A /128-style length on a mapped address: translate to the IPv4 length.
-        if version == 4 and ":" in addr_part and length > 32:
-            length -= 96
+        if version == 4 and ":" in addr_part:
+            # A mapped address (``::ffff:a.b.c.d``) with an IPv6 length. From /96 on the
+            # network holds only mapped addresses, i.e. IPv4 ones; a shorter prefix is an
+            # IPv6 range, as CrowdSec (Go) reads it: ``::ffff:10.0.0.0/8`` is ``::/8``, which
+            # holds NAT64 and IPv4-compatible addresses, not the IPv4 ``10.0.0.0/8``.
+            if length > 128:
+                return None
+            if length < 96:
+                version, value, bits = 6, _V4_MAPPED_INT | value, 128
+            else:
+                length -= 96
         if not 0 <= length <= bits:
             return None
     else:

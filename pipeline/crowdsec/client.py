@@ -45,6 +45,7 @@ CHECK_TIMEOUT_S = 15.0  # `auditor check`: one look, a little more patience
 STREAM_PATH = "v1/decisions/stream"
 DECISIONS_PATH = "v1/decisions"
 LOGIN_PATH = "v1/watchers/login"
+ALERTS_PATH = "v1/alerts"
 
 # Caps on what is read (after decompression). A startup stream with the community blocklist
 # and a few subscriptions is tens of MB; anything far beyond that is not a LAPI.
@@ -291,30 +292,79 @@ class CrowdSecClient:
         self._token = Secret(token)
         return self._token
 
-    async def delete_decisions(self, decision: Decision) -> int:
-        """Delete every decision on exactly ``decision``'s value (an address, or a range as a
-        range: a wider range that contains it stays); returns how many the LAPI removed.
+    async def delete_decision(self, decision_id: int) -> int:
+        """``DELETE /v1/decisions/{id}``: exactly one decision; returns how many the LAPI says
+        it removed (1, or 0 when that id was already gone).
 
-        An expired or foreign JWT (401) means one new login, not an error.
+        There is deliberately no delete by value or range: ``DELETE /v1/decisions?range=R``
+        removes every decision nested in R, whatever its type, origin or scope, and this client
+        must only ever remove what the caller has checked.
         """
-        url = self.endpoint(DECISIONS_PATH)
-        params = {"range" if decision.is_range else "ip": decision.value, "contains": "false"}
+        if isinstance(decision_id, bool) or not isinstance(decision_id, int) or decision_id < 1:
+            msg = f"not a decision id: {decision_id!r}"
+            raise ValueError(msg)
+        url = self.endpoint(f"{DECISIONS_PATH}/{decision_id}")
+        body = await self._watcher_call("DELETE", url, None)
+        raw = _json_field(body, "nbDeleted")  # CrowdSec 1.4 sends a string, later an int
+        try:
+            n = int(raw) if isinstance(raw, int | float | str) else -1
+        except (ValueError, OverflowError):
+            n = -1
+        if n < 0:
+            msg = f"DELETE {url}: answer without a usable nbDeleted: {_snippet(body)}"
+            raise CrowdSecStatusError(msg, status=200)
+        return n
+
+    async def decisions_on(self, scope: str, value: str) -> tuple[Decision, ...]:
+        """The active decisions on exactly ``scope:value``, every origin, simulated included.
+
+        Read as the watcher (``GET /v1/alerts``, what ``cscli decisions list`` uses) rather than
+        as a bouncer, which would not see simulated decisions. Only decisions on this exact
+        value are returned: a wider range that contains it is another decision.
+        """
+        url = self.endpoint(ALERTS_PATH)
+        params = {
+            "scope": scope,
+            "value": value,
+            "has_active_decision": "true",
+            "include_capi": "true",
+            "limit": "0",
+        }
+        body = await self._watcher_call("GET", url, params, max_body=DECISIONS_BODY_MAX)
+        delta = parse_decisions(body)
+        return tuple(
+            d
+            for d in delta.new
+            if d.scope == scope and d.value == value and not d.expired and d.id is not None
+        )
+
+    async def _watcher_call(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        *,
+        max_body: int = SMALL_BODY_MAX,
+    ) -> bytes:
+        """One call with the machine's JWT; an expired or foreign JWT (401) means one new
+        login, not an error."""
 
         def refused(status: int, body: bytes) -> str:
             detail = _json_field(body, "message")
-            return f"DELETE {url}: HTTP {status} {detail or ''}".strip()
+            return f"{method} {url}: HTTP {status} {detail or ''}".strip()
 
         for attempt in range(2):
             token = self._token or await self.login()
             try:
-                body = await self._call(
-                    "DELETE",
+                return await self._call(
+                    method,
                     url,
                     params=params,
                     headers={
                         "Accept": "application/json",
                         "Authorization": f"Bearer {token.reveal()}",
                     },
+                    max_body=max_body,
                     describe=refused,
                 )
             except CrowdSecAuthError as exc:
@@ -322,11 +372,6 @@ class CrowdSecClient:
                     self._token = None
                     continue
                 raise
-            raw = _json_field(body, "nbDeleted")  # CrowdSec 1.4 sends a string, later an int
-            try:
-                return int(raw) if isinstance(raw, int | float | str) else 0
-            except (ValueError, OverflowError):
-                return 0
         msg = f"CrowdSec LAPI {self.url} keeps rejecting the watcher token"
         raise CrowdSecAuthError(msg, status=401)
 

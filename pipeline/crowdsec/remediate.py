@@ -2,17 +2,30 @@
 
 A ban on the servicelb hop blocks every user until someone runs ``cscli decisions delete``; with
 ``remediate`` on, the auditor does that itself the moment the ban shows up. It logs in as a
-watcher (CrowdSec's own ``local_api_credentials.yaml``: bouncer keys cannot delete) and removes
-every decision on exactly that value (``DELETE /v1/decisions?ip=V&contains=false``; a
-``Range`` uses ``range=``), so several scenarios' bans on one hop all go, while a wider range
-that merely contains it is left alone.
+watcher (CrowdSec's own ``local_api_credentials.yaml``: bouncer keys cannot delete).
+
+What it deletes, exactly: one decision at a time, by its id (``DELETE /v1/decisions/{id}``),
+never by value or range: a range delete removes every decision nested in the range, of any
+type and origin. Before deleting it reads the decisions on that exact value back from the LAPI
+(``GET /v1/alerts?scope=S&value=V``, as ``cscli decisions list`` does) and acts only when the
+LAPI still lists that id with the same scope, value, origin and simulation flag; afterwards it
+reads them again and forgets in the engine only the id the LAPI no longer lists. Other
+decisions still on the value (CrowdSec 1.4 streams only one per value) are fed back to the
+engine, so they are judged and deleted (or reported) one by one, on their own ids.
+
+Who made it matters: by default only decisions by the local agent (``origin=crowdsec``) that are
+not simulated are deleted. A manual ``cscli`` ban, CAPI and blocklist decisions are reported
+(``skipped``) and left alone unless their origin is listed in ``remediate_origins``; simulated
+decisions are never deleted (bouncers do not enforce them).
 
 Safety: ``remediate_dry_run`` (the default) only reports what it would do; the target's class is
-checked again with the engine's classifier right before acting and a value that is not entirely
-inside an internal network is refused; deletions are rate-limited by a token bucket
+checked again with the engine's classifier right before acting, and a value that is not entirely
+inside an internal network is refused (a mapped-IPv6 range such as ``::ffff:10.0.0.0/8`` is the
+IPv6 ``::/8`` to CrowdSec, so it is not internal). Deletions are rate-limited by a token bucket
 (``remediate_max_per_minute``). Every action becomes a ``remediation`` finding event (posted to
-the consumer) and a count in ``auditor_remediations_total{action,result}``; a deletion also
-drops the decisions from the engine at once, which clears the internal_ban finding.
+the consumer) and a count in ``auditor_remediations_total{action,result}``. Any doubt (the LAPI
+cannot be read, lists the id differently, still lists it after the delete) fails closed: nothing
+more is deleted for that job until a later attempt verifies again.
 """
 
 from __future__ import annotations
@@ -26,14 +39,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from parsers.crowdsec import Decision, DecisionDelta
+from parsers.crowdsec import Decision, DecisionDelta, DecisionFormatError
 from pipeline.core import fixes
-from pipeline.core.addresses import (
-    INTERNAL_CLASSES,
-    ClassifierView,
-    network_contains,
-    parse_network,
-)
+from pipeline.core.addresses import INTERNAL_CLASSES, ClassifierView, parse_network
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
 from pipeline.crowdsec.client import (
     DEFAULT_TIMEOUT_S,
@@ -52,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("auditor.crowdsec")
 
 ACTION = "delete_decision"
+DEFAULT_ORIGINS = frozenset({"crowdsec"})  # the local agent's own decisions
 DRAIN_TIMEOUT_S = 5.0  # an in-flight deletion may finish this long after stop
 # A failed deletion waits before its job is tried again (the client itself already retried).
 RETRY = RetryPolicy(initial_s=2.0, max_s=60.0)
@@ -158,7 +167,18 @@ def _decision_of(reported: Mapping[str, object]) -> Decision:
         value=str(reported.get("value", "")),
         type=str(reported.get("type") or "ban"),
         duration_s=float(duration) if isinstance(duration, int | float) else None,
+        simulated=reported.get("simulated") is True,
     )
+
+
+def policy_refusal(decision: Decision, origins: frozenset[str]) -> str | None:
+    """Why the decision is not ours to delete by who made it, or None when it is."""
+    if decision.simulated:
+        return "it is a simulated decision (bouncers do not enforce it)"
+    if decision.origin not in origins:
+        allowed = ", ".join(sorted(origins)) or "none"
+        return f"its origin is {decision.origin or 'unknown'!r}; remediate_origins allows {allowed}"
+    return None
 
 
 # -- the remediator ---------------------------------------------------------------------------
@@ -176,36 +196,56 @@ class _Job:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One remediation result, reported as a finding event and a metric increment."""
+    """One remediation result, reported as a finding event and a metric increment.
 
-    result: str  # done / dry_run / error / rate_limited / refused
+    ``forget``: decisions the LAPI verifiably no longer lists (drop them from the engine);
+    ``remaining``: other decisions the LAPI still lists on the same value (feed them to it).
+    """
+
+    result: str  # done / gone / dry_run / error / rate_limited / skipped / refused
     job_key: str
     decision: Decision
     reported: Mapping[str, object]  # the decision as the internal_ban evidence had it
     target_class: str
     detail: Mapping[str, object] = field(default_factory=dict)
+    forget: tuple[Decision, ...] = ()
+    remaining: tuple[Decision, ...] = ()
 
     @classmethod
-    def of(cls, result: str, job: _Job, **detail: object) -> Outcome:
-        return cls(result, job.key, job.decision, job.reported, job.target_class, detail)
+    def of(
+        cls,
+        result: str,
+        job: _Job,
+        *,
+        forget: tuple[Decision, ...] = (),
+        remaining: tuple[Decision, ...] = (),
+        **detail: object,
+    ) -> Outcome:
+        return cls(
+            result, job.key, job.decision, job.reported, job.target_class, detail, forget, remaining
+        )
 
     def finding(self, lapi_url: str, max_per_minute: int) -> Finding:
         value, cls = self.decision.value, self.target_class
-        what = f"the CrowdSec decisions on {value} ({cls})"
+        what = f"CrowdSec decision {self.decision.id} on {value} ({cls})"
         summaries = {
-            "done": f"Deleted {what} through the LAPI ({self.detail.get('deleted', 0)} removed)",
+            "done": f"Deleted {what} through the LAPI",
+            "gone": f"Did not delete {what}: the LAPI no longer lists it",
             "dry_run": f"Dry run: would delete {what} through the LAPI",
             "rate_limited": f"Deferred deleting {what}: more than {max_per_minute} "
             "deletions per minute",
             "error": f"Could not delete {what}: {self.detail.get('error', '')}",
+            "skipped": f"Left {what} alone: {self.detail.get('why', '')}",
             "refused": f"Refused to delete the decision on {value}: "
             f"{self.detail.get('why', 'not an internal target')}",
         }
         severity = {
             "done": Severity.INFO,
+            "gone": Severity.INFO,
             "dry_run": Severity.INFO,
             "rate_limited": Severity.LOW,
             "error": Severity.MEDIUM,
+            "skipped": Severity.LOW,
             "refused": Severity.LOW,
         }[self.result]
         return Finding(
@@ -240,12 +280,14 @@ class Remediator:
         *,
         dry_run: bool = True,
         max_per_minute: int = 6,
+        origins: frozenset[str] = DEFAULT_ORIGINS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.classifier = classifier
         self.dry_run = dry_run
         self.max_per_minute = max_per_minute
+        self.origins = origins
         self.bucket = TokenBucket(max_per_minute, clock)
         self.clock = clock
         self._jobs: dict[str, _Job] = {}
@@ -314,17 +356,33 @@ class Remediator:
             for w in waiters:
                 w.cancel()
 
-    async def _work(self, job: _Job, stop: asyncio.Event) -> Outcome | None:
-        scope, value = job.decision.scope, job.decision.value
-        network = internal_network_of(self.classifier, scope, value)
+    def _screen(self, job: _Job) -> tuple[str, str] | str:
+        """``(result, why)`` when the job must not go ahead, else the internal network."""
+        d = job.decision
+        network = internal_network_of(self.classifier, d.scope, d.value)
         if network is None:
-            self._jobs.pop(job.key, None)
             why = (
-                f"scope {scope} is not an address"
-                if scope not in ("Ip", "Range")
+                f"scope {d.scope} is not an address"
+                if d.scope not in ("Ip", "Range")
                 else "it is not entirely inside an internal network"
             )
-            return Outcome.of("refused", job, why=why)
+            return "refused", why
+        if d.id is None:
+            return "refused", "the decision has no id, and only deletion by id is exact"
+        why_not = policy_refusal(d, self.origins)
+        if why_not is not None:
+            return "skipped", why_not
+        return network
+
+    async def _work(self, job: _Job, stop: asyncio.Event) -> Outcome | None:
+        screened = self._screen(job)
+        if isinstance(screened, tuple):
+            self._jobs.pop(job.key, None)
+            result, why = screened
+            if result == "skipped":
+                log.warning("not deleting CrowdSec decision on %s: %s", job.decision.value, why)
+            return Outcome.of(result, job, why=why)
+        network = screened
         if not self.bucket.take():
             job.not_before = self.clock() + self.bucket.wait_s()
             if job.told_rate_limited:
@@ -333,8 +391,12 @@ class Remediator:
             return Outcome.of("rate_limited", job, network=network)
         if self.dry_run:
             self._jobs.pop(job.key, None)
-            log.warning("dry run: would delete the CrowdSec decisions on %s", value)
-            return Outcome.of("dry_run", job, network=network)
+            log.warning(
+                "dry run: would delete CrowdSec decision %s on %s",
+                job.decision.id,
+                job.decision.value,
+            )
+            return Outcome.of("dry_run", job, network=network, decision_id=job.decision.id)
         task = self._inflight = asyncio.ensure_future(self._delete(job, network))
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -351,39 +413,98 @@ class Remediator:
             return None
         return task.result()
 
+    def _failed(self, job: _Job, network: str, error: str) -> Outcome:
+        job.attempts += 1
+        job.not_before = self.clock() + RETRY.delay(job.attempts)
+        job.last_error = error
+        log.warning(
+            "remediation of %s failed (attempt %d): %s", job.decision.value, job.attempts, error
+        )
+        return Outcome.of("error", job, error=error, attempt=job.attempts, network=network)
+
     async def _delete(self, job: _Job, network: str) -> Outcome:
-        value = job.decision.value
+        """Verify, delete one id, verify again; see the module docstring."""
+        d = job.decision
+        assert d.id is not None  # _screen refused id-less jobs
         try:
-            deleted = await self.client.delete_decisions(job.decision)
+            before = await self.client.decisions_on(d.scope, d.value)
+        except (CrowdSecError, DecisionFormatError) as exc:
+            return self._failed(job, network, f"could not read the decisions on {d.value}: {exc}")
+        listed = next((b for b in before if b.id == d.id), None)
+        if listed is None:
+            # Already gone (expired, deleted by hand): nothing to delete, and the engine may
+            # forget it; the others on the value are judged on their own.
+            self._jobs.pop(job.key, None)
+            return Outcome.of(
+                "gone", job, forget=(d,), remaining=before, network=network, decision_id=d.id
+            )
+        mismatch = _mismatch(d, listed)
+        if mismatch:
+            self._jobs.pop(job.key, None)
+            return Outcome.of("refused", job, why=f"the LAPI lists decision {d.id} {mismatch}")
+        why_not = policy_refusal(listed, self.origins)
+        if why_not is not None:
+            self._jobs.pop(job.key, None)
+            return Outcome.of("skipped", job, why=why_not, remaining=before)
+        try:
+            deleted = await self.client.delete_decision(d.id)
         except CrowdSecError as exc:
-            job.attempts += 1
-            job.not_before = self.clock() + RETRY.delay(job.attempts)
-            job.last_error = str(exc)
-            log.warning("remediation of %s failed (attempt %d): %s", value, job.attempts, exc)
-            return Outcome.of("error", job, error=str(exc), attempt=job.attempts, network=network)
+            return self._failed(job, network, str(exc))
+        try:
+            after = await self.client.decisions_on(d.scope, d.value)
+        except (CrowdSecError, DecisionFormatError) as exc:
+            # The LAPI's own answer to a delete by id is exact: forget that id only; the rest
+            # of the value is checked on the next event.
+            self._jobs.pop(job.key, None)
+            log.warning("could not re-read the decisions on %s after deleting: %s", d.value, exc)
+            if deleted == 1:
+                return Outcome.of(
+                    "done", job, forget=(d,), network=network, decision_id=d.id, deleted=1
+                )
+            return self._failed(job, network, f"could not verify the delete: {exc}")
+        if any(a.id == d.id for a in after):
+            return self._failed(
+                job, network, f"the LAPI still lists decision {d.id} after deleting it"
+            )
         self._jobs.pop(job.key, None)
-        return Outcome.of("done", job, deleted=deleted, attempt=job.attempts + 1, network=network)
+        others = tuple(a for a in after if a.id != d.id)
+        return Outcome.of(
+            "done" if deleted == 1 else "gone",
+            job,
+            forget=(d,),
+            remaining=others,
+            network=network,
+            decision_id=d.id,
+            deleted=deleted,
+            still_on_value=len(others),
+        )
 
     def _report(self, outcome: Outcome, state: LiveState) -> None:
         state.engine.note(outcome.finding(self.client.url, self.max_per_minute))
         if outcome.result != "refused":
             state.metrics.remediations.labels(ACTION, outcome.result).inc()
-        if outcome.result == "done":
-            self._forget(state.engine, outcome.decision)
+        self._reconcile(state.engine, outcome)
 
-    def _forget(self, engine: Engine, decision: Decision) -> None:
-        """Drop the engine's copies of what the LAPI just deleted, so the finding clears now.
+    @staticmethod
+    def _reconcile(engine: Engine, outcome: Outcome) -> None:
+        """Bring the engine in line with what the LAPI verifiably lists on the value.
 
-        Waiting for the stream is not enough: with several decisions on one value CrowdSec 1.4.6
-        streams the longest one as new but reports the deletion under another id, which the
-        engine (keyed by id) would not match until the original duration ran out.
+        Only ids the LAPI no longer lists are dropped (by their own key, never by value: the
+        engine's by-value match is for stream deletions); decisions it still lists but the
+        engine does not know (CrowdSec 1.4 streams one per value) are added, so they are judged,
+        counted and remediated on their own ids.
         """
-        value, ranged = decision.value, decision.is_range
-        gone = tuple(
-            a.decision
-            for a in engine.decisions.values()
-            if a.decision.value == value
-            or (ranged and a.decision.scope == "Ip" and network_contains(value, a.decision.value))
-        )
-        if gone:
-            engine.apply(DecisionDelta(new=(), deleted=gone))
+        known = engine.decisions
+        gone = tuple(d for d in outcome.forget if d.key in known)
+        new = tuple(d for d in outcome.remaining if d.key not in known)
+        if gone or new:
+            engine.apply(DecisionDelta(new=new, deleted=gone))
+
+
+def _mismatch(ours: Decision, listed: Decision) -> str:
+    """How the LAPI's copy of an id differs from what was judged ('' when it does not)."""
+    for name in ("scope", "value", "origin", "type"):
+        mine, theirs = getattr(ours, name), getattr(listed, name)
+        if mine != theirs:
+            return f"with {name} {theirs!r}, not {mine!r}"
+    return ""

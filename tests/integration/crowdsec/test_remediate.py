@@ -1,5 +1,6 @@
-"""Remediation against a real CrowdSec 1.4.6 LAPI: watcher login, deletion by value, safety
-checks, dry run, rate limit, errors; outcomes applied to a real Runner as its consumer would."""
+"""Remediation against a real CrowdSec 1.4.6 LAPI: watcher login, deletion of one decision by
+id with a read-back before and after, origin and simulation policy, mapped-IPv6 ranges, dry run,
+rate limit, errors; outcomes applied to a real Runner as its consumer would."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from parsers.crowdsec import Decision, parse_decisions
+from parsers.crowdsec import parse_decisions
 from pipeline.config import RunConfig
 from pipeline.core.addresses import Classifier, k3s_defaults
 from pipeline.core.findings import FindingEvent, Kind, Severity, State
 from pipeline.crowdsec.client import CrowdSecAuthError, MachineCredentials
 from pipeline.crowdsec.remediate import (
     ACTION,
+    DEFAULT_ORIGINS,
     Remediator,
     TokenBucket,
     WatcherClient,
@@ -30,6 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.live.runner import Runner
 from pipeline.secrets import Secret
 from tests.support.crowdsec import CrowdSecInstance, free_port
+from tests.support.lapi_alerts import Ban, push_bans
 from tests.support.waiting import until as _wait
 
 HOP = "10.42.0.7"
@@ -120,35 +123,32 @@ def creds_of(inst: CrowdSecInstance) -> MachineCredentials:
 
 
 def values(inst: CrowdSecInstance) -> list[str]:
-    return sorted(d["value"] for d in inst.active_decisions())
+    """Values with an active decision, every origin (``-a``: lists and CAPI too)."""
+    alerts = json.loads(inst.cscli("decisions", "list", "-a", "-o", "json").stdout or "null")
+    return sorted(d["value"] for a in alerts or [] for d in a.get("decisions") or [])
 
 
-def ban(scope: str, value: str) -> Decision:
-    return Decision(None, "crowdsec", "test", scope, value, "ban", 3600.0)
+def ids_on(inst: CrowdSecInstance) -> list[int]:
+    alerts = json.loads(inst.cscli("decisions", "list", "-a", "-o", "json").stdout or "null")
+    return sorted(int(d["id"]) for a in alerts or [] for d in a.get("decisions") or [])
 
 
-async def test_delete_removes_every_decision_on_exactly_that_value(
-    crowdsec_lapi: CrowdSecInstance,
-) -> None:
+async def test_delete_removes_exactly_one_decision_by_id(crowdsec_lapi: CrowdSecInstance) -> None:
     inst = crowdsec_lapi
-    inst.add_decision(ip=HOP, reason="crowdsecurity/http-probing")
-    inst.add_decision(ip=HOP, reason="crowdsecurity/http-bad-user-agent")
-    inst.add_decision(range="10.42.0.0/16", reason="wider range")
-    inst.add_decision(ip=EXTERNAL, reason="external")
+    first, second, wider, outside = push_bans(
+        inst, [Ban(HOP), Ban(HOP, scenario="other"), Ban("10.42.0.0/16", "Range"), Ban(EXTERNAL)]
+    )
     client = WatcherClient(creds_of(inst))
     try:
-        assert await client.delete_decisions(ban("Ip", HOP)) == 2
-        assert values(inst) == ["10.42.0.0/16", EXTERNAL]
-        # Already gone: nothing to delete, not an error.
-        assert await client.delete_decisions(ban("Ip", HOP)) == 0
-        # An expired/invalid JWT: the client logs in again once.
-        client._token = Secret("not.a.jwt")
-        assert await client.delete_decisions(ban("Range", "10.42.0.0/16")) == 1
-        assert values(inst) == [EXTERNAL]
-        # `cscli decisions add --ip 10.42.1.0/24`: an Ip decision on a CIDR is a range.
-        inst.add_decision(range="10.42.1.0/24", reason="cidr")
-        assert await client.delete_decisions(ban("Ip", "10.42.1.0/24")) == 1
-        assert values(inst) == [EXTERNAL]
+        on_hop = await client.decisions_on("Ip", HOP)
+        assert sorted(d.id for d in on_hop) == [first, second]  # not the wider range
+        assert await client.delete_decision(first) == 1
+        assert ids_on(inst) == sorted([second, wider, outside])
+        # A range is deleted as itself: what it contains stays.
+        client._token = Secret("not.a.jwt")  # an expired/invalid JWT: one new login
+        assert await client.delete_decision(wider) == 1
+        assert ids_on(inst) == sorted([second, outside])
+        assert [d.id for d in await client.decisions_on("Ip", HOP)] == [second]
     finally:
         await client.aclose()
 
@@ -159,7 +159,7 @@ async def test_wrong_password_is_reported_without_it(crowdsec_lapi: CrowdSecInst
     client = WatcherClient(bad)
     try:
         with pytest.raises(CrowdSecAuthError, match=r"rejected the machine login") as info:
-            await client.delete_decisions(ban("Ip", HOP))
+            await client.decisions_on("Ip", HOP)
     finally:
         await client.aclose()
     assert "file x.yaml" in str(info.value)
@@ -185,6 +185,7 @@ class Harness:
         node_ip: tuple[str, ...] = (),
         dry_run: bool = True,
         max_per_minute: int = 6,
+        origins: frozenset[str] = DEFAULT_ORIGINS,
     ) -> None:
         self.runner = Runner(
             RunConfig(
@@ -209,6 +210,7 @@ class Harness:
             self.runner.engine.classifier,
             dry_run=dry_run,
             max_per_minute=max_per_minute,
+            origins=origins,
         )
         self.notes: list[FindingEvent] = []
         self.events: list[FindingEvent] = []
@@ -218,6 +220,7 @@ class Harness:
     async def post(self, fn: Callable[[Runner], None]) -> None:
         fn(self.runner)
         events = self.runner.engine.drain_events()
+        self.remediator.emit(events)  # the runner's consumer hands every event to every sink
         self.events += events
         self.notes += [
             e for e in events if e.finding.kind is Kind.REMEDIATION and e.state is State.RAISED
@@ -258,8 +261,7 @@ async def test_internal_ban_is_deleted_and_noted(
     crowdsec_lapi: CrowdSecInstance, bouncer: str, tmp_path: Path
 ) -> None:
     inst = crowdsec_lapi
-    inst.add_decision(ip=HOP, reason="crowdsecurity/http-probing")
-    inst.add_decision(ip=EXTERNAL, reason="external")
+    hop_id, _ = push_bans(inst, [Ban(HOP), Ban(EXTERNAL)])
     h = Harness(tmp_path, inst, dry_run=False, max_per_minute=6)
     try:
         events = h.feed(bouncer_decisions(inst, bouncer, HOP))
@@ -275,10 +277,12 @@ async def test_internal_ban_is_deleted_and_noted(
     assert note.target == HOP
     assert note.check == ACTION
     assert note.evidence["deleted"] == 1
+    assert note.evidence["decision_id"] == hop_id
+    assert note.evidence["still_on_value"] == 0
     assert note.evidence["target_class"] == "pod"
     assert note.evidence["network"] == "10.42.0.0/16"
     assert note.evidence["decision"]["value"] == HOP
-    assert note.summary.startswith("Deleted the CrowdSec decisions on 10.42.0.7 (pod)")
+    assert note.summary == f"Deleted CrowdSec decision {hop_id} on 10.42.0.7 (pod) through the LAPI"
     assert h.counted("done") == 1
     assert h.remediator.pending == 0
     # A note is a one-off: counted, not left active; the deleted ban is forgotten at once.
@@ -295,7 +299,7 @@ async def test_dry_run_deletes_nothing(
     crowdsec_lapi: CrowdSecInstance, bouncer: str, tmp_path: Path
 ) -> None:
     inst = crowdsec_lapi
-    inst.add_decision(ip=HOP, reason="crowdsecurity/http-probing")
+    push_bans(inst, [Ban(HOP)])
     h = Harness(tmp_path, inst)  # dry_run defaults to True
     try:
         h.feed(bouncer_decisions(inst, bouncer, HOP))
@@ -312,8 +316,7 @@ async def test_rate_limit_defers_the_rest(
     crowdsec_lapi: CrowdSecInstance, bouncer: str, tmp_path: Path
 ) -> None:
     inst = crowdsec_lapi
-    inst.add_decision(ip=HOP, reason="crowdsecurity/http-probing")
-    inst.add_decision(ip=OTHER_HOP, reason="crowdsecurity/http-probing")
+    push_bans(inst, [Ban(HOP), Ban(OTHER_HOP)])
     h = Harness(tmp_path, inst, dry_run=False, max_per_minute=1)
     try:
         h.feed(bouncer_decisions(inst, bouncer, HOP))
@@ -336,8 +339,7 @@ async def test_cleared_ban_is_not_deleted(
 ) -> None:
     """Rate-limited, then the ban goes away by itself: the job is dropped."""
     inst = crowdsec_lapi
-    inst.add_decision(ip=HOP, reason="a")
-    inst.add_decision(ip=OTHER_HOP, reason="b")
+    push_bans(inst, [Ban(HOP, scenario="a"), Ban(OTHER_HOP, scenario="b")])
     h = Harness(tmp_path, inst, dry_run=False, max_per_minute=1)
     try:
         h.feed(bouncer_decisions(inst, bouncer, HOP))
@@ -361,7 +363,7 @@ async def test_reclassified_target_is_refused(
     """A node with a public address was banned (internal_ban: node); before the remediator acts,
     discovery drops that node, so the address is public again: it is not ours to unban."""
     inst = crowdsec_lapi
-    inst.add_decision(ip=EXTERNAL, reason="crowdsecurity/http-probing")
+    push_bans(inst, [Ban(EXTERNAL)])
     h = Harness(tmp_path, inst, node_ip=(EXTERNAL,), dry_run=False)
     try:
         h.runner.engine.apply(parse_decisions(bouncer_decisions(inst, bouncer, EXTERNAL)))
@@ -404,3 +406,133 @@ async def test_lapi_down_is_an_error_and_retried(tmp_path: Path) -> None:
     assert "Could not delete" in note.summary
     assert "ClientConnectorError" in note.evidence["error"]
     assert h.counted("error") >= 1
+
+
+# -- what is and is not deleted (issue 12: mapped ranges, by id, origins) -------------------------
+def stream_startup(inst: CrowdSecInstance, key: str) -> bytes:
+    """What the sidecar's LAPI stream sees first: every active decision, one per value."""
+    req = urllib.request.Request(
+        f"{inst.lapi_url}v1/decisions/stream?startup=true", headers={"X-Api-Key": key}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        body: bytes = resp.read()
+        return body
+
+
+async def test_mapped_ipv6_range_is_not_internal_and_public_bans_survive(
+    crowdsec_lapi: CrowdSecInstance, bouncer: str, tmp_path: Path
+) -> None:
+    """CrowdSec reads ``::ffff:10.0.0.0/8`` as the IPv6 ``::/8``, which holds NAT64 and
+    IPv4-compatible addresses: deleting it (let alone with what it contains) unbans the world."""
+    inst = crowdsec_lapi
+    made = push_bans(
+        inst,
+        [
+            Ban("::ffff:10.0.0.0/8", "Range"),
+            Ban("64:ff9b::808:808"),
+            Ban("::0.8.8.4"),
+            Ban(EXTERNAL),
+        ],
+    )
+    h = Harness(tmp_path, inst, dry_run=False, max_per_minute=60)
+    try:
+        h.feed(stream_startup(inst, bouncer))
+        await h.until(lambda: "refused" in h.results(), "the refusal of the mapped range")
+        await asyncio.sleep(0.5)  # anything else queued would have run by now
+    finally:
+        await h.close()
+    assert ids_on(inst) == sorted(made)
+    assert h.counted("done") == 0
+    refused = next(e.finding for e in h.notes if e.finding.evidence["result"] == "refused")
+    assert refused.target == "::ffff:10.0.0.0/8"
+    assert "not entirely inside an internal network" in refused.summary
+
+
+async def test_a_range_is_deleted_alone_and_what_it_holds_stays_known(
+    crowdsec_lapi: CrowdSecInstance, bouncer: str, tmp_path: Path
+) -> None:
+    """Deleting the range by id leaves a manual ban inside it, in CrowdSec and in the engine."""
+    inst = crowdsec_lapi
+    (range_id,) = push_bans(inst, [Ban("10.42.0.0/24", "Range")])
+    inst.add_decision(ip=HOP, reason="manual")  # origin cscli: reported, left alone
+    h = Harness(tmp_path, inst, dry_run=False, max_per_minute=60)
+    try:
+        h.feed(stream_startup(inst, bouncer))
+        await h.until(lambda: sorted(h.results()) == ["done", "skipped"], "one deletion, one skip")
+    finally:
+        await h.close()
+    assert values(inst) == [HOP]
+    done = next(e.finding for e in h.notes if e.finding.evidence["result"] == "done")
+    assert done.evidence["decision_id"] == range_id
+    skipped = next(e.finding for e in h.notes if e.finding.evidence["result"] == "skipped")
+    assert skipped.target == HOP
+    assert "origin is 'cscli'" in skipped.summary
+    # The engine still knows the ban that is still there: the metric does not say 0.
+    active = [a.decision for a in h.runner.engine.decisions.values() if a.target.internal]
+    assert [(d.value, d.origin) for d in active] == [(HOP, "cscli")]
+    h.runner._refresh()  # what the runner does before every scrape
+    bans = h.runner.metrics.registry.get_sample_value(
+        "auditor_internal_bans_active", {"target_class": "pod"}
+    )
+    assert bans == 1.0
+
+
+async def test_every_decision_on_the_value_is_deleted_one_by_one(
+    crowdsec_lapi: CrowdSecInstance, bouncer: str, tmp_path: Path
+) -> None:
+    """CrowdSec 1.4 streams one decision per value; the read-back after a delete finds the
+    others, which are then judged and deleted on their own ids."""
+    inst = crowdsec_lapi
+    made = push_bans(inst, [Ban(HOP), Ban(HOP, scenario="crowdsecurity/http-bad-user-agent")])
+    h = Harness(tmp_path, inst, dry_run=False, max_per_minute=60)
+    try:
+        h.feed(stream_startup(inst, bouncer))
+        await h.until(lambda: h.results().count("done") == 2, "both deletions")
+    finally:
+        await h.close()
+    assert values(inst) == []
+    deleted = sorted(e.finding.evidence["decision_id"] for e in h.notes)
+    assert deleted == sorted(made)
+    assert not any(a.target.internal for a in h.runner.engine.decisions.values())
+
+
+async def test_origins_and_simulation_decide_what_is_deleted(
+    crowdsec_lapi: CrowdSecInstance, bouncer: str, tmp_path: Path
+) -> None:
+    inst = crowdsec_lapi
+    inst.add_decision(ip=HOP, reason="manual")
+    (listed,) = push_bans(inst, [Ban(OTHER_HOP, origin="lists", scenario="list:firehol")])
+    simulated = {
+        "duration": "3h",
+        "id": 99999,
+        "origin": "crowdsec",
+        "scenario": "crowdsecurity/http-probing",
+        "scope": "Ip",
+        "type": "ban",
+        "value": "10.42.0.9",
+        "simulated": True,
+    }
+    h = Harness(tmp_path, inst, dry_run=False, max_per_minute=60)
+    try:
+        h.feed(stream_startup(inst, bouncer))
+        h.feed(json.dumps([simulated]).encode())
+        await h.until(lambda: h.results().count("skipped") == 3, "three skips")
+    finally:
+        await h.close()
+    assert sorted(values(inst)) == sorted([HOP, OTHER_HOP])
+    why = {e.finding.target: e.finding.summary for e in h.notes}
+    assert "origin is 'cscli'" in why[HOP]
+    assert "origin is 'lists'" in why[OTHER_HOP]
+    assert "simulated decision" in why["10.42.0.9"]
+    assert h.counted("skipped") == 3
+    assert h.counted("done") == 0
+    # Listed explicitly, an origin is remediated like the agent's own decisions.
+    h2 = Harness(tmp_path / "2", inst, dry_run=False, origins=frozenset({"crowdsec", "lists"}))
+    try:
+        h2.feed(stream_startup(inst, bouncer))
+        await h2.until(lambda: sorted(h2.results()) == ["done", "skipped"], "delete + skip")
+    finally:
+        await h2.close()
+    assert values(inst) == [HOP]
+    done = next(e.finding for e in h2.notes if e.finding.evidence["result"] == "done")
+    assert done.evidence["decision_id"] == listed

@@ -16,7 +16,6 @@ import pytest
 from aiohttp import web
 
 import pipeline
-from parsers.crowdsec import Decision
 from pipeline.crowdsec.client import (
     METRICS_BODY_MAX,
     BouncerKey,
@@ -249,10 +248,6 @@ def watcher(url: str) -> CrowdSecClient:
     return CrowdSecClient(url, machine=creds, retry=FAST)
 
 
-def ban(scope: str, value: str) -> Decision:
-    return Decision(None, "crowdsec", "test", scope, value, "ban", 3600.0)
-
-
 async def test_delete_logs_in_again_once_on_an_expired_token(fake: FakeCrowdSec) -> None:
     fake.on(
         "POST",
@@ -262,40 +257,69 @@ async def test_delete_logs_in_again_once_on_an_expired_token(fake: FakeCrowdSec)
     )
     fake.on(
         "DELETE",
-        "/v1/decisions",
+        "/v1/decisions/41",
         Reply(401, b'{"message":"token expired"}'),
-        Reply(200, b'{"nbDeleted":"2"}'),
+        Reply(200, b'{"nbDeleted":"1"}'),
     )
     async with watcher(fake.url) as client:
-        assert await client.delete_decisions(ban("Ip", "10.42.0.7")) == 2
+        assert await client.delete_decision(41) == 1
     logins = fake.calls("POST", "/v1/watchers/login")
     assert [json.loads(c.body)["machine_id"] for c in logins] == ["machine-1", "machine-1"]
-    deletes = fake.calls("DELETE", "/v1/decisions")
+    deletes = fake.calls("DELETE", "/v1/decisions/41")
     assert [c.headers["Authorization"] for c in deletes] == ["Bearer jwt-1", "Bearer jwt-2"]
-    assert deletes[-1].query == {"ip": "10.42.0.7", "contains": "false"}
+    assert deletes[-1].query == {}  # by id only: no value, range or contains
+    assert fake.calls("DELETE", "/v1/decisions") == []
 
 
-@pytest.mark.parametrize(("scope", "value"), [("Range", "10.42.0.0/24"), ("Ip", "10.42.0.0/24")])
-async def test_a_range_is_deleted_as_a_range(fake: FakeCrowdSec, scope: str, value: str) -> None:
-    fake.on("POST", "/v1/watchers/login", Reply(200, b'{"token":"jwt"}'))
-    fake.on("DELETE", "/v1/decisions", Reply(503), Reply(200, b'{"nbDeleted":"1"}'))
+@pytest.mark.parametrize("bad", [0, -3, True, "7", None])
+async def test_delete_takes_only_a_decision_id(fake: FakeCrowdSec, bad: object) -> None:
     async with watcher(fake.url) as client:
-        assert await client.delete_decisions(ban(scope, value)) == 1
-    deletes = fake.calls("DELETE", "/v1/decisions")
-    assert len(deletes) == 2  # the 503 was retried
-    assert deletes[-1].query == {"range": value, "contains": "false"}
+        with pytest.raises(ValueError, match="not a decision id"):
+            await client.delete_decision(bad)  # type: ignore[arg-type]
+    assert fake.calls("POST", "/v1/watchers/login") == []
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"nbDeleted":"many"}', b"[]", b"not json"])
+async def test_delete_answer_without_a_count_is_an_error(fake: FakeCrowdSec, body: bytes) -> None:
+    fake.on("POST", "/v1/watchers/login", Reply(200, b'{"token":"jwt"}'))
+    fake.on("DELETE", "/v1/decisions/5", Reply(200, body))
+    async with watcher(fake.url) as client:
+        with pytest.raises(CrowdSecStatusError, match="nbDeleted"):
+            await client.delete_decision(5)
+
+
+async def test_decisions_on_keeps_exactly_that_value(fake: FakeCrowdSec) -> None:
+    def dec(i: int, scope: str, value: str, duration: str = "3h", **kw: object) -> object:
+        common = {"origin": "crowdsec", "scenario": "s", "type": "ban"}
+        return {"id": i, "scope": scope, "value": value, "duration": duration, **common, **kw}
+
+    alerts = [
+        {"decisions": [dec(1, "Ip", "10.42.0.7"), dec(2, "Ip", "10.42.0.7", "-1s")]},
+        {"decisions": [dec(3, "Ip", "10.42.0.7", simulated=True), dec(4, "Ip", "10.42.0.70")]},
+        {"decisions": [dec(5, "Range", "10.42.0.0/16")]},
+    ]
+    fake.on("POST", "/v1/watchers/login", Reply(200, b'{"token":"jwt"}'))
+    fake.on("GET", "/v1/alerts", Reply(200, json.dumps(alerts).encode()))
+    async with watcher(fake.url) as client:
+        found = await client.decisions_on("Ip", "10.42.0.7")
+    # Active, on this exact value, simulated included; not the expired one, not the range.
+    assert sorted((d.id, d.simulated) for d in found) == [(1, False), (3, True)]
+    query = fake.calls("GET", "/v1/alerts")[-1].query
+    assert query["scope"] == "Ip"
+    assert query["value"] == "10.42.0.7"
+    assert query["has_active_decision"] == "true"
 
 
 async def test_refused_login_names_the_credentials_file(fake: FakeCrowdSec) -> None:
     fake.on("POST", "/v1/watchers/login", Reply(403, b'{"message":"bad password"}'))
     async with watcher(fake.url) as client:
         with pytest.raises(CrowdSecAuthError) as info:
-            await client.delete_decisions(ban("Ip", "10.42.0.7"))
+            await client.delete_decision(7)
     assert str(info.value) == (
         f"CrowdSec LAPI {fake.url} rejected the machine login 'machine-1' from file creds.yaml "
         "(HTTP 403)"
     )
-    assert fake.calls("DELETE", "/v1/decisions") == []
+    assert fake.calls("DELETE", "/v1/decisions/7") == []
 
 
 # -- `auditor check` --------------------------------------------------------------------------

@@ -255,6 +255,7 @@ def test_as_dict_round_trip_fields() -> None:
         "value": "10.42.0.9",
         "type": "ban",
         "duration_s": 14400.0,
+        "simulated": False,
     }
 
 
