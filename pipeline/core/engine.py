@@ -29,6 +29,9 @@ from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
 from pipeline.core.traffic import Run, Summary, Timeline, TrafficView, count_runs
 
 BAN_TYPES = frozenset({"ban", "captcha"})
+# Share of a hop's requests that must carry a forwarding header naming a public client before
+# the hop counts as a proxy that adds it (and may be trusted): see Engine._forwarding_hops.
+FORWARDED_SHARE = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +431,9 @@ class Engine:
         share = _share(internal, total)
         hops = sorted(window.ep_hops.get(ep, {}).items(), key=lambda t: (-t[1], t[0]))[:5]
         visible = window.ep_visible.get(ep, 0)
-        headers_kept = window.ep_headers.get(ep, 0) > 0
+        forwarded = window.ep_headers.get(ep, 0)
+        headers_kept = forwarded > 0
+        forwarding = self._forwarding_hops(window, [a for a, _ in hops])
         pct = round(share * 100)
         label = "(no entrypoint name)" if ep == "-" else ep
         evidence = {
@@ -445,14 +450,21 @@ class Engine:
             "headers_kept": headers_kept,
             "real_client_visible": visible,
             "real_client_example": window.ep_example.get(ep),
+            "forwarded_share": _share(forwarded, internal),
+            "forwarding_hops": forwarding,
             "window_end": self._timeline.last_ts,
         }
         summary = (
             f"{pct}% of requests on entrypoint {label} come from internal addresses: "
             "the real client IP is masked"
         )
-        if visible:
-            summary += " (kept X-Forwarded-For/X-Real-Ip headers show the real client)"
+        if forwarding:
+            summary += " (the hop adds X-Forwarded-For/X-Real-Ip: the real client is visible)"
+        elif headers_kept:
+            summary += (
+                f" (only {round(_share(forwarded, internal) * 100)}% of them carry "
+                "X-Forwarded-For/X-Real-Ip: set by clients, not by the hop)"
+            )
         self._emit(
             Finding(
                 kind=Kind.MASKED_CLIENT_IP,
@@ -460,11 +472,31 @@ class Engine:
                 target=ep,
                 summary=summary,
                 evidence=evidence,
-                fix=fixes.masked_fix(headers_kept, bool(visible)),
+                fix=fixes.masked_fix(headers_kept, forwarding),
                 key=f"masked_client_ip:{ep}",
             ),
-            material=(pct // 10, bool(visible)),
+            material=(pct // 10, tuple(forwarding), headers_kept),
         )
+
+    def _forwarding_hops(self, window: Summary, hops: Sequence[str]) -> list[str]:
+        """Hops that add a forwarding header themselves, so trusting them is safe.
+
+        A layer-4 hop (servicelb, a NAT) adds nothing; whatever X-Forwarded-For comes through
+        it was written by the client, and trusting the hop would let any client pick the
+        address CrowdSec bans. A proxy that forwards adds the header to every request, so a
+        hop qualifies only with enough requests, nearly all of them carrying a header that
+        names a public client.
+        """
+        cfg = self.config
+        out = []
+        for addr in hops:
+            ic = window.internal.get(addr)
+            if ic is None or ic.count < cfg.masked_min_requests:
+                continue
+            need = FORWARDED_SHARE * ic.count
+            if ic.forwarded >= need and ic.visible >= need:
+                out.append(addr)
+        return out
 
     # -- log format -------------------------------------------------------------------------
     def _evaluate_format(self, source: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 ALLOWLIST = (
     "Stop CrowdSec from banning cluster addresses: add a whitelist parser (s02-enrich) for the "
     "cluster CIDRs (`auditor allowlist` prints one), and list them in the bouncer's "
@@ -42,14 +44,23 @@ def internal_ban_fix(value: str, *, ranged: bool) -> str:
     )
 
 
-def masked_fix(headers_kept: bool, visible: bool) -> str:
+def masked_fix(headers_kept: bool, forwarding: Sequence[str]) -> str:
+    """``forwarding``: hops seen adding the header themselves (the only ones safe to trust)."""
     parts = [PRESERVE_CLIENT_IP]
-    if visible:
+    if forwarding:
         parts.append(
-            "The kept X-Forwarded-For / X-Real-Ip headers already carry the real client: trust "
-            "the forwarding hop in `forwardedHeaders.trustedIPs` so Traefik uses it."
+            "The hop(s) "
+            + ", ".join(forwarding)
+            + " add X-Forwarded-For / X-Real-Ip to every request: trust exactly those "
+            "addresses in `forwardedHeaders.trustedIPs` so Traefik uses the real client."
         )
-    elif not headers_kept:
+    elif headers_kept:
+        parts.append(
+            "Do not add the hop to `forwardedHeaders.trustedIPs`: it does not add "
+            "X-Forwarded-For itself (only some requests carry one, written by the client), so "
+            "trusting it would let any client choose the address CrowdSec sees and bans."
+        )
+    else:
         parts.append(KEEP_HEADERS)
     parts.append(ALLOWLIST)
     return " ".join(parts)

@@ -37,19 +37,21 @@ def _add_capped(target: set[str], values: Iterable[str]) -> None:
 class InternalClient:
     """What one internal address did: how much traffic, to which hosts and routers."""
 
-    __slots__ = ("cls", "count", "hosts", "routers", "visible")
+    __slots__ = ("cls", "count", "forwarded", "hosts", "routers", "visible")
 
     def __init__(self, cls: AddrClass) -> None:
         self.cls = cls
         self.count = 0
         self.hosts: set[str] = set()
         self.routers: set[str] = set()
-        self.visible = 0  # lines whose kept XFF/X-Real-Ip header named a public client
+        self.forwarded = 0  # lines that carried a kept XFF/X-Real-Ip header at all
+        self.visible = 0  # ... whose header named a public client
 
     def merge(self, other: InternalClient) -> None:
         self.count += other.count
         _add_capped(self.hosts, other.hosts)
         _add_capped(self.routers, other.routers)
+        self.forwarded += other.forwarded
         self.visible += other.visible
 
 
@@ -144,6 +146,8 @@ class Summary:
                 ic.hosts.add(host)
             if len(ic.routers) < SET_CAP:
                 ic.routers.add(router)
+            if hint:
+                ic.forwarded += n
             if visible:
                 ic.visible += n
         if len(clients) > CLIENTS_CAP:

@@ -362,7 +362,7 @@ def test_masked_raised_at_share_and_min_requests() -> None:
     assert ev["real_client_visible"] == 0
     assert ev["real_client_example"] is None
     assert ev["window_s"] == 900
-    assert f.fix == fixes.masked_fix(False, False)
+    assert f.fix == fixes.masked_fix(False, [])
     assert fixes.KEEP_HEADERS in f.fix
     assert "75% of requests on entrypoint websecure" in f.summary
 
@@ -486,22 +486,45 @@ def test_masked_hops_count_only_their_entrypoint() -> None:
 
 
 def test_real_client_visible_in_kept_xff() -> None:
+    """A proxy hop adds X-Forwarded-For to every request: trusting exactly it is the advice."""
     engine, _ = make_engine()
     records = [
-        rec("10.42.0.9", T0 + i, ch="203.0.113.50, 10.42.0.9", xff="203.0.113.50, 10.42.0.9")
-        for i in range(20)
+        rec("10.42.0.9", T0 + i, ch=f"203.0.113.{i + 1}, 10.42.0.9", xff=f"203.0.113.{i + 1}")
+        for i in range(40)
     ]
-    records += [rec("10.42.0.9", T0 + 25 + i, rip="10.42.0.9") for i in range(10)]
-    records += [rec("10.42.0.9", T0 + 40 + i) for i in range(10)]
     feed(engine, records)
     engine.tick()
     f = only(engine, Kind.MASKED_CLIENT_IP)
-    assert f.evidence["real_client_visible"] == 20
-    assert f.evidence["real_client_example"] == "203.0.113.50"
+    assert f.evidence["real_client_visible"] == 40
+    assert f.evidence["real_client_example"] == "203.0.113.1"
     assert f.evidence["headers_kept"] is True
-    assert "kept X-Forwarded-For/X-Real-Ip headers show the real client" in f.summary
-    assert f.fix == fixes.masked_fix(True, True)
-    assert "forwardedHeaders.trustedIPs" in f.fix
+    assert f.evidence["forwarded_share"] == 1.0
+    assert f.evidence["forwarding_hops"] == ["10.42.0.9"]
+    assert "the hop adds X-Forwarded-For/X-Real-Ip: the real client is visible" in f.summary
+    assert f.fix == fixes.masked_fix(True, ["10.42.0.9"])
+    assert "trust exactly those addresses in `forwardedHeaders.trustedIPs`" in f.fix
+
+
+@pytest.mark.parametrize("forged", [1, 20])
+def test_client_supplied_xff_behind_a_layer4_hop_is_never_trusted(forged: int) -> None:
+    """Issue 12: one request (or half of them) with a client-written X-Forwarded-For behind a
+    masking layer-4 hop must not turn into 'trust the hop', which would let any client choose
+    its address for CrowdSec."""
+    engine, _ = make_engine()
+    records = [
+        rec("10.42.0.9", T0 + i * 0.1, ch="203.0.113.77, 10.42.0.9", xff="203.0.113.77")
+        for i in range(forged)
+    ]
+    records += [rec("10.42.0.9", T0 + 5 + i * 0.1) for i in range(40 - forged)]
+    feed(engine, records)
+    engine.tick()
+    f = only(engine, Kind.MASKED_CLIENT_IP)
+    assert f.evidence["forwarding_hops"] == []
+    assert f.evidence["forwarded_share"] == round(forged / 40, 4)
+    assert "show the real client" not in f.summary
+    assert "set by clients, not by the hop" in f.summary
+    assert "Do not add the hop to `forwardedHeaders.trustedIPs`" in f.fix
+    assert "trust exactly" not in f.fix
 
 
 def test_real_client_visible_in_kept_real_ip() -> None:
