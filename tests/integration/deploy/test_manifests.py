@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import glob
 import importlib.util
 import os
 import re
@@ -309,7 +310,7 @@ def test_node_agent_pod(rendered: dict[str, list[Obj]]) -> None:
     assert secret["secretName"] == "ban-auditor-lapi"
     assert secret["items"] == [{"key": "api-key", "path": "api-key"}]
     config = _config(objs)
-    assert config.access_log == ("/var/log/containers/*traefik*.log",)
+    assert config.access_log == ("/var/log/containers/traefik-*_kube-system_traefik-*.log",)
     assert config.checkpoint_dir == "/var/lib/ban-auditor"
     assert config.envelope == "auto"
 
@@ -328,6 +329,132 @@ def test_component_adds_release_label(kubectl: str, tmp_path: Path) -> None:
     objs = _kustomize(kubectl, tmp_path)
     for kind in CRD_KINDS:
         assert _one(objs, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+# --- least privilege: which logs are read, who holds an API token ------------------------------
+
+CONTAINER_LOGS = "/var/log/containers"
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+_CID = "3f1c9a7e" * 8  # a container id: 64 hex digits
+# The kubelet's names, <pod>_<namespace>_<container>-<container id>.log.
+TRAEFIK_LOGS = {
+    f"traefik-m4q7z_kube-system_traefik-{_CID}.log",  # DaemonSet pod (deploy/k3s, deploy/helm)
+    f"traefik-6f5c7d9b8-x2x9k_kube-system_traefik-{_CID}.log",  # k3s' default Deployment
+}
+NOT_TRAEFIK_LOGS = {
+    # Tenants: any pod or container may be called "traefik", in any namespace they own.
+    f"mytraefik-x_tenant_app-{_CID}.log",
+    f"traefik-abc_tenant_traefik-{_CID}.log",
+    f"traefik-7d4b9-q8w2e_tenant-traefik_traefik-{_CID}.log",
+    f"web-0_shop_traefik-{_CID}.log",
+    f"app-traefik-5x7k2_kube-systemx_traefik-{_CID}.log",
+    # kube-system pods that are not Traefik's access log.
+    f"svclb-traefik-4f6c2a1b-9kq2m_kube-system_lb-tcp-80-{_CID}.log",
+    f"helm-install-traefik-6tqzl_kube-system_helm-{_CID}.log",
+    f"helm-install-traefik-crd-8xk2p_kube-system_helm-{_CID}.log",
+    f"traefik-m4q7z_kube-system_ban-auditor-{_CID}.log",  # a sidecar's own output
+}
+
+
+def _tailed(pattern: str, directory: Path) -> set[str]:
+    """The file names the tailer would follow for ``pattern`` (pipeline/sources/tail.py: glob)."""
+    for name in TRAEFIK_LOGS | NOT_TRAEFIK_LOGS:
+        (directory / name).touch()
+    moved = str(directory) + pattern.removeprefix(CONTAINER_LOGS)
+    return {Path(p).name for p in glob.glob(moved)}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_traefiks_own_logs_are_read(
+    rendered: dict[str, list[Obj]], target: str, tmp_path: Path
+) -> None:
+    for pattern in _config(rendered[target]).access_log:
+        if not pattern.startswith(CONTAINER_LOGS + "/"):
+            # A file only Traefik writes (the sidecar's shared emptyDir): no glob at all.
+            assert not glob.has_magic(pattern), pattern
+            continue
+        assert _tailed(pattern, tmp_path) == TRAEFIK_LOGS, pattern
+
+
+def test_node_agent_glob_names_traefiks_namespace(rendered: dict[str, list[Obj]]) -> None:
+    """The namespace in the glob is the one the rest of deploy/ gives Traefik."""
+    (pattern,) = _config(rendered["overlays/node-agent"]).access_log
+    _, namespace, _ = Path(pattern).name.split("_")
+    (subject,) = _one(rendered["overlays/sidecar"], "ClusterRoleBinding")["subjects"]
+    assert namespace == subject["namespace"] == _load(K3S)["metadata"]["namespace"]
+
+
+def test_glob_check_catches_a_loose_glob(tmp_path: Path) -> None:
+    tailed = _tailed(f"{CONTAINER_LOGS}/*traefik*.log", tmp_path)
+    assert tailed >= TRAEFIK_LOGS
+    assert tailed & NOT_TRAEFIK_LOGS  # the old glob: tenants' logs are read too
+
+
+def _gets_token(pod_spec: Obj, container: Obj, service_accounts: dict[str, Obj]) -> bool:
+    """Whether the ServiceAccount admission plugin mounts an API token into ``container``:
+    the pod's automountServiceAccountToken, else its ServiceAccount's, else true; and never
+    into a container that already mounts something at the token path."""
+    automount = pod_spec.get("automountServiceAccountToken")
+    if automount is None:
+        account = service_accounts.get(pod_spec.get("serviceAccountName", "default"), {})
+        automount = account.get("automountServiceAccountToken", True)
+    return bool(automount) and TOKEN_PATH not in _mounts(container)
+
+
+def _pod_specs(objs: list[Obj]) -> list[Obj]:
+    return [o["spec"]["template"]["spec"] for o in objs if "template" in o.get("spec", {})]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_api_token_only_where_discovery_runs(rendered: dict[str, list[Obj]], target: str) -> None:
+    objs = rendered[target]
+    discovery = _config(objs).discovery
+    accounts = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceAccount"}
+    for account in accounts.values():
+        # Explicit either way: never the API server's default (true).
+        assert account["automountServiceAccountToken"] is discovery
+    for spec in _pod_specs(objs):
+        assert spec["automountServiceAccountToken"] is discovery
+        assert _gets_token(spec, _auditor(spec), accounts) is discovery
+
+
+def _sidecar_pods(kubectl: str, tmp_path: Path) -> dict[str, Obj]:
+    """Traefik's pod spec with the auditor added by each of the four sidecar installs."""
+    (tmp_path / "traefik.yaml").write_text(yaml.safe_dump(_traefik_stub()), encoding="utf-8")
+    shutil.copy(SIDECAR_PATCH, tmp_path / "patch.yaml")
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": ["traefik.yaml"], "patches": [{"path": "patch.yaml"}]}),
+        encoding="utf-8",
+    )
+    (ds,) = _kustomize(kubectl, tmp_path)
+    pods: dict[str, Obj] = {"patch": ds["spec"]["template"]["spec"]}
+    for flavour, load in VALUES.items():
+        deployment = load()["deployment"]
+        traefik = {"name": "traefik", "image": "traefik:v3.3"}
+        pods[flavour] = {
+            "serviceAccountName": "traefik",
+            "containers": [traefik, *deployment["additionalContainers"]],
+            "volumes": deployment["additionalVolumes"],
+        }
+    return pods
+
+
+def test_sidecar_keeps_traefiks_token_out_of_the_auditor(
+    rendered: dict[str, list[Obj]], kubectl: str, tmp_path: Path
+) -> None:
+    """In Traefik's pod the token is Traefik's (it needs it, with far wider RBAC than ours): the
+    pod keeps it, the auditor container does not get it unless discovery runs there."""
+    discovery = _config(rendered["overlays/sidecar"]).discovery
+    for flavour, spec in _sidecar_pods(kubectl, tmp_path).items():
+        traefik = next(c for c in spec["containers"] if c["name"] == "traefik")
+        assert _gets_token(spec, traefik, {}), flavour
+        auditor = _auditor(spec)
+        assert _gets_token(spec, auditor, {}) is discovery, flavour
+        if not discovery:
+            mount = _mounts(auditor)[TOKEN_PATH]
+            assert mount["readOnly"] is True
+            (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+            assert set(volume) == {"name", "emptyDir"}, flavour
 
 
 # --- the auditor container in Traefik ---------------------------------------------------------
