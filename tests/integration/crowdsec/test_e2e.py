@@ -50,7 +50,14 @@ HOST = "invidious.example.test"
 ROUTER = "websecure-invidious-invidious-443@kubernetes"
 DEADLINE = 30.0
 POD_BANS = 'auditor_internal_bans_active{target_class="pod"}'
-DONE = 'auditor_remediations_total{action="delete_decision",result="done"} 1.0'
+DONE_PREFIX = 'auditor_remediations_total{action="delete_decision",result="done"} '
+
+
+def done_count(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(DONE_PREFIX):
+            return float(line.removeprefix(DONE_PREFIX))
+    return 0.0
 
 
 def auditor_bin() -> str:
@@ -222,7 +229,9 @@ def test_crowdsec_bans_the_hop_and_the_auditor_lifts_it(
     assert blast["requests"] == 12 + 20
     assert HOP in blast["addresses"]
 
-    # 2. Remediating: the same ban is deleted through the LAPI and the finding clears.
+    # 2. Remediating: the agent's decisions on the hop (1.4.6 streams one of them) are deleted
+    # one by one, by id, through the LAPI, and the finding clears.
+    hop_ids = {int(d["id"]) for d in inst.active_decisions() if d["value"] == HOP}
     (tmp_path / "fix").mkdir()
     fixer = Auditor(
         tmp_path / "fix",
@@ -249,16 +258,21 @@ def test_crowdsec_bans_the_hop_and_the_auditor_lifts_it(
 
         def settled() -> str | None:
             m = fixer.metrics()
-            return m if DONE in m and f"{POD_BANS} 0.0" in m else None
+            if f"{POD_BANS} 0.0" not in m or not done_count(m):
+                return None
+            # The agent may still be adding decisions on the hop; each is deleted on its own id.
+            left = [d for d in inst.active_decisions() if d["value"] == HOP]
+            return None if left else m
 
-        metrics = wait_for(settled, "auditor_remediations_total{result=done} 1", fixer.diag)
+        metrics = wait_for(settled, "every decision on the hop deleted", fixer.diag)
     finally:
         assert fixer.stop() == 0, fixer.diag()
     assert remediation["evidence"]["result"] == "done"
-    assert remediation["evidence"]["deleted"] >= 1
+    assert remediation["evidence"]["deleted"] == 1
+    assert remediation["evidence"]["decision_id"] in hop_ids
+    assert done_count(metrics) >= len(hop_ids)  # one deletion per decision id
     assert cleared["at"] >= remediation["at"]
     assert fixer.find(kind="crowdsec_health") is None  # CrowdSec parsed every line
-    assert DONE in metrics
 
     listed = inst.decisions_list_json()
     values = [d["value"] for alert in listed for d in alert.get("decisions") or []]
