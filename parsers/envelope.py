@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from enum import StrEnum
+from itertools import compress
 
 import orjson
 
-from parsers.records import ParseStats, SkipReason
+from parsers.records import ParseStats, SkipReason, non_blank
 
 _CRI = re.compile(rb"^(\S+) (stdout|stderr) ([PF])(?::\S*)? ?(.*)$", re.DOTALL)
 MAX_MERGED_BYTES = 64 * 1024
@@ -64,7 +65,9 @@ class EnvelopeDecoder:
         """
         kind = self.kind
         if kind is Envelope.AUTO:
-            first = next((ln for ln in lines if ln.strip()), None)
+            if lines.count(b"") == len(lines):  # a run of newlines: one shared b"", no strip
+                return False
+            first = next(compress(lines, map(bytes.strip, lines)), None)  # C, not per line
             if first is None:
                 return False
             kind = self.kind = detect(first)
@@ -80,14 +83,25 @@ class EnvelopeDecoder:
         kind = self.kind
         out: list[bytes] = []
         if kind is Envelope.CRI:
-            for line in lines:
-                self._cri(line, out, stats)
+            piece = self._cri
         elif kind is Envelope.DOCKER:
-            for line in lines:
-                self._docker(line, out, stats)
+            piece = self._docker
         else:  # RAW, or AUTO with nothing but blank lines so far
             out.extend(lines)
-        return out
+            return out
+        # The first blank line leaves the loop; the blank lines left are counted in C
+        # (``non_blank``), not one failed match each (blank lines never touch partials).
+        todo = iter(lines)
+        while True:
+            for line in todo:
+                if piece(line, out, stats):
+                    break
+            else:
+                return out
+            kept, blank = non_blank(todo)
+            stats.lines += 1 + blank
+            stats.skip(SkipReason.EMPTY, 1 + blank)
+            todo = iter(kept)
 
     def _piece(
         self, stream: bytes, content: bytes, final: bool, out: list[bytes], stats: ParseStats
@@ -119,29 +133,37 @@ class EnvelopeDecoder:
             del self._sizes[stream]
             out.append(b"".join(parts))
 
-    def _cri(self, line: bytes, out: list[bytes], stats: ParseStats) -> None:
+    def _cri(self, line: bytes, out: list[bytes], stats: ParseStats) -> bool:
+        """True for a blank line, left for the caller to count."""
         m = _CRI.match(line)
         if m is None:
+            if not line.strip():
+                return True
             stats.lines += 1
-            stats.skip(SkipReason.EMPTY if not line.strip() else SkipReason.BAD_ENVELOPE)
-            return
+            stats.skip(SkipReason.BAD_ENVELOPE)
+            return False
         self._piece(m.group(2), m.group(4), m.group(3) == b"F", out, stats)
+        return False
 
-    def _docker(self, line: bytes, out: list[bytes], stats: ParseStats) -> None:
+    def _docker(self, line: bytes, out: list[bytes], stats: ParseStats) -> bool:
+        """True for a blank line, left for the caller to count."""
         try:
             d = orjson.loads(line)
         except orjson.JSONDecodeError:
             d = None
         if type(d) is not dict or type(d.get("log")) is not str:
+            if not line.strip():
+                return True
             stats.lines += 1
-            stats.skip(SkipReason.EMPTY if not line.strip() else SkipReason.BAD_ENVELOPE)
-            return
+            stats.skip(SkipReason.BAD_ENVELOPE)
+            return False
         text: str = d["log"]
         stream_name = d.get("stream", "stdout")
         if stream_name not in _STREAMS:  # one partial buffer per stream: only the two real ones
             stats.lines += 1
             stats.skip(SkipReason.BAD_ENVELOPE)
-            return
+            return False
         stream = stream_name.encode()
         final = text.endswith("\n")
         self._piece(stream, text.removesuffix("\n").encode(), final, out, stats)
+        return False

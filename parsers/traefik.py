@@ -12,7 +12,7 @@ from datetime import datetime
 
 import orjson
 
-from parsers.records import AccessRecord, ParseStats, SkipReason
+from parsers.records import AccessRecord, ParseStats, SkipReason, non_blank
 
 MAX_LINE_BYTES = 64 * 1024
 
@@ -38,6 +38,14 @@ _APP_LOG_PREFIXES = (b'time="', b"DEBUG: ", b"INFO: ", b"WARN: ", b"ERROR: ", b"
 
 _TS_CACHE_LIMIT = 8192
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
+# Longest time text worth parsing or caching: RFC3339Nano with an offset is 35 characters, a CLF
+# time 26. Longer text is not a time, and 8192 cached 64 KB keys would hold 512 MB.
+_MAX_TIME_TEXT = 64
+# Most digits in a common-format number (status, size, request count, duration in ms); a longer
+# one makes the line a BAD_FIELD skip. ``int()`` of 4,300+ digits raises, and 12 digits of ms
+# (31 years) keep the duration in int64 nanoseconds, as wide as the JSON path reads (orjson).
+MAX_DIGITS = 12
+_NUMBERS = ("status", "size", "count", "dur")
 
 
 class _TimeCache:
@@ -62,6 +70,8 @@ class _TimeCache:
 
     def offset(self, text: str) -> float:
         """``time``/StartLocal: RFC3339 with a zone offset (or Z)."""
+        if len(text) > _MAX_TIME_TEXT:
+            return 0.0
         hit = self.by_key.get(text)
         if hit is None:
             frac = text.find(".", 19)
@@ -75,6 +85,8 @@ class _TimeCache:
         return hit
 
     def clf(self, text: str) -> float:
+        if len(text) > _MAX_TIME_TEXT:
+            return 0.0
         hit = self.by_key.get(text)
         if hit is None:
             try:
@@ -134,6 +146,11 @@ class TraefikParser:
         The loop has a fast path for the usual Traefik line (every core key present, the second
         of ``StartUTC`` already seen): plain subscripts inside a ``try`` that costs nothing until
         a key is missing; anything else takes ``_record``, the general path.
+
+        Blank lines (empty or whitespace only) cost a raised decode error each; a file of
+        newlines took minutes. The first one in a batch leaves the loop, and the blank lines
+        left in the batch are counted and dropped in C (``non_blank``) before it resumes, so
+        batches without blank lines pay nothing for it.
         """
         out: list[AccessRecord] = []
         append = out.append
@@ -143,50 +160,60 @@ class TraefikParser:
         if lines and max(map(len, lines)) > self.max_line_bytes:
             lines = self._drop_long(lines, stats)
         common = stats.common
-        for line in lines:
-            try:
-                d = loads(line)
-            except decode_error:
-                rec = self._non_json(line, stats)
-                if rec is not None:
-                    append(rec)
-                continue
-            try:
-                peer = d["ClientAddr"]
-                ch = d["ClientHost"]
-                ts = seconds[d["StartUTC"][:19]]
-                ep = d["entryPointName"]
-                host = d["RequestHost"]
-                status = d["DownstreamStatus"]
-                dur = d["Duration"]
-            except (KeyError, TypeError, IndexError):
-                rec = self._record(d, stats)
-                if rec is not None:
-                    append(rec)
-                continue
-            router = d.get("RouterName", "-")
-            xff = d.get("request_X-Forwarded-For", "")
-            rip = d.get("request_X-Real-Ip", "")
-            ua = d.get("request_User-Agent", "")
-            if (
-                type(peer) is not str
-                or type(ch) is not str
-                or type(ep) is not str
-                or type(host) is not str
-                or type(router) is not str
-                or type(xff) is not str
-                or type(rip) is not str
-                or type(status) is not int
-                or type(ua) is not str
-                or type(dur) is not int
-            ):
-                stats.skip(SkipReason.BAD_FIELD)
-                continue
-            if ch:
-                client = ch.rpartition(",")[2].strip() if "," in ch else ch.strip()
+        todo = iter(lines)
+        while True:
+            for line in todo:
+                try:
+                    d = loads(line)
+                except decode_error:
+                    stripped = line.strip()
+                    if not stripped:
+                        break
+                    rec = self._non_json(stripped, stats)
+                    if rec is not None:
+                        append(rec)
+                    continue
+                try:
+                    peer = d["ClientAddr"]
+                    ch = d["ClientHost"]
+                    ts = seconds[d["StartUTC"][:19]]
+                    ep = d["entryPointName"]
+                    host = d["RequestHost"]
+                    status = d["DownstreamStatus"]
+                    dur = d["Duration"]
+                except (KeyError, TypeError, IndexError):
+                    rec = self._record(d, stats)
+                    if rec is not None:
+                        append(rec)
+                    continue
+                router = d.get("RouterName", "-")
+                xff = d.get("request_X-Forwarded-For", "")
+                rip = d.get("request_X-Real-Ip", "")
+                ua = d.get("request_User-Agent", "")
+                if (
+                    type(peer) is not str
+                    or type(ch) is not str
+                    or type(ep) is not str
+                    or type(host) is not str
+                    or type(router) is not str
+                    or type(xff) is not str
+                    or type(rip) is not str
+                    or type(status) is not int
+                    or type(ua) is not str
+                    or type(dur) is not int
+                ):
+                    stats.skip(SkipReason.BAD_FIELD)
+                    continue
+                if ch:
+                    client = ch.rpartition(",")[2].strip() if "," in ch else ch.strip()
+                else:
+                    client = _host_of(peer)
+                append((ts, ep, client, host, router, xff, rip, ch, peer, status, ua, dur))
             else:
-                client = _host_of(peer)
-            append((ts, ep, client, host, router, xff, rip, ch, peer, status, ua, dur))
+                break
+            kept, blank = non_blank(todo)
+            stats.skip(SkipReason.EMPTY, 1 + blank)
+            todo = iter(kept)
         stats.lines += len(lines)
         stats.json += len(out) - (stats.common - common)
         return out
@@ -246,12 +273,9 @@ class TraefikParser:
                 return self._times.offset(value)
         return 0.0
 
-    def _non_json(self, line: bytes, stats: ParseStats) -> AccessRecord | None:
-        """Error path: empty, invalid UTF-8, common format, Traefik's own log, or garbage."""
-        stripped = line.strip()
-        if not stripped:
-            stats.skip(SkipReason.EMPTY)
-            return None
+    def _non_json(self, stripped: bytes, stats: ParseStats) -> AccessRecord | None:
+        """Error path for a non-blank line, stripped: invalid UTF-8, common format, Traefik's
+        own log, or garbage."""
         try:
             stripped.decode("utf-8")
         except UnicodeDecodeError:
@@ -272,19 +296,34 @@ class TraefikParser:
         if m is None:
             stats.skip(SkipReason.UNRECOGNIZED)
             return None
-        stats.common += 1
-        return self._clf_record(m)
+        rec = self._clf_record(m)
+        if rec is None:
+            stats.skip(SkipReason.BAD_FIELD)
+        else:
+            stats.common += 1
+        return rec
 
-    def _clf_record(self, m: re.Match[bytes]) -> AccessRecord:
+    def _clf_record(self, m: re.Match[bytes]) -> AccessRecord | None:
+        """None when a number (status, size, request count, duration) is longer than any
+        Traefik writes (``MAX_DIGITS``), read or not: such a line is not a real access line.
+
+        A status that is not ASCII digits (``-``, ``²``, ``+1``) reads as 0 like an absent one;
+        the duration group matches ASCII digits only (a bytes pattern).
+        """
+
         def text(name: str, default: str = "") -> str:
             raw = m.group(name)
             return raw.decode("utf-8") if raw is not None else default
 
+        for name in _NUMBERS:
+            raw = m.group(name)
+            if raw is not None and len(raw) > MAX_DIGITS and raw.isdigit():
+                return None
+        status_raw: bytes = m.group("status")
+        dur_raw: bytes | None = m.group("dur")
         ch = text("host")
         if ch == "-":
             ch = ""
-        status_raw = text("status")
-        dur_raw = m.group("dur")
         router = text("router") or text("router_bare") or "-"
         ua = text("ua")
         return (
@@ -297,7 +336,7 @@ class TraefikParser:
             "",
             ch,
             "",
-            int(status_raw) if status_raw.isascii() and status_raw.isdigit() else 0,
+            int(status_raw) if status_raw.isdigit() else 0,
             "" if ua == "-" else ua,
             int(dur_raw) * 1_000_000 if dur_raw is not None else 0,
         )

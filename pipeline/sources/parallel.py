@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
+from typing import BinaryIO
 
 from parsers.records import ParseStats
 from parsers.traefik import MAX_LINE_BYTES, TraefikParser
@@ -31,25 +32,45 @@ def plan(path: str, chunk: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, size)) for start in range(0, size, chunk)] or [(0, 0)]
 
 
-def _read_chunk(path: str, start: int, end: int) -> bytes:
-    """The lines whose first byte lies in [start, end)."""
+# Read step while skipping the end of a line that began in the previous chunk.
+_SKIP_STEP = 64 * 1024
+
+
+def _skip_line(fh: BinaryIO, end: int) -> None:
+    """Move past the line in progress, reading ``_SKIP_STEP`` bytes at a time and stopping at
+    ``end``: the rest of a 200 MB line is neither held (an unbounded ``readline`` peaked at
+    430 MB) nor read again by every chunk it spans."""
+    while True:
+        piece = fh.readline(_SKIP_STEP)
+        if not piece or piece.endswith(b"\n") or fh.tell() >= end:
+            return
+
+
+def _read_chunk(path: str, start: int, end: int, max_line_bytes: int) -> bytes:
+    """The lines whose first byte lies in [start, end).
+
+    The last one is read on past ``end`` only up to ``max_line_bytes + 1`` bytes: a longer
+    line is cut there, as the serial reader cuts it, and the parser counts it too long.
+    """
     with open(path, "rb") as fh:
         if start > 0:
             fh.seek(start - 1)
             if fh.read(1) != b"\n":
-                fh.readline()  # the line in progress belongs to the previous chunk
+                _skip_line(fh, end)  # the line in progress belongs to the previous chunk
         pos = fh.tell()
         if pos >= end:
             return b""
         data = fh.read(end - pos)
         if data and not data.endswith(b"\n"):
-            data += fh.readline()
+            room = max_line_bytes + 1 - (len(data) - data.rfind(b"\n") - 1)
+            if room > 0:
+                data += fh.readline(room)
         return data
 
 
 def work(task: Task) -> Result:
     path, start, end, bucket_s, max_line_bytes = task
-    data = _read_chunk(path, start, end)
+    data = _read_chunk(path, start, end, max_line_bytes)
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

@@ -97,14 +97,18 @@ def line_batches(
             skipping = False
         parts = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
         rest = parts.pop()
-        pending.extend(parts)
+        if pending:
+            parts[:0] = pending
         if len(rest) > max_line_bytes:
-            pending.append(rest[: max_line_bytes + 1])
+            parts.append(rest[: max_line_bytes + 1])
             rest = b""
             skipping = True
-        while len(pending) >= batch_lines:
-            yield pending[:batch_lines]
-            del pending[:batch_lines]
+        # Slices by index: deleting each batch from the front of the list moved the rest of it
+        # every time, quadratic in the lines of a chunk (a chunk of newlines has a million).
+        full = len(parts) - len(parts) % batch_lines
+        for start in range(0, full, batch_lines):
+            yield parts[start : start + batch_lines]
+        pending = parts[full:]
     if rest:
         pending.append(rest)
     if pending:
