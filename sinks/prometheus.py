@@ -21,6 +21,18 @@ from pipeline.core.findings import Kind, Severity
 SOURCE_KINDS = ("file", "container", "stdin", "kafka")
 RESULTS = ("json", "common", *(r.value for r in SkipReason))
 SCOPES = ("Ip", "Range", "other")
+# Dead letters: messages the aggregator skipped (pipeline/kafka/validate.py names the classes).
+DEAD_LETTER_TOPICS = ("events", "totals")
+DEAD_LETTER_REASONS = (
+    "empty",
+    "too_large",
+    "not_json",
+    "unknown_version",
+    "bad_schema",
+    "bad_timestamp",
+    "out_of_range",
+    "apply_error",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +134,12 @@ class Metrics:
         self.kafka_duplicates = Counter(
             "auditor_kafka_duplicates_dropped", "Duplicate access events dropped", registry=r
         )
+        self.kafka_dead_letters = Counter(
+            "auditor_kafka_dead_letters",
+            "Kafka messages skipped as unreadable or invalid, by topic kind and reason class",
+            ["topic", "reason"],
+            registry=r,
+        )
         self._seen_lines: dict[tuple[str, str], int] = {}
         self._seen_requests: dict[tuple[str, str], int] = {}
         self._seen_raised: dict[tuple[str, str], int] = {}
@@ -143,6 +161,9 @@ class Metrics:
             self.lapi_polls.labels(res)
         for res in ("done", "dry_run", "error", "rate_limited"):
             self.remediations.labels("delete_decision", res)
+        for topic in DEAD_LETTER_TOPICS:
+            for reason in DEAD_LETTER_REASONS:
+                self.kafka_dead_letters.labels(topic, reason)
         self.lapi_up.set(0)
 
     @staticmethod
@@ -226,6 +247,12 @@ class Metrics:
             self.kube_up.set(1 if health.kube_up else 0)
             if health.kube_last_sync:
                 self.kube_sync.set(health.kube_last_sync)
+
+    def dead_letter(self, topic: str, reason: str) -> None:
+        """Count a skipped Kafka message; the labels must come from the closed sets above."""
+        if topic not in DEAD_LETTER_TOPICS or reason not in DEAD_LETTER_REASONS:
+            raise ValueError(f"unknown dead-letter label {topic!r}/{reason!r}")
+        self.kafka_dead_letters.labels(topic, reason).inc()
 
     def mark_event(self, source_kind: str, now: float) -> None:
         self.last_event.labels(source_kind).set(now)

@@ -20,6 +20,13 @@ Ownership changes:
 * when a member dies without revoking, the others wait out the session timeout, get its
   partitions and restore them from its last acknowledged snapshots: events it processed after
   that snapshot are read again and counted once, by the new owner.
+
+Bad messages (``pipeline.kafka.validate``): both readers skip a message that fails its checks
+or cannot be applied, count it in ``auditor_kafka_dead_letters_total`` and go on. On the events
+topic the skip moves the partition's offset like any message, so the next snapshot and commit
+pass it: neither a restart nor the next owner sees it again. The totals topic has no group and
+is read from the start by every aggregator, so a bad snapshot is skipped (and counted) by each
+reader every time it starts, until compaction or retention removes it.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from pipeline.kafka.client import KafkaSettings, KafkaUnavailable, bounded, stop_quietly
-from pipeline.kafka.events import BadMessage, decode_chunk
+from pipeline.kafka.events import decode_chunk
 from pipeline.kafka.totals import Classify, ClusterView, PartitionState
+from pipeline.kafka.validate import DeadLetter, Reason, Topic
 from sinks.prometheus import Metrics
 
 log = logging.getLogger("auditor.kafka")
@@ -49,16 +57,71 @@ POLL_MS = 200
 MAX_RECORDS = 2000
 FETCH_BYTES = 8 * 1024 * 1024
 GAP_RETRIES = 3
+DEAD_LETTER_LOG_S = 1.0
+
+
+class DeadLetters:
+    """Counts skipped messages per topic kind and logs them, at most one line per second (a
+    flood of bad messages must not flood the log; the metric counts every one)."""
+
+    def __init__(self, topic: Topic, metrics: Metrics | None) -> None:
+        self.topic = topic
+        self.metrics = metrics
+        self.count = 0
+        self._next_log = 0.0
+        self._quiet = 0
+
+    def __call__(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:
+        reason = exc.reason if isinstance(exc, DeadLetter) else Reason.APPLY
+        self.count += 1
+        if self.metrics is not None:
+            self.metrics.dead_letter(self.topic.value, reason.value)
+        now = time.monotonic()
+        if now < self._next_log:
+            self._quiet += 1
+            return
+        more = f" ({self._quiet} more since the last one logged)" if self._quiet else ""
+        self._next_log, self._quiet = now + DEAD_LETTER_LOG_S, 0
+        if isinstance(exc, DeadLetter):
+            log.warning(
+                "skipping %s message %s:%d (%s): %s%s",
+                self.topic.value,
+                tp.partition,
+                offset,
+                reason.value,
+                exc,
+                more,
+            )
+        else:  # passed validation, failed anyway: a bug; keep the traceback
+            log.error(
+                "skipping %s message %s:%d that could not be applied%s",
+                self.topic.value,
+                tp.partition,
+                offset,
+                more,
+                exc_info=exc,
+            )
 
 
 class TotalsReader:
-    """Follows the totals topic into the cluster view; ``ready`` once it has read the backlog."""
+    """Follows the totals topic into the cluster view; ``ready`` once it has read the backlog.
 
-    def __init__(self, settings: KafkaSettings, topic: str, view: ClusterView) -> None:
+    ``healthy`` is False while the topic cannot be read (the view is frozen meanwhile).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        view: ClusterView,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.view = view
         self.ready = asyncio.Event()
+        self.healthy = False
+        self.dead_letters = DeadLetters(Topic.TOTALS, metrics)
         self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
         self._pos: dict[TopicPartition, int] = {}
@@ -89,6 +152,8 @@ class TotalsReader:
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
         assert consumer is not None, "start() first"
+        # Ready again only once this run has read the backlog (a restarted reader may be behind).
+        self.ready.clear()
         initial = asyncio.create_task(self._initial_catch_up(stop))
         try:
             while not stop.is_set():
@@ -99,12 +164,14 @@ class TotalsReader:
                         "read the totals topic",
                     )
                 except (KafkaUnavailable, KafkaError) as exc:
+                    self.healthy = False
                     log.warning("totals topic: %s", exc)
                     await _sleep(stop, 1.0)
                     continue
+                self.healthy = True
                 for tp, msgs in batch.items():
                     for m in msgs:
-                        self.view.apply(m.value)
+                        self._apply(tp, m)
                     if msgs:
                         self._pos[tp] = msgs[-1].offset + 1
                 if batch:
@@ -114,6 +181,12 @@ class TotalsReader:
             initial.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await initial
+
+    def _apply(self, tp: TopicPartition, m: Any) -> None:
+        try:
+            self.view.apply(m.value)
+        except Exception as exc:  # noqa: BLE001 - DeadLetter, or a bug: skip it, not the reader
+            self.dead_letters(tp, m.offset, exc)
 
     async def _initial_catch_up(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -180,6 +253,7 @@ class EventsConsumer:
         heartbeat_interval_ms: int = 3000,
         flush_s: float = FLUSH_S,
         clock: Callable[[], float] = time.time,
+        max_future_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.events_topic = events_topic
@@ -195,11 +269,12 @@ class EventsConsumer:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.flush_s = flush_s
         self.clock = clock
+        self.max_future_s = max_future_s
         self.owned: dict[int, PartitionState] = {}
         self.on_gained: Callable[[set[int]], None] | None = None
         self.on_lost: Callable[[set[int]], None] | None = None
         self.healthy = False
-        self.bad_messages = 0
+        self.dead_letters = DeadLetters(Topic.EVENTS, metrics)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._gaps: dict[tuple[int, int], int] = {}
@@ -346,12 +421,11 @@ class EventsConsumer:
                     break  # re-reading from the expected offset
                 try:
                     chunk = decode_chunk(m.value)
-                except BadMessage as exc:
-                    self.bad_messages += 1
-                    log.warning("skipping unreadable event message %s@%d: %s", tp, m.offset, exc)
+                    new, dup = state.apply(m.offset, chunk, self.classify, now, self.max_future_s)
+                except Exception as exc:  # noqa: BLE001 - DeadLetter or a bug: skip, never block
+                    self.dead_letters(tp, m.offset, exc)
                     state.skip(m.offset)
                     continue
-                new, dup = state.apply(m.offset, chunk, self.classify, now)
                 new_total += new
                 dup_total += dup
         if new_total or dup_total:

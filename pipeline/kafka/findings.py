@@ -4,7 +4,9 @@ The key makes a compacted topic keep each finding's latest state, and lets consu
 messages idempotently (an aggregator that takes over a partition re-announces its findings).
 ``emit`` is synchronous (the ``EventSink`` contract) and only queues; a background task sends
 with acks and retries while the broker is unreachable, dropping the oldest queued events past
-``max_pending``. ``aclose`` drains for at most the Kafka timeout, then gives up.
+``max_pending``. ``aclose`` drains for at most the Kafka timeout, then gives up. A sender task
+that died of something unexpected is logged and started again by the next ``emit``, so the
+findings topic does not go silent for the rest of the process's life.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class KafkaFindings:
         self.max_pending = max_pending
         self.sent = 0
         self.dropped = 0
+        self.restarts = 0
         self._pending: deque[tuple[bytes, bytes]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -50,7 +53,13 @@ class KafkaFindings:
                 self.dropped += 1
             self._pending.append((key, orjson.dumps(e.as_dict())))
         self._wake.set()
-        if self._task is None:
+        task = self._task
+        if task is not None and task.done() and not self._closing:
+            self.restarts += 1
+            failure = None if task.cancelled() else task.exception()
+            log.error("findings sender stopped; starting it again", exc_info=failure)
+            task = None
+        if task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     @property

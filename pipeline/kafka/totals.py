@@ -20,110 +20,45 @@ With one message per partition the topic can be compacted (latest per key) on Ap
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
 
-from parsers.records import AccessRecord, ParseStats, SkipReason
+from parsers.records import AccessRecord, ParseStats
 from pipeline.core.addresses import AddrClass, Classification
-from pipeline.core.traffic import InternalClient, Summary, Timeline, count_runs
+from pipeline.core.traffic import Run, Summary, Timeline, count_runs
 from pipeline.kafka.events import Chunk, Watermarks, chunk_stats, record_of
+from pipeline.kafka.snapshot import (
+    SNAPSHOT_VERSION,
+    Snapshot,
+    decode_snapshot,
+    encode_by_class,
+    stats_to_json,
+    summary_to_json,
+)
+from pipeline.kafka.validate import DeadLetter, Reason
+
+__all__ = [
+    "ClusterTimeline",
+    "ClusterView",
+    "PartitionState",
+    "Snapshot",
+    "clamp_future",
+    "decode_snapshot",
+]
 
 log = logging.getLogger("auditor.kafka")
 
-SNAPSHOT_VERSION = 1
 SNAPSHOT_MAX_BYTES = 4 * 1024 * 1024  # topic max.message.bytes is raised to 8 MiB on creation
 MARK_IDLE_S = 24 * 3600.0
+# A snapshot's epoch is the wall-clock millisecond of a takeover: one far ahead of the clock
+# would fence every later owner of its partition out of the view, so it is a dead letter.
+EPOCH_AHEAD_S = 24 * 3600.0
 
 Classify = Callable[[str], Classification]
-_CLASSES = {c.value: c for c in AddrClass}
-_REASONS = {r.value: r for r in SkipReason}
-
-
-# -- Summary <-> JSON ------------------------------------------------------------------------
-# Generic over the slots of Summary and InternalClient, with one tag per non-JSON type, so new
-# tallies in pipeline.core.traffic travel without touching this module. The top-client table is left
-# out (only the replay report reads it, and it is the largest table).
-
-_SKIP_SLOTS = frozenset({"clients"})
-_SCALARS = (int, float, str, bool)
-
-
-def _enc(v: Any) -> Any:
-    t = type(v)
-    if t in _SCALARS or v is None:
-        return v
-    if isinstance(v, AddrClass):
-        return {"$c": v.value}
-    if t is set or t is frozenset:
-        return {"$s": list(v)}
-    if t is InternalClient:
-        return {"$i": {k: _enc(getattr(v, k)) for k in InternalClient.__slots__}}
-    if t is list or t is tuple:
-        return {"$l": [_enc(x) for x in v]}
-    if t is dict:
-        if v and type(next(iter(v))) is tuple:
-            return {"$t": [[*(_enc(x) for x in k), _enc(x)] for k, x in v.items()]}
-        if v and type(next(iter(v.values()))) in _SCALARS:
-            return {"$d": v}
-        return {"$d": {k: _enc(x) for k, x in v.items()}}
-    raise TypeError(f"cannot encode {t.__name__} in a snapshot")
-
-
-def _dec(v: Any) -> Any:
-    if type(v) is not dict:
-        return v
-    ((tag, body),) = v.items()
-    if tag == "$d":
-        if body and type(next(iter(body.values()))) is not dict:
-            return dict(body)
-        return {k: _dec(x) for k, x in body.items()}
-    if tag == "$s":
-        return set(body)
-    if tag == "$c":
-        return _CLASSES[body]
-    if tag == "$t":
-        return {tuple(_dec(x) for x in row[:-1]): _dec(row[-1]) for row in body}
-    if tag == "$i":
-        ic = InternalClient(_CLASSES[body["cls"]["$c"]])
-        for k, x in body.items():
-            if k in InternalClient.__slots__:
-                setattr(ic, k, _dec(x))
-        return ic
-    if tag == "$l":
-        return [_dec(x) for x in body]
-    raise ValueError(f"unknown snapshot tag {tag!r}")
-
-
-def summary_to_json(s: Summary, *, clients: bool = True) -> dict[str, Any]:
-    """``clients=False`` also leaves out the distinct-client sets (oversized snapshots)."""
-    out = {k: _enc(getattr(s, k)) for k in Summary.__slots__ if k not in _SKIP_SLOTS}
-    if not clients:
-        out.pop("ep_clients", None)
-    return out
-
-
-def summary_from_json(d: Mapping[str, Any]) -> Summary:
-    s = Summary()
-    for k, v in d.items():
-        if k in Summary.__slots__ and k not in _SKIP_SLOTS:
-            setattr(s, k, _dec(v))
-    return s
-
-
-def _stats_to_json(st: ParseStats) -> list[Any]:
-    return [st.lines, st.json, st.common, {r.value: n for r, n in st.skipped.items() if n}]
-
-
-def _stats_from_json(v: Sequence[Any]) -> ParseStats:
-    st = ParseStats()
-    st.lines, st.json, st.common = int(v[0]), int(v[1]), int(v[2])
-    for reason, n in v[3].items():
-        st.skip(_REASONS[reason], int(n))
-    return st
 
 
 # -- one partition ---------------------------------------------------------------------------
@@ -149,46 +84,6 @@ class PartitionTimeline(Timeline):
         self.span.by_class = dict(span_by_class)
         self.first_ts = first_ts
         self.last_ts = last_ts
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """A decoded snapshot message."""
-
-    partition: int
-    epoch: int
-    offset: int  # next events offset to read: everything before it is in this state
-    first_ts: float
-    last_ts: float
-    span_by_class: dict[tuple[str, AddrClass], int]
-    buckets: list[tuple[int, Summary]]
-    stats: dict[str, ParseStats]
-    marks: list[list[Any]]
-
-    def by_class(self) -> dict[tuple[str, AddrClass], int]:
-        """Cumulative requests per (entrypoint, class), as ``Timeline.by_class``."""
-        out = dict(self.span_by_class)
-        if self.buckets:
-            for key, n in self.buckets[-1][1].by_class.items():
-                out[key] = out.get(key, 0) + n
-        return out
-
-
-def decode_snapshot(data: bytes) -> Snapshot:
-    d = orjson.loads(data)
-    if type(d) is not dict or d.get("v") != SNAPSHOT_VERSION:
-        raise ValueError("not a partition snapshot of version 1")
-    return Snapshot(
-        partition=int(d["p"]),
-        epoch=int(d["e"]),
-        offset=int(d["o"]),
-        first_ts=float(d["f"]),
-        last_ts=float(d["l"]),
-        span_by_class=_dec(d["sb"]),
-        buckets=[(int(b), summary_from_json(s)) for b, s in d["b"]],
-        stats={str(k): _stats_from_json(v) for k, v in d["st"].items()},
-        marks=list(d["wm"]),
-    )
 
 
 class PartitionState:
@@ -230,12 +125,27 @@ class PartitionState:
         state.exact = True
         return state
 
-    def apply(self, offset: int, chunk: Chunk, classify: Classify, now: float) -> tuple[int, int]:
-        """Fold one message in; returns (new events, duplicate events)."""
+    def apply(
+        self,
+        offset: int,
+        chunk: Chunk,
+        classify: Classify,
+        now: float,
+        max_future_s: float | None = None,
+    ) -> tuple[int, int]:
+        """Fold one message in; returns (new events, duplicate events).
+
+        ``max_future_s``: events stamped further ahead of ``now`` are placed at that edge, as
+        ``run``'s engine does (``EngineConfig.max_future_s``); without it one node stamped in
+        2100 slides this partition's window, and the cluster-wide one, past all real traffic.
+        """
         events, skips = self.marks.fresh(chunk)
         if events:
             records = cast("list[AccessRecord]", [record_of(r) for r in events])
-            self.timeline.add_runs(count_runs(records, self.bucket_s), classify)
+            runs = count_runs(records, self.bucket_s)
+            if max_future_s is not None:
+                runs = clamp_future(runs, now + max_future_s, self.bucket_s)
+            self.timeline.add_runs(runs, classify)
         if events or skips:
             st = self.stats.get(chunk.source)
             if st is None:
@@ -263,9 +173,9 @@ class PartitionState:
             "o": self.offset,
             "f": tl.first_ts,
             "l": tl.last_ts,
-            "sb": _enc(tl.span.by_class),
+            "sb": encode_by_class(tl.span.by_class),
             "b": [[b, summary_to_json(s)] for b, s in tl.buckets()],
-            "st": {k: _stats_to_json(v) for k, v in self.stats.items()},
+            "st": {k: stats_to_json(v) for k, v in self.stats.items()},
             "wm": self.marks.as_list(),
             "w": now,
         }
@@ -281,29 +191,57 @@ class PartitionState:
         return data
 
 
+def clamp_future(runs: Sequence[Run], edge: float, bucket_s: int) -> list[Run]:
+    """Runs with nothing past ``edge``: later buckets and times are placed at the edge.
+
+    The same rule as ``Engine._clamp_future`` (which ``run`` applies), for the aggregator,
+    whose partitions fold events outside the engine.
+    """
+    edge_bucket = int(edge) // bucket_s
+    return [
+        (min(b, edge_bucket), counts, min(first, edge), min(last, edge))
+        for b, counts, first, last in runs
+    ]
+
+
 # -- the cluster view ------------------------------------------------------------------------
 
 
 class ClusterView:
-    """Latest snapshot of every events partition, as read from the totals topic."""
+    """Latest snapshot of every events partition, as read from the totals topic.
 
-    def __init__(self, window_s: int, bucket_s: int) -> None:
+    With ``max_future_s`` the view also reads through any future-dated bucket a snapshot still
+    carries (from a writer that did not clamp) as if it were at the clock's edge, so it cannot
+    push the cluster-wide window past every other partition's traffic.
+    """
+
+    def __init__(
+        self,
+        window_s: int,
+        bucket_s: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_future_s: float | None = None,
+    ) -> None:
         self.window_s = window_s
         self.bucket_s = bucket_s
+        self.clock = clock
+        self.max_future_s = max_future_s
         self.parts: dict[int, Snapshot] = {}
         self._raw: dict[int, bytes] = {}
         self.version = 0
-        self._cache: dict[bool, tuple[int, Summary]] = {}
+        self._cache: dict[bool, tuple[tuple[int, int | None], Summary]] = {}
 
     def apply(self, data: bytes | None) -> bool:
-        """Take a snapshot message; False if it is stale (older epoch or offset) or unreadable."""
-        if not data:
-            return False
-        try:
-            snap = decode_snapshot(data)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring an unreadable totals message: %s", exc)
-            return False
+        """Take a snapshot message; False if it is stale (older epoch or offset).
+
+        Raises ``DeadLetter`` for a message that is not a valid snapshot, or whose epoch is so
+        far ahead of the clock that it would fence out every later owner of its partition.
+        """
+        snap = decode_snapshot(data)
+        if snap.epoch > (self.clock() + EPOCH_AHEAD_S) * 1000:
+            raise DeadLetter(Reason.RANGE, "epoch: ahead of the clock")
+        assert data is not None  # decode_snapshot rejects an empty message
         cur = self.parts.get(snap.partition)
         if cur is not None and (snap.epoch, snap.offset) < (cur.epoch, cur.offset):
             return False
@@ -321,23 +259,33 @@ class ClusterView:
         raw = self._raw.get(partition)
         return decode_snapshot(raw) if raw is not None else None
 
+    def _edge(self) -> float | None:
+        if self.max_future_s is None:
+            return None
+        return self.clock() + self.max_future_s
+
     def newest_bucket(self) -> int | None:
         ids = [s.buckets[-1][0] for s in self.parts.values() if s.buckets]
-        return max(ids) if ids else None
+        if not ids:
+            return None
+        edge = self._edge()
+        newest = max(ids)
+        return newest if edge is None else min(newest, int(edge) // self.bucket_s)
 
     def window(self, *, full: bool = False) -> Summary:
+        newest = self.newest_bucket()
+        key = (self.version, newest)
         hit = self._cache.get(full)
-        if hit is not None and hit[0] == self.version:
+        if hit is not None and hit[0] == key:
             return hit[1]
         out = Summary()
-        newest = self.newest_bucket()
         if newest is not None:
             horizon = newest - max(1, self.window_s // self.bucket_s)
             for p in sorted(self.parts):
                 for bucket, s in self.parts[p].buckets:
                     if bucket > horizon:
                         out.merge(s, full=full)
-        self._cache[full] = (self.version, out)
+        self._cache[full] = (key, out)
         return out
 
     def whole(self) -> Summary:
@@ -356,10 +304,14 @@ class ClusterView:
 
     def first_ts(self) -> float:
         firsts = [s.first_ts for s in self.parts.values() if s.first_ts]
-        return min(firsts) if firsts else 0.0
+        return self._clamp(min(firsts)) if firsts else 0.0
 
     def last_ts(self) -> float:
-        return max((s.last_ts for s in self.parts.values()), default=0.0)
+        return self._clamp(max((s.last_ts for s in self.parts.values()), default=0.0))
+
+    def _clamp(self, ts: float) -> float:
+        edge = self._edge()
+        return ts if edge is None else min(ts, edge)
 
     def source_stats(self) -> dict[str, ParseStats]:
         out: dict[str, ParseStats] = {}

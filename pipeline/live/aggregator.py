@@ -5,6 +5,11 @@ states and snapshots), the totals reader (cluster view), the LAPI decisions stre
 that evaluates the engine once a second. Findings leave through ``FindingRouter`` (only those of
 owned partitions) to the JSONL sink and the findings topic. See ``pipeline.kafka`` for the design;
 the start/stop machinery is the one ``auditor run`` uses (``pipeline.live.lifecycle``).
+
+Every task runs under a ``Supervisor``: one that dies is restarted with backoff and makes
+``/readyz`` answer 503 naming it until it runs again, so the process never serves a frozen
+cluster view as ready. Bad messages do not kill a task in the first place: the readers skip and
+count them (``pipeline.kafka.validate``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,14 @@ from pipeline.kafka.events import Partitioner
 from pipeline.kafka.findings import KafkaFindings
 from pipeline.kafka.routing import FindingRouter
 from pipeline.kafka.totals import ClusterTimeline, ClusterView
-from pipeline.live.lifecycle import Lifecycle, lapi_unready, open_findings, send, source_health
+from pipeline.live.lifecycle import (
+    Lifecycle,
+    Supervisor,
+    lapi_unready,
+    open_findings,
+    send,
+    source_health,
+)
 from pipeline.live.wiring import engine_config_from, engine_from_config, lapi_from_config
 from sinks.prometheus import Metrics
 
@@ -89,13 +101,21 @@ class Aggregator:
         self.tick_s = tick_s
         self.settings = KafkaSettings.from_config(config, role="aggregator")
         engine_config = engine_config_from(config)
-        self.view = ClusterView(config.window, engine_config.bucket_s)
+        self.view = ClusterView(
+            config.window,
+            engine_config.bucket_s,
+            clock=clock,
+            max_future_s=engine_config.max_future_s,
+        )
         self.timeline = ClusterTimeline(self.view)
         self.engine = engine_from_config(config, clock, self.timeline, engine_config)
         self.metrics = Metrics(registry or CollectorRegistry())
         self.lapi: LapiStream | None = lapi_from_config(config)
         self.stop = asyncio.Event()
-        self.reader = TotalsReader(self.settings, config.kafka_totals_topic, self.view)
+        self.tasks = Supervisor(self.stop, log)
+        self.reader = TotalsReader(
+            self.settings, config.kafka_totals_topic, self.view, self.metrics
+        )
         session = session_timeout_ms or session_timeout_ms_default(config)
         self.events = EventsConsumer(
             self.settings,
@@ -112,6 +132,7 @@ class Aggregator:
             heartbeat_interval_ms=heartbeat_interval_ms or max(100, session // 4),
             flush_s=flush_s,
             clock=clock,
+            max_future_s=engine_config.max_future_s,
         )
         self.router: FindingRouter | None = None
         self.sinks: list[EventSink] = []
@@ -131,19 +152,20 @@ class Aggregator:
             if not await self._connect(reader_stop):
                 return EXIT_OK
             self._started = True
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.events.run(self.stop))
-                tg.create_task(self._ticker())
-                if self.lapi is not None:
-                    tg.create_task(self._decisions(self.lapi))
-            if self.events.healthy:  # read our own last snapshots back before the last word
-                await self.reader.catch_up(self.settings.timeout)
-            self._evaluate()
-            if self.router is not None:
-                self._send(self.router.refresh(self.engine.findings))
-        except ExceptionGroup as group:  # a bug past the handlers: still stop cleanly, exit 2
-            log.error("stopped by an unexpected error", exc_info=group)
-            self._fatal = self._fatal or group
+            main = [
+                self.tasks.spawn("events consumer", lambda: self.events.run(self.stop)),
+                self.tasks.spawn("ticker", self._ticker),
+            ]
+            if self.lapi is not None:
+                lapi = self.lapi
+                main.append(self.tasks.spawn("decisions", lambda: self._decisions(lapi)))
+            await asyncio.gather(*main)
+            if self.tasks.fatal is None:
+                if self.events.healthy:  # read our own last snapshots back before the last word
+                    await self.reader.catch_up(self.settings.timeout)
+                self._evaluate()
+                if self.router is not None:
+                    self._send(self.router.refresh(self.engine.findings))
         finally:
             reader_stop.set()
             if self._reader_task is not None:
@@ -155,8 +177,9 @@ class Aggregator:
                 closing.append(self.lapi.aclose())
             await asyncio.gather(*closing)
             self.lifecycle.release()
-        if self._fatal is not None:
-            log.error("%s", self._fatal)
+        fatal = self._fatal or self.tasks.fatal
+        if fatal is not None:
+            log.error("%s", fatal)
             return EXIT_USAGE
         return EXIT_OK
 
@@ -188,7 +211,9 @@ class Aggregator:
         self.events.on_lost = self._lost
         if not await self._until_started(self.reader.start):
             return False
-        self._reader_task = asyncio.create_task(self.reader.run(reader_stop))
+        self._reader_task = self.tasks.spawn(
+            "totals reader", lambda: self.reader.run(reader_stop), reader_stop
+        )
         return await self._until_started(self.events.start)
 
     async def _until_started(self, start: Callable[[], Awaitable[None]]) -> bool:
@@ -205,8 +230,13 @@ class Aggregator:
     def _ready(self) -> tuple[bool, str]:
         if not self._started:
             return False, "starting"
+        why = self.tasks.unready()
+        if why is not None:
+            return False, why
         if not self.reader.ready.is_set():
             return False, "reading the cluster view"
+        if not self.reader.healthy:
+            return False, "kafka: cannot read the totals topic (cluster view not updated)"
         if not self.events.healthy:
             return False, "kafka: cannot read events or publish snapshots"
         why = lapi_unready(self.lapi)

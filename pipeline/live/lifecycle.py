@@ -4,6 +4,7 @@ Both serve ``/metrics``, ``/healthz`` and ``/readyz``, stop gracefully on SIGTER
 findings as JSON lines and log each finding event the same way; both report the LAPI stream's
 health in the same metrics. Written once here, so the two commands cannot drift apart in how
 they fail (an unusable ``metrics_listen`` or ``findings`` is a usage error naming the key).
+``Supervisor`` keeps long-running tasks alive and tells readiness which one is down.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pipeline.config import RunConfig, listen_address
-from pipeline.errors import UsageError
+from pipeline.errors import FatalSourceError, UsageError
 from sinks.http import MetricsServer
 from sinks.jsonl import JsonlFindings
 from sinks.prometheus import SourceHealth
@@ -76,6 +77,103 @@ class Lifecycle:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     self._loop.remove_signal_handler(sig)
             self._loop = None
+
+
+class Supervisor:
+    """Runs named long-running tasks, restarts one that dies, and says which are down.
+
+    A task that raises (or returns while its stop event is clear) is logged with the reason,
+    marked down (``unready()`` names it, for ``/readyz``) and started again after a backoff
+    that doubles up to ``backoff_max_s``; it is up again once a new run has lasted
+    ``settle_s``. Without this a task that died left the process up and ready on stale data:
+    the aggregator kept serving a cluster view nobody updated any more.
+
+    ``UsageError`` and ``FatalSourceError`` are not retried (the config cannot work): the first
+    is kept in ``fatal`` and ``stop`` is set, so the command exits 2 as before.
+    """
+
+    def __init__(
+        self,
+        stop: asyncio.Event,
+        log: logging.Logger,
+        *,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        settle_s: float = 5.0,
+    ) -> None:
+        self.stop = stop
+        self.log = log
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.settle_s = settle_s
+        self.fatal: BaseException | None = None
+        self.restarts: dict[str, int] = {}
+        self._down: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def spawn(
+        self,
+        name: str,
+        run: Callable[[], Awaitable[None]],
+        stop: asyncio.Event | None = None,
+    ) -> asyncio.Task[None]:
+        """Start ``run()`` as task ``name``; ``stop`` (default: the supervisor's) ends it."""
+        task = asyncio.create_task(self._keep(name, run, stop or self.stop), name=name)
+        self._tasks.append(task)
+        return task
+
+    def down(self) -> dict[str, str]:
+        """The tasks that are down now, with why."""
+        return dict(self._down)
+
+    def unready(self) -> str | None:
+        if not self._down:
+            return None
+        return "task down: " + "; ".join(f"{n} ({why})" for n, why in sorted(self._down.items()))
+
+    async def join(self) -> None:
+        """Wait for every task (each ends when its stop event is set)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _keep(
+        self, name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.backoff_s
+        while True:
+            started = loop.time()
+            settle = loop.call_later(self.settle_s, self._up, name) if name in self._down else None
+            failure: Exception | None = None
+            try:
+                await run()
+            except (UsageError, FatalSourceError) as exc:
+                self.fatal = self.fatal or exc
+                self.stop.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure: log, mark down, restart
+                failure = exc
+            finally:
+                if settle is not None:
+                    settle.cancel()
+            if stop.is_set():
+                if failure is not None:
+                    self.log.warning("task %s failed while stopping: %s", name, failure)
+                return
+            if loop.time() - started >= self.backoff_max_s:
+                delay = self.backoff_s  # it had been running fine: not a crash loop
+            what = "died" if failure is not None else "ended unexpectedly"
+            self.log.error("task %s %s; restarting in %gs", name, what, delay, exc_info=failure)
+            self._down[name] = f"{type(failure).__name__}: {failure}"[:200] if failure else what
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            delay = min(self.backoff_max_s, delay * 2)
+
+    def _up(self, name: str) -> None:
+        if self._down.pop(name, None) is not None:
+            self.log.info("task %s is running again", name)
 
 
 def open_findings(config: RunConfig) -> JsonlFindings:

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -362,15 +363,30 @@ def metric_sum(metrics: dict[str, float], prefix: str, **labels: str) -> float:
 PARTITIONS = 4
 
 
+def readiness(url: str) -> tuple[int, str]:
+    """(HTTP status, body) of a ``/readyz``; (0, why) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, str(exc)
+
+
 class AggregatorProcess:
-    def __init__(self, broker: TansuBroker, root: Path, name: str) -> None:
+    """``auditor aggregate`` as a subprocess (its own process group), metrics on a free port."""
+
+    def __init__(
+        self, broker: TansuBroker, root: Path, name: str, *, group: str = "failover"
+    ) -> None:
         self.port = free_port()
         self.findings = root / f"{name}.jsonl"
         self.log = root / f"{name}.log"
         args = [
             *(sys.executable, "-m", "pipeline.cli", "aggregate"),
             *("--kafka-bootstrap", broker.bootstrap, "--no-kafka-idempotence"),
-            *("--kafka-partitions", str(PARTITIONS), "--kafka-group", "failover"),
+            *("--kafka-partitions", str(PARTITIONS), "--kafka-group", group),
             *("--kafka-timeout", "18"),  # group session timeout: 6 s
             *("--metrics-listen", f"127.0.0.1:{self.port}", "--findings", str(self.findings)),
         ]
@@ -382,6 +398,13 @@ class AggregatorProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
+
+    def ready(self) -> tuple[int, str]:
+        return readiness(f"http://127.0.0.1:{self.port}/readyz")
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -49,6 +49,19 @@ SEVERITIES: Final = frozenset({"info", "low", "medium", "high", "critical"})
 POLL_RESULTS: Final = frozenset({"ok", "error"})
 REMEDIATION_ACTIONS: Final = frozenset({"delete_decision"})
 REMEDIATION_RESULTS: Final = frozenset({"done", "dry_run", "error", "rate_limited"})
+DEAD_LETTER_TOPICS: Final = frozenset({"events", "totals"})
+DEAD_LETTER_REASONS: Final = frozenset(
+    {
+        "empty",
+        "too_large",
+        "not_json",
+        "unknown_version",
+        "bad_schema",
+        "bad_timestamp",
+        "out_of_range",
+        "apply_error",
+    }
+)
 
 # name -> (type, label names). Counter names include the `_total` suffix as scraped.
 METRICS: Final[dict[str, tuple[str, frozenset[str]]]] = {
@@ -72,6 +85,7 @@ METRICS: Final[dict[str, tuple[str, frozenset[str]]]] = {
     "auditor_kafka_events_published_total": ("counter", frozenset()),
     "auditor_kafka_events_consumed_total": ("counter", frozenset()),
     "auditor_kafka_duplicates_dropped_total": ("counter", frozenset()),
+    "auditor_kafka_dead_letters_total": ("counter", frozenset({"topic", "reason"})),
 }
 
 # Closed value sets per label; labels not listed (entrypoint, version, type) are open.
@@ -89,6 +103,8 @@ METRIC_LABEL_VALUES: Final[dict[tuple[str, str], frozenset[str]]] = {
     ("auditor_lapi_polls_total", "result"): POLL_RESULTS,
     ("auditor_remediations_total", "result"): REMEDIATION_RESULTS,
     ("auditor_remediations_total", "action"): REMEDIATION_ACTIONS,
+    ("auditor_kafka_dead_letters_total", "topic"): DEAD_LETTER_TOPICS,
+    ("auditor_kafka_dead_letters_total", "reason"): DEAD_LETTER_REASONS,
 }
 
 # Labels Prometheus attaches at scrape time (target labels from a ServiceMonitor or static config).

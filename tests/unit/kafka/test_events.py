@@ -18,7 +18,6 @@ from pipeline.core.networks import build_networks
 from pipeline.core.traffic import Timeline, count_runs
 from pipeline.kafka import events as ev
 from pipeline.kafka.events import (
-    BadMessage,
     BatchEncoder,
     Chunk,
     Partitioner,
@@ -30,6 +29,7 @@ from pipeline.kafka.events import (
 )
 from pipeline.kafka.routing import FindingRouter
 from pipeline.kafka.totals import ClusterView, PartitionState, decode_snapshot
+from pipeline.kafka.validate import DeadLetter
 from tests.support.crowdsec import traefik_json_line
 from tests.support.paths import CORPUS
 
@@ -204,7 +204,7 @@ def test_oversized_batches_are_split_in_order(monkeypatch: pytest.MonkeyPatch) -
     ],
 )
 def test_unreadable_messages_are_rejected(data: bytes) -> None:
-    with pytest.raises(BadMessage):
+    with pytest.raises(DeadLetter):
         decode_chunk(data)
 
 
@@ -275,7 +275,8 @@ def test_cluster_view_keeps_the_latest_epoch_and_merges_partitions() -> None:
     old.apply(1, _chunk(lines[4:5], ends[4:5]), CLASSIFY, 0.0)  # a deposed owner keeps writing
     assert not view.apply(old.encode(0.0))
     assert view.apply(other.encode(0.0))
-    assert not view.apply(b"garbage")
+    with pytest.raises(DeadLetter):
+        view.apply(b"garbage")
     assert view.window(full=True).total == 10
     assert view.lines() == 10
     assert set(view.source_stats()) == {"n1:/a.log", "n2:/a.log"}
