@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install deps clean
+.PHONY: demo test lint bench install deps clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ demo: $(STAMP)
 deps:
 	@bash .ci/deps
 
-## The whole suite (real CrowdSec, Tansu broker, Prometheus/promtool, kubectl).
+## Build the container image (podman, else docker) and print its reference last. Options go to
+## deploy/build_image.py, e.g. IMAGE_FLAGS="--base docker.io/library/python:3.11-slim" or
+## IMAGE_FLAGS=--debootstrap-base (no registry needed; root).
+image: $(STAMP)
+	$(BIN)/python deploy/build_image.py $(IMAGE_FLAGS)
+
+## The whole suite (real CrowdSec, Tansu broker, Prometheus/promtool, kubectl, the image via podman).
 test: deps $(STAMP)
 	$(BIN)/python -m pytest -q
 

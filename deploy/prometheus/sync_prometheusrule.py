@@ -1,4 +1,5 @@
-"""Regenerate deploy/kustomize/base/prometheusrule.yaml from deploy/prometheus/rules.yaml.
+"""Regenerate deploy/kustomize/components/prometheus-operator/prometheusrule.yaml from
+deploy/prometheus/rules.yaml.
 
 promtool only reads plain rule files and kustomize cannot turn a file into a CRD's spec without
 plugins, so the PrometheusRule is a generated copy: rules.yaml indented under `spec:`, comments
@@ -14,7 +15,7 @@ from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent.parent
 RULES = DEPLOY / "prometheus" / "rules.yaml"
-TARGET = DEPLOY / "kustomize" / "base" / "prometheusrule.yaml"
+TARGET = DEPLOY / "kustomize" / "components" / "prometheus-operator" / "prometheusrule.yaml"
 
 HEADER = """\
 # GENERATED from deploy/prometheus/rules.yaml by deploy/prometheus/sync_prometheusrule.py.

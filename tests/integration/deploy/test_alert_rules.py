@@ -19,7 +19,9 @@ from tests.support.paths import ROOT
 PROM = ROOT / "deploy" / "prometheus"
 RULES = PROM / "rules.yaml"
 PROM_TESTS = sorted((PROM / "tests").glob("*.yaml"))
-PROMETHEUS_RULE = ROOT / "deploy" / "kustomize" / "base" / "prometheusrule.yaml"
+PROMETHEUS_RULE = (
+    ROOT / "deploy" / "kustomize" / "components" / "prometheus-operator" / "prometheusrule.yaml"
+)
 RUNBOOKS = ROOT / "docs" / "runbooks"
 RUNBOOK_BASE = "https://github.com/ban-auditor/ban-auditor/blob/main/docs/runbooks/"
 SEVERITIES = {"critical", "warning", "info"}
