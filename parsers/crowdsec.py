@@ -105,6 +105,20 @@ class DecisionDelta:
     startup: bool = False
 
 
+def _simulated(obj: dict[Any, Any]) -> bool:
+    """The ``simulated`` flag: a JSON boolean, or ``"true"``/``"false"`` in any case from a
+    hand-written or re-encoded file; absent or null is false (Go's nil ``*bool``). Anything
+    else is no answer: guessing either way would hide a real ban or act on a simulated one."""
+    raw = obj.get("simulated")
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:40] + "..."
+    msg = f"decision 'simulated' is not true or false: {shown}"
+    raise DecisionFormatError(msg)
+
+
 def decision_from_obj(obj: object) -> Decision:
     if not isinstance(obj, dict):
         msg = f"decision is not an object: {type(obj).__name__}"
@@ -124,7 +138,7 @@ def decision_from_obj(obj: object) -> Decision:
         value=value.strip(),
         type=str(obj.get("type") or "ban"),
         duration_s=parse_go_duration(duration) if isinstance(duration, str) else None,
-        simulated=bool(obj.get("simulated", False)),
+        simulated=_simulated(obj),
     )
 
 

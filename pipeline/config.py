@@ -2,13 +2,16 @@
 
 Every key is a field of ``RunConfig``; the same name is the TOML key, the flag (``--key-name``)
 and the env var (``AUDITOR_KEY_NAME``). Unknown keys are rejected naming the key; secrets are never
-config values, only the file or env var that holds them.
+config values, only the file or env var that holds them. A numeric key carries its allowed range
+in its definition (``limits``): NaN, infinities and values out of range are refused wherever they
+come from, because a timer of NaN seconds or a window of 1e30 fails far from the config.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -16,12 +19,13 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
 
 from pipeline.errors import ConfigError
+from pipeline.secrets import redact_url
 
 ENV_PREFIX = "AUDITOR_"
 # Env vars with the prefix that are not config keys (they hold secrets themselves).
@@ -34,6 +38,43 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kafka_acks": ("all", "1", "0"),
     "kafka_security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
 }
+# Keys whose value is a URL (or a list of addresses) that may carry ``user:password@``.
+URL_KEYS = ("lapi_url", "crowdsec_metrics_url", "kafka_bootstrap")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The finite values a numeric key accepts: ``low`` (excluded when ``open_low``) to
+    ``high``, both included otherwise."""
+
+    low: float
+    high: float
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # (an int is finite, and may be too big for math.isfinite)
+        above = value > self.low if self.open_low else value >= self.low
+        return above and value <= self.high
+
+    def describe(self, *, integer: bool) -> str:
+        """``an integer from 1 to 604800``, ``a number above 0 and at most 1``."""
+        kind = "an integer" if integer else "a number"
+        if self.open_low:
+            return f"{kind} above {_fmt(self.low)} and at most {_fmt(self.high)}"
+        return f"{kind} from {_fmt(self.low)} to {_fmt(self.high)}"
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def limits(low: float, high: float, *, open_low: bool = False) -> dict[str, Limits]:
+    """Field metadata: the range of a numeric key, checked by ``_coerce`` and ``validate``."""
+    return {"limits": Limits(low, high, open_low)}
+
+
+DAY_S = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +85,17 @@ class RunConfig:
     envelope: str = "auto"
     checkpoint_dir: str | None = None
     start_at: str = "end"
-    max_line_bytes: int = 65536
-    poll_interval: float = 0.25
-    rotate_wait: float = 30.0
+    # A line longer than this is cut; the reader buffers up to this much per file.
+    max_line_bytes: int = field(default=65536, metadata=limits(256, 16 << 20))
+    # Seconds between looks at the access logs; below 10 ms is a busy loop.
+    poll_interval: float = field(default=0.25, metadata=limits(0.01, 60))
+    # Seconds a rotated-away file is still read after it stops growing (0: close at once).
+    rotate_wait: float = field(default=30.0, metadata=limits(0, DAY_S))
     lapi_url: str | None = None
     lapi_key_file: str | None = None
     lapi_key_env: str = "AUDITOR_LAPI_KEY"
-    lapi_poll_interval: float = 10.0
+    # Seconds between LAPI decision-stream polls.
+    lapi_poll_interval: float = field(default=10.0, metadata=limits(0.1, 3600))
     metrics_listen: str = "127.0.0.1:9977"
     findings: str = "-"
     pod_cidr: tuple[str, ...] = ()
@@ -59,9 +104,12 @@ class RunConfig:
     lb_ip: tuple[str, ...] = ()
     internal_cidr: tuple[str, ...] = ()
     k3s_defaults: bool = True
-    window: int = 900
-    masked_share: float = 0.5
-    masked_min_requests: int = 30
+    # Seconds of traffic behind the masked share and the live blast radius (up to a week).
+    window: int = field(default=900, metadata=limits(1, 7 * DAY_S))
+    # Share of internal clients that flags masking: above 0, at most 1.
+    masked_share: float = field(default=0.5, metadata=limits(0, 1, open_low=True))
+    # Requests a window needs before masking is judged.
+    masked_min_requests: int = field(default=30, metadata=limits(1, 1_000_000))
     discovery: bool = False
     kubeconfig: str | None = None
     kube_context: str | None = None
@@ -69,7 +117,10 @@ class RunConfig:
     remediate: bool = False
     remediate_dry_run: bool = True
     lapi_credentials_file: str | None = None
-    remediate_max_per_minute: int = 6
+    # Deletions per minute at most (a brake on a runaway remediation).
+    remediate_max_per_minute: int = field(default=6, metadata=limits(1, 1000))
+    # Decision origins remediation may delete; others (cscli, CAPI, lists...) are reported only.
+    remediate_origins: tuple[str, ...] = ("crowdsec",)
     crowdsec_metrics_url: str | None = None
     kafka_bootstrap: str | None = None
     kafka_events_topic: str = "auditor-events"
@@ -80,8 +131,10 @@ class RunConfig:
     kafka_acks: str = "all"
     kafka_idempotence: bool = True
     kafka_create_topics: bool = True
-    kafka_partitions: int = 6
-    kafka_timeout: float = 30.0
+    # Partitions of the topics the auditor creates.
+    kafka_partitions: int = field(default=6, metadata=limits(1, 1024))
+    # Seconds any one broker call may take (the group session gets a third, 6-10 s).
+    kafka_timeout: float = field(default=30.0, metadata=limits(1, 600))
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -98,6 +151,9 @@ class RunConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        for key in URL_KEYS:
+            if isinstance(out[key], str):
+                out[key] = redact_url(out[key])
         out["lapi_key"] = (
             f"<from file {self.lapi_key_file}>"
             if self.lapi_key_file
@@ -108,6 +164,8 @@ class RunConfig:
 
 _HINTS = typing.get_type_hints(RunConfig)
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+LIMITS: dict[str, Limits] = {f.name: f.metadata["limits"] for f in fields(RunConfig) if f.metadata}
+_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(RunConfig)}
 
 
 def _base_type(key: str) -> type:
@@ -126,6 +184,29 @@ def _optional(key: str) -> bool:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def _number(value: object, *, integer: bool) -> float | None:
+    """A TOML number or a number written as text; None if it is not one (or, for an integer
+    key, has a fraction). Infinities and NaN come back as floats for the range check to refuse."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    if isinstance(value, int):
+        return value if integer else float(value)
+    if not isinstance(value, float):
+        return None
+    if integer and math.isfinite(value):
+        return int(value) if value.is_integer() else None
+    return value
 
 
 def _coerce(key: str, value: object, where: str) -> object:
@@ -155,20 +236,15 @@ def _coerce(key: str, value: object, where: str) -> object:
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise bad(f"expected true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise bad("expected an integer")
-        try:
-            return int(value)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            raise bad(f"expected an integer, got {value!r}") from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise bad("expected a number")
-        try:
-            return float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise bad(f"expected a number, got {value!r}") from None
+    if kind is int or kind is float:
+        number = _number(value, integer=kind is int)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        if number is None:
+            raise bad(f"expected {'an integer' if kind is int else 'a number'}, got {shown}")
+        bounds = LIMITS[key]
+        if not bounds.admits(number):
+            raise bad(f"must be {bounds.describe(integer=kind is int)}, got {shown}")
+        return number
     if not isinstance(value, str):
         raise bad(f"expected a string, got {type(value).__name__}")
     choices = CHOICES.get(key)
@@ -239,6 +315,15 @@ def add_config_args(parser: argparse.ArgumentParser, keys: tuple[str, ...] = KEY
             parser.add_argument(
                 flag, dest=key, action="append", default=argparse.SUPPRESS, metavar="VALUE"
             )
+        elif key in LIMITS:
+            default = _DEFAULTS[key]
+            parser.add_argument(
+                flag,
+                dest=key,
+                default=argparse.SUPPRESS,
+                metavar=key.split("_")[-1].upper(),
+                help=f"{LIMITS[key].describe(integer=kind is int)} (default {default})",
+            )
         else:
             parser.add_argument(
                 flag, dest=key, default=argparse.SUPPRESS, metavar=key.split("_")[-1].upper()
@@ -265,22 +350,20 @@ def validate(config: RunConfig) -> None:
     host, sep, port = config.metrics_listen.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not host or int(port) > 65535:
         raise bad("metrics_listen", f"expected HOST:PORT, got {config.metrics_listen!r}")
-    if config.window <= 0:
-        raise bad("window", "must be positive")
-    if not 0.0 < config.masked_share <= 1.0:
-        raise bad("masked_share", "must be in (0, 1]")
-    if config.masked_min_requests < 1:
-        raise bad("masked_min_requests", "must be at least 1")
-    if config.max_line_bytes < 256:
-        raise bad("max_line_bytes", "must be at least 256")
-    if config.poll_interval <= 0 or config.lapi_poll_interval <= 0:
-        raise bad("poll_interval", "must be positive")
+    for key, bounds in LIMITS.items():
+        value = getattr(config, key)
+        kinds = (int,) if _base_type(key) is int else (int, float)
+        if not isinstance(value, kinds) or isinstance(value, bool) or not bounds.admits(value):
+            raise bad(key, f"must be {bounds.describe(integer=kinds == (int,))}, got {value!r}")
     if config.lapi_key_file and not config.lapi_url:
         raise bad("lapi_url", "lapi_key_file is set but lapi_url is not")
     if config.remediate and not config.lapi_credentials_file:
         raise bad("lapi_credentials_file", "required by remediate")
-    if config.kafka_partitions < 1:
-        raise bad("kafka_partitions", "must be at least 1")
+    for origin in config.remediate_origins:
+        if "," in origin:
+            raise bad("remediate_origins", f"one origin per flag (repeat it), got {origin[:64]!r}")
+        if not origin or len(origin) > 64 or not origin.isprintable():
+            raise bad("remediate_origins", f"not a decision origin: {origin[:64]!r}")
 
 
 def print_config(config: RunConfig) -> None:

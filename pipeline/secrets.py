@@ -2,12 +2,16 @@
 
 A ``Secret`` never shows its value in ``repr``/``str``/f-strings/logs; code that must send it
 calls ``reveal()`` at the last moment. Errors name where the secret was looked for, never its value.
+URLs may carry a secret too (``http://user:password@host/``): ``redact_url`` before showing one.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, NoReturn
@@ -15,6 +19,24 @@ from typing import Final, NoReturn
 from pipeline.errors import ConfigError
 
 REDACTED: Final = "***"
+
+log = logging.getLogger("auditor.secrets")
+
+# scheme://authority (RFC 3986: the authority ends at the first / ? or #); also //authority.
+_AUTHORITY = re.compile(r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)(?P<authority>[^/?#]*)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its ``user:password@`` part, for logs, errors and ``--print-config``.
+
+    Everything up to the last ``@`` of the authority goes (a password may contain ``@``); a
+    string that is not a URL, or has no userinfo, comes back unchanged. Never raises.
+    """
+    match = _AUTHORITY.match(url)
+    if match is None or "@" not in match["authority"]:
+        return url
+    host = match["authority"].rpartition("@")[2]
+    return match["head"] + host + url[match.end() :]
 
 
 class Secret:
@@ -58,12 +80,38 @@ class Secret:
         return bool(self.reveal())
 
 
+def _projected(path: str | Path) -> bool:
+    """A file of a Kubernetes Secret/ConfigMap volume: ``name -> ..data/name``, swapped
+    atomically by the kubelet. Its mode is the volume's ``defaultMode`` and the container is the
+    boundary: a non-root container can only read a root-owned Secret file through its group or
+    world bits, so warning there would fire on every correct deployment."""
+    try:
+        return os.readlink(path).startswith("..data/")
+    except OSError:
+        return False
+
+
+def _warn_if_shared(fd: int, path: str | Path, what: str, source: str) -> None:
+    """A key others on the host can read is a leak waiting to happen; say so, but go on
+    (refusing would be an outage)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) and mode & (stat.S_IRGRP | stat.S_IROTH) and not _projected(path):
+        log.warning(
+            "%s: %s is readable by group or others (mode %04o); make it 0600 or 0400",
+            what,
+            source,
+            stat.S_IMODE(mode),
+        )
+
+
 def read_private_file(path: str | Path, *, what: str) -> tuple[str, str]:
     """The text of a key or credentials file and a description of its source; a missing or
     unreadable file is a ConfigError naming ``what`` and the file, never its content."""
     source = f"file {path}"
     try:
-        return Path(path).read_text(encoding="utf-8"), source
+        with open(path, encoding="utf-8") as fh:
+            _warn_if_shared(fh.fileno(), path, what, source)
+            return fh.read(), source
     except FileNotFoundError:
         msg = f"{what}: {source} does not exist"
         raise ConfigError(msg) from None

@@ -18,6 +18,7 @@ from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
 from parsers.envelope import Envelope, EnvelopeDecoder
 from pipeline.cli.args import add_network_args, networks_from_args
 from pipeline.cli.progress import Progress
+from pipeline.config import LIMITS
 from pipeline.core.addresses import Classifier
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.feed import SourceAuditor
@@ -29,6 +30,7 @@ from sinks.report import build_report, render_json, render_markdown, render_tabl
 
 FORMATS = ("table", "json", "markdown")
 PARALLEL_MIN_BYTES = 32 << 20
+MAX_JOBS = 64  # each job is a process with its own parser and buffers
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,8 +94,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="parse plain files with N processes; the report is the same (default: 2 on a "
-        f"machine with 2 or more cores for files over {PARALLEL_MIN_BYTES >> 20} MiB, else 1)",
+        help=f"parse plain files with N (1 to {MAX_JOBS}) processes; the report is the same "
+        f"(default: 2 on a machine with 2 or more cores for files over "
+        f"{PARALLEL_MIN_BYTES >> 20} MiB, else 1)",
     )
     p.add_argument(
         "--geoip-db",
@@ -122,14 +125,16 @@ def load_decisions(paths: list[str]) -> list[DecisionDelta]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs: must be at least 1")
-    if args.window <= 0:
-        raise UsageError("--window: must be a positive number of seconds")
-    if not 0.0 < args.masked_share <= 1.0:
-        raise UsageError("--masked-share: must be in (0, 1]")
-    if args.masked_min_requests < 1:
-        raise UsageError("--masked-min-requests: must be at least 1")
+    if args.jobs is not None and not 1 <= args.jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs: must be an integer from 1 to {MAX_JOBS}")
+    # The same ranges as the config keys of ``run`` (NaN and infinities are refused there too).
+    for key in ("window", "masked_share", "masked_min_requests"):
+        limits = LIMITS[key]
+        value = getattr(args, key)
+        if not limits.admits(value):
+            flag = "--" + key.replace("_", "-")
+            msg = f"{flag}: must be {limits.describe(integer=isinstance(value, int))}"
+            raise UsageError(msg)
     if sum(1 for f in [*args.files, *args.decisions] if f == "-") > 1:
         raise UsageError("stdin (-) can be read only once")
     for f in [*args.files, *args.decisions]:

@@ -23,6 +23,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from pipeline.errors import UsageError
 from pipeline.kube.api import KubeApiError
+from pipeline.secrets import redact_url
 
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 DEFAULT_KUBECONFIG = Path("~/.kube/config")
@@ -181,7 +182,7 @@ async def connect(
         except Exception as exc:  # noqa: BLE001 - any loader failure is a config error
             msg = f"in-cluster service account: {exc}"
             raise UsageError(msg) from None
-        description = f"in-cluster service account ({cfg.host})"
+        description = f"in-cluster service account ({redact_url(str(cfg.host))})"
     else:
         try:
             await k8s_config.load_kube_config(
@@ -197,5 +198,5 @@ async def connect(
             msg = f"{where}: {exc or type(exc).__name__}"
             raise UsageError(msg) from None
         ctx = f"context {context}, " if context else ""
-        description = f"kubeconfig {source} ({ctx}server {cfg.host})"
+        description = f"kubeconfig {source} ({ctx}server {redact_url(str(cfg.host))})"
     return KubeClient(k8s_client.ApiClient(cfg), description, request_timeout_s)

@@ -7,17 +7,27 @@ Checking both means a file rewritten, truncated or replaced while we were stoppe
 
 The state is one JSON document per tailer, written temp file -> fsync -> ``os.replace`` -> fsync
 of the directory, so a crash leaves either the old or the new document, never a torn one.
+
+The directory may be shared with someone less trusted (a hostPath, a volume another container
+writes), so no name in it is followed: the temp file is created fresh (``O_EXCL|O_NOFOLLOW``,
+relative to a descriptor of the directory) and whatever sat at its name is unlinked, never
+written through; a checkpoint that is a symbolic link is refused. New directories are 0700 and
+files 0600: offsets and paths of the node's logs are nobody else's business.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.errors import UsageError
 
 log = logging.getLogger("auditor.tail")
 
@@ -156,24 +166,64 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_CHECKPOINT_BYTES = 64 << 20  # ~200,000 files' entries: anything larger is not ours
+
+
+def _symlink_error(path: str) -> OSError:
+    return OSError(errno.ELOOP, "is a symbolic link; refusing to follow it", path)
+
+
+def _is_symlink(path: str, dir_fd: int | None = None) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 class CheckpointStore:
-    """One tailer's checkpoint file: ``<directory>/<name>.json`` plus its ``.tmp`` sibling."""
+    """One tailer's checkpoint file: ``<directory>/<name>.json`` plus its ``.tmp`` sibling.
+
+    Raises ``UsageError`` naming the file when the checkpoint is a symbolic link, so that
+    ``auditor run`` stops at startup (exit 2) instead of writing somewhere it was pointed to.
+    """
 
     def __init__(self, directory: str, name: str = "tail") -> None:
         self.directory = directory
-        self.path = os.path.join(directory, f"{name}.json")
-        self.tmp_path = self.path + ".tmp"
+        self.name = f"{name}.json"
+        self.tmp_name = self.name + ".tmp"
+        self.path = os.path.join(directory, self.name)
+        self.tmp_path = os.path.join(directory, self.tmp_name)
         self._seq = 0
+        if _is_symlink(self.path):
+            msg = (
+                f"config key 'checkpoint_dir': checkpoint {self.path} is a symbolic link; "
+                "refusing to follow it (remove it, the auditor writes a regular file)"
+            )
+            raise UsageError(msg)
 
     def _read(self, path: str) -> tuple[CheckpointState | None, str | None]:
         """(state, None) if usable, (None, why) if unusable, (None, None) if absent."""
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             return None, None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None, "a symbolic link (not followed)"
             return None, f"unreadable: {exc}"
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, "not a regular file"
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(MAX_CHECKPOINT_BYTES + 1)
+        except OSError as exc:
+            return None, f"unreadable: {exc}"
+        finally:
+            os.close(fd)
+        if len(data) > MAX_CHECKPOINT_BYTES:
+            return None, f"larger than {MAX_CHECKPOINT_BYTES} bytes"
         if not data:
             return None, "empty file"
         try:
@@ -196,7 +246,8 @@ class CheckpointStore:
             log.warning("recovering checkpoint from leftover temp file %s", self.tmp_path)
             chosen = tmp
         elif tmp is not None or tmp_err is not None:
-            log.info("ignoring leftover checkpoint temp file %s", self.tmp_path)
+            why = tmp_err or "not newer than the checkpoint"
+            log.info("ignoring leftover checkpoint temp file %s (%s)", self.tmp_path, why)
         if tmp is not None or tmp_err is not None:
             try:
                 os.unlink(self.tmp_path)
@@ -215,16 +266,32 @@ class CheckpointStore:
             "files": [f.to_json() for f in files],
         }
         data = json.dumps(doc, separators=(",", ":")).encode()
-        os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp_path, self.path)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            fd = self._create_temp(dfd)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # rename(2) replaces a symbolic link rather than following it, but one planted at
+            # the checkpoint's name is refused here as at startup: the same rule all the time.
+            if _is_symlink(self.name, dfd):
+                raise _symlink_error(self.path)
+            os.replace(self.tmp_name, self.name, src_dir_fd=dfd, dst_dir_fd=dfd)
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def _create_temp(self, dfd: int) -> int:
+        """A new, empty temp file of ours (0600). Whatever already has its name (a save that
+        failed, or a link planted to make us overwrite its target) is unlinked: the name goes,
+        its target is never opened."""
+        try:
+            return os.open(self.tmp_name, _TEMP_FLAGS, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            if _is_symlink(self.tmp_name, dfd):
+                log.warning("removing symbolic link %s (never followed)", self.tmp_path)
+            os.unlink(self.tmp_name, dir_fd=dfd)
+            return os.open(self.tmp_name, _TEMP_FLAGS, 0o600, dir_fd=dfd)

@@ -83,7 +83,7 @@ def test_failed_replace_keeps_the_previous_checkpoint(
     store = CheckpointStore(str(tmp_path))
     store.save([entry(offset=1)])
 
-    def crash(src: str, dst: str) -> None:
+    def crash(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError("simulated crash before rename")
 
     monkeypatch.setattr(os, "replace", crash)
