@@ -12,6 +12,7 @@ import logging
 from pipeline.config import RunConfig
 from pipeline.contracts import EventSink, Plugin, PluginContext
 from pipeline.errors import ConfigError
+from pipeline.secrets import redact_url
 
 log = logging.getLogger("auditor.crowdsec")
 
@@ -45,14 +46,16 @@ def attach_crowdsec(config: RunConfig, ctx: PluginContext) -> list[Plugin]:
             ctx.classifier,
             dry_run=config.remediate_dry_run,
             max_per_minute=config.remediate_max_per_minute,
+            origins=frozenset(config.remediate_origins),
         )
         plugins.append(Plugin(sinks=(remediator,), services=(remediator,)))
         if not config.lapi_url:
             log.warning("remediate is on but lapi_url is not set: no decisions, nothing to do")
         log.info(
-            "remediation on%s: internal bans are deleted through %s as machine %s",
+            "remediation on%s: internal bans by %s are deleted through %s as machine %s",
             " (dry run)" if config.remediate_dry_run else "",
-            creds.url,
+            "/".join(sorted(set(config.remediate_origins))) or "no origin",
+            redact_url(creds.url),
             creds.login,
         )
     return plugins
