@@ -153,7 +153,7 @@ class RunConfig:
                 out[key] = list(value)
         for key in URL_KEYS:
             if isinstance(out[key], str):
-                out[key] = redact_url(out[key])
+                out[key] = ",".join(redact_url(part) for part in out[key].split(","))
         out["lapi_key"] = (
             f"<from file {self.lapi_key_file}>"
             if self.lapi_key_file

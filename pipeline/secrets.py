@@ -33,7 +33,13 @@ def redact_url(url: str) -> str:
     string that is not a URL, or has no userinfo, comes back unchanged. Never raises.
     """
     match = _AUTHORITY.match(url)
-    if match is None or "@" not in match["authority"]:
+    if match is None:
+        # A bare authority (``user:pw@host:9092``, as Kafka bootstrap servers are written).
+        authority, sep, rest = url.partition("/")
+        if "@" not in authority:
+            return url
+        return authority.rpartition("@")[2] + sep + rest
+    if "@" not in match["authority"]:
         return url
     host = match["authority"].rpartition("@")[2]
     return match["head"] + host + url[match.end() :]

@@ -23,7 +23,7 @@ from aiokafka.helpers import create_ssl_context
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.secrets import Secret, load_secret
+from pipeline.secrets import Secret, load_secret, redact_url
 
 log = logging.getLogger("auditor.kafka")
 
@@ -72,7 +72,7 @@ class KafkaSettings:
             if not sep or not host or not port.isdigit():
                 msg = (
                     "config key 'kafka_bootstrap': expected HOST:PORT[,HOST:PORT...], "
-                    f"got {server!r}"
+                    f"got {redact_url(server)[:80]!r}"
                 )
                 raise ConfigError(msg)
         if config.kafka_timeout <= 0:

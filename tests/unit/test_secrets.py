@@ -85,6 +85,8 @@ def test_kubernetes_secret_volume_file_is_read_quietly(
         ("http://u:p@ss@[::1]:8080", "http://[::1]:8080"),  # '@' in the password
         ("http://u:p%40ss@host/path@v1", "http://host/path@v1"),  # '@' in the path stays
         ("//user:pw@host:6443", "//host:6443"),
+        ("user:pw@broker:9092", "broker:9092"),  # a Kafka bootstrap server
+        ("u:p@ss@broker:9092/x", "broker:9092/x"),
         ("HTTPS://USER:PW@HOST", "HTTPS://HOST"),
         ("http://127.0.0.1:8080/", "http://127.0.0.1:8080/"),
         ("http://host/a@b", "http://host/a@b"),
