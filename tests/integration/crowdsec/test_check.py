@@ -193,7 +193,9 @@ def test_internal_bans_from_a_real_lapi(
     # The engine's evidence, as replay and run write it (README "JSON output").
     assert set(ev) == {"decision", "class", "network", "provenance", "blast_radius"}
     d = ev["decision"]
-    assert set(d) == {"id", "origin", "scenario", "scope", "value", "type", "duration_s"}
+    assert set(d) == {
+        "id", "origin", "scenario", "scope", "value", "type", "duration_s", "simulated"
+    }  # fmt: skip
     assert (d["origin"], d["scope"], d["type"], ev["class"]) == ("cscli", "Ip", "ban", "pod")
     assert d["scenario"] == "crowdsecurity/http-probing" and d["value"] == "10.42.0.7"
     assert ev["network"] == "10.42.0.7/32"
