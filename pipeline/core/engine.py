@@ -7,16 +7,19 @@ drive the same code and tests can step time by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
 from parsers.crowdsec import Decision, DecisionDelta
+from parsers.crowdsec_stream import DeltaPart
 from parsers.records import AccessRecord, ParseStats
 from pipeline.core import fixes
 from pipeline.core.addresses import (
     CRITICAL_CLASSES,
+    INTERNAL_CLASSES,
     AddrClass,
     Classification,
     Classifier,
@@ -25,10 +28,15 @@ from pipeline.core.addresses import (
     addresses_in,
     parse_address,
 )
+from pipeline.core.decision_table import KEPT, UNSEEN, DecisionTable
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
 from pipeline.core.traffic import Run, Summary, Timeline, TrafficView, count_runs
 
 BAN_TYPES = frozenset({"ban", "captcha"})
+# Address classes as the one-byte numbers the decision table keeps per row.
+_CLASSES = tuple(AddrClass)
+_CLASS_IX = {c: i for i, c in enumerate(_CLASSES)}
+_INTERNAL_IX = frozenset(_CLASS_IX[c] for c in INTERNAL_CLASSES)
 # Share of a hop's requests that must carry a forwarding header naming a public client before
 # the hop counts as a proxy that adds it (and may be trusted): see Engine._forwarding_hops.
 FORWARDED_SHARE = 0.9
@@ -64,6 +72,44 @@ def _share(part: int, whole: int) -> float:
     return round(part / whole, 4) if whole else 0.0
 
 
+class DecisionsView(Mapping[str, ActiveDecision]):
+    """Every active decision by ``Decision.key``, read-only.
+
+    Decisions on internal targets are held whole; the rest live compactly in the engine's
+    decision table and are rebuilt here one at a time when read. Lookups and ``len`` are cheap;
+    iterating 100,000 of them is not: prefer ``Engine.internal_decisions``,
+    ``Engine.decision_counts`` or ``Engine.decisions_active``.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __len__(self) -> int:
+        return len(self._engine._table)
+
+    def __iter__(self) -> Iterator[str]:
+        table = self._engine._table
+        return (table.key(row) for row in table.rows())
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        return key in self._engine._full or self._engine._table.find_key(key) >= 0
+
+    def __getitem__(self, key: str) -> ActiveDecision:
+        engine = self._engine
+        full = engine._full.get(key)
+        if full is not None:
+            return full
+        row = engine._table.find_key(key)
+        if row < 0:
+            raise KeyError(key)
+        d = engine._table.decision(row, engine.clock())
+        return ActiveDecision(d, engine._classify_target(d), engine._table.expires_at(row))
+
+
 class Engine:
     """See module docstring. Call ``ingest``/``apply``/``tick``; read ``drain_events``.
 
@@ -86,7 +132,9 @@ class Engine:
         self.clock = clock
         self._timeline = timeline or Timeline(config.window_s, config.bucket_s)
         self._stats: dict[str, ParseStats] = {}
-        self._decisions: dict[str, ActiveDecision] = {}
+        self._table = DecisionTable()  # every active decision, compactly
+        self._judge: Classifier | None = None  # see _judging
+        self._full: dict[str, ActiveDecision] = {}  # those on internal targets, whole
         self._findings: dict[str, Finding] = {}
         self._raised_total: dict[tuple[Kind, Severity], int] = {}
         self._events: list[FindingEvent] = []
@@ -107,8 +155,18 @@ class Engine:
 
     @property
     def decisions(self) -> Mapping[str, ActiveDecision]:
-        """Active decisions by ``Decision.key``."""
-        return MappingProxyType(self._decisions)
+        """Every active decision by ``Decision.key`` (see ``DecisionsView`` for the cost)."""
+        return DecisionsView(self)
+
+    @property
+    def internal_decisions(self) -> Mapping[str, ActiveDecision]:
+        """Active decisions on internal targets (the ones findings and remediation act on)."""
+        return MappingProxyType(self._full)
+
+    @property
+    def decisions_active(self) -> int:
+        """How many decisions are active, whatever their target."""
+        return len(self._table)
 
     @property
     def stats(self) -> Mapping[str, ParseStats]:
@@ -164,43 +222,109 @@ class Engine:
         return {f.target for f in self._findings.values() if f.kind is Kind.LOG_FORMAT}
 
     def apply(self, delta: DecisionDelta) -> None:
-        """Apply a decision delta; a startup delta replaces the whole state (LAPI resync)."""
+        """Apply a decision delta; a startup delta replaces the whole state (LAPI resync).
+
+        A ``DeltaPart`` is one piece of a poll's answer: pieces applied in order leave the same
+        state as the whole answer would (deletions count before additions, as in one delta), and
+        a startup poll drops what it did not list only at its ``last`` piece. A whole delta that
+        is no startup (remediation's read-back) may come between two pieces: it leaves the
+        poll's bookkeeping alone.
+        """
+        with self._judging():
+            self._apply(delta)
+
+    @contextlib.contextmanager
+    def _judging(self) -> Iterator[None]:
+        """Classify decisions with a classifier of their own for this call: its cache goes with
+        it. Tens of thousands of one-off values in the shared cache would evict the traffic's
+        addresses (it is emptied when full) and hold ~10 MB."""
+        self._judge = Classifier(self._classifier.networks)
+        try:
+            yield
+        finally:
+            self._judge = None
+
+    def _apply(self, delta: DecisionDelta) -> None:
+        piece = isinstance(delta, DeltaPart)
+        first, last = (delta.first, delta.last) if isinstance(delta, DeltaPart) else (True, True)
+        table = self._table
+        if first and (piece or delta.startup):
+            table.begin_poll()
         now = self.clock()
-        if delta.startup:
-            incoming = {d.key for d in delta.new if not d.expired}
-            for key in list(self._decisions):
-                if key not in incoming:
-                    self._drop_decision(key)
-        for d in delta.deleted:
-            if d.key in self._decisions:
-                self._drop_decision(d.key)
-                continue
-            # CrowdSec 1.4.6 streams one decision per value (the longest) under `new` but reports
-            # the deletion under another decision's id, and only once none is left on the value.
-            for key, active in list(self._decisions.items()):
-                a = active.decision
-                if (a.scope, a.value, a.type) == (d.scope, d.value, d.type):
-                    self._drop_decision(key)
+        if not delta.startup:  # in a startup answer every listed decision is re-added anyway
+            for d in delta.deleted:
+                self._delete(d, in_poll=piece)
         for d in delta.new:
             if d.expired:
-                self._drop_decision(d.key)
+                row = table.find(d)
+                if row >= 0:
+                    self._drop_row(row)
                 continue
             self.decisions_seen += 1
-            target = self._classify_target(d)
-            expires = now + d.duration_s if d.duration_s is not None else None
-            self._store_decision(d.key, ActiveDecision(d, target, expires))
-            self._evaluate_decision(d.key)
+            self._store_decision(d, now)
+        if delta.startup and last:
+            for row in table.unseen():
+                self._drop_row(row)
+        if last:
+            table.compact()
 
-    def _store_decision(self, key: str, active: ActiveDecision) -> None:
-        self._uncount(self._decisions.get(key))
-        self._decisions[key] = active
-        label = (active.decision.scope, active.decision.type, active.target.cls)
-        self._decision_counts[label] = self._decision_counts.get(label, 0) + 1
+    def _delete(self, d: Decision, *, in_poll: bool) -> None:
+        """A deletion. Within a poll that comes in pieces, what the poll has already (re-)added
+        stays: in one delta, deletions are applied first."""
+        table = self._table
+        row = table.find(d)
+        if row >= 0:
+            mark = table.mark(row) if in_poll else UNSEEN
+            if mark == UNSEEN:
+                self._drop_row(row)
+                return
+            if mark == KEPT:
+                return
+        # CrowdSec 1.4.6 streams one decision per value (the longest) under `new` but reports
+        # the deletion under another decision's id, and only once none is left on the value.
+        for row in table.like(d.scope, d.value, d.type):
+            if not in_poll or table.mark(row) == UNSEEN:
+                self._drop_row(row)
 
-    def _uncount(self, active: ActiveDecision | None) -> None:
-        if active is None:
+    def _store_decision(self, d: Decision, now: float) -> None:
+        table = self._table
+        expires = now + d.duration_s if d.duration_s is not None else None
+        row = table.find(d)
+        if row >= 0 and table.same(row, d):
+            # A resync lists it again with less time left. Its target was judged against the
+            # current networks (set_networks re-judges every row): only the expiry moves.
+            table.set_expiry(row, expires)
+            table.set_mark(row, table.mark(row) or KEPT)
+            if table.cls(row) in _INTERNAL_IX:
+                key = d.key
+                self._full[key] = ActiveDecision(d, self._full[key].target, expires)
+                self._evaluate_decision(key)
             return
-        label = (active.decision.scope, active.decision.type, active.target.cls)
+        target = self._classify_value(d.scope, d.value)
+        cls = _CLASS_IX[target.cls]
+        was_internal = False
+        if row < 0:
+            table.add(d, cls, expires)
+        else:
+            was_internal = table.cls(row) in _INTERNAL_IX
+            self._uncount(row)
+            mark = table.mark(row) or KEPT
+            table.remove(row)
+            table.set_mark(table.add(d, cls, expires), mark)
+        label = (d.scope, d.type, target.cls)
+        self._decision_counts[label] = self._decision_counts.get(label, 0) + 1
+        if target.internal:
+            key = d.key
+            self._full[key] = ActiveDecision(d, target, expires)
+            self._evaluate_decision(key)
+        elif was_internal:
+            key = d.key
+            self._full.pop(key, None)
+            self._clear(f"internal_ban:{key}")
+
+    def _uncount(self, row: int) -> None:
+        scope, dtype = self._table.profile(row)[:2]
+        label = (scope, dtype, _CLASSES[self._table.cls(row)])
         left = self._decision_counts.get(label, 0) - 1
         if left > 0:
             self._decision_counts[label] = left
@@ -211,9 +335,11 @@ class Engine:
         """Live mode, about once a second: expire decisions by the clock, slide the window
         through quiet periods, and re-evaluate what depends on the window."""
         now = self.clock()
-        for key, active in list(self._decisions.items()):
-            if active.expires_at is not None and active.expires_at <= now:
-                self._drop_decision(key)
+        expired = self._table.expired(now)
+        for row in expired:
+            self._drop_row(row)
+        if expired:
+            self._table.compact()
         quiet = now - self._last_ingest if self._last_ingest else 0.0
         if quiet > self.config.bucket_s and self._timeline.last_ts:
             # No data for a while: time still passes on the data's time line.
@@ -225,9 +351,8 @@ class Engine:
             self._evaluate_format(source)
         # Only internal targets have a finding (and a blast radius) to keep current; CAPI
         # lists bring tens of thousands of external ones.
-        for key, active in list(self._decisions.items()):
-            if active.target.internal:
-                self._evaluate_decision(key)
+        for key in list(self._full):
+            self._evaluate_decision(key)
 
     def finish(self) -> None:
         """End of a replay: evaluate everything once more on the full input."""
@@ -235,7 +360,7 @@ class Engine:
             if st.common:
                 self._evaluate_format(source)
         self._evaluate_masked()
-        for key in list(self._decisions):
+        for key in list(self._full):
             self._evaluate_decision(key)
 
     def set_networks(self, networks: Iterable[Network]) -> None:
@@ -245,15 +370,39 @@ class Engine:
         self.reclassify()
 
     def reclassify(self) -> None:
-        """Re-judge every active decision against the classifier's current networks."""
-        for key, active in list(self._decisions.items()):
-            self._store_decision(
-                key,
-                ActiveDecision(
-                    active.decision, self._classify_target(active.decision), active.expires_at
-                ),
-            )
-            self._evaluate_decision(key)
+        """Re-judge every active decision against the classifier's current networks.
+
+        A decision kept compactly is rebuilt whole when its target turns internal, so its
+        finding is the one it would have raised had it arrived after the change.
+        """
+        with self._judging():
+            self._reclassify()
+
+    def _reclassify(self) -> None:
+        table = self._table
+        counts = self._decision_counts
+        for row in table.rows():
+            scope, dtype = table.profile(row)[:2]
+            target = self._classify_value(scope, table.value(row))
+            old = _CLASSES[table.cls(row)]
+            if target.cls is not old:
+                label = (scope, dtype, old)
+                counts[label] -= 1
+                if not counts[label]:
+                    del counts[label]
+                label = (scope, dtype, target.cls)
+                counts[label] = counts.get(label, 0) + 1
+                table.set_cls(row, _CLASS_IX[target.cls])
+            if target.internal:
+                key = table.key(row)
+                full = self._full.get(key)
+                d = full.decision if full is not None else table.decision(row, self.clock())
+                self._full[key] = ActiveDecision(d, target, table.expires_at(row))
+                self._evaluate_decision(key)
+            elif old in INTERNAL_CLASSES:
+                key = table.key(row)
+                self._full.pop(key, None)
+                self._clear(f"internal_ban:{key}")
 
     def replace_findings(self, group: str, findings: Sequence[Finding]) -> None:
         """Set the findings an outside checker owns (config audit, CrowdSec health...).
@@ -317,20 +466,28 @@ class Engine:
 
     # -- decisions --------------------------------------------------------------------------
     def _classify_target(self, d: Decision) -> Classification:
-        if d.is_range:
-            return self._classifier.classify_range(d.value)
-        if d.scope == "Ip":
-            return self._classifier.classify(d.value)
+        return self._classify_value(d.scope, d.value)
+
+    def _classify_value(self, scope: str, value: str) -> Classification:
+        # As ``Decision.is_range``: cscli and some bouncers send ``--ip 10.0.0.0/8``.
+        classifier = self._judge or self._classifier
+        if scope == "Range" or (scope == "Ip" and "/" in value):
+            return classifier.classify_range(value)
+        if scope == "Ip":
+            return classifier.classify(value)
         return Classification(AddrClass.INVALID, None)  # Country, AS, username...: not addresses
 
-    def _drop_decision(self, key: str) -> None:
-        active = self._decisions.pop(key, None)
-        if active is not None:
-            self._uncount(active)
+    def _drop_row(self, row: int) -> None:
+        table = self._table
+        self._uncount(row)
+        if table.cls(row) in _INTERNAL_IX:
+            key = table.key(row)
+            self._full.pop(key, None)
             self._clear(f"internal_ban:{key}")
+        table.remove(row)
 
     def _evaluate_decision(self, key: str) -> None:
-        active = self._decisions.get(key)
+        active = self._full.get(key)
         if active is None:
             return
         d, target = active.decision, active.target
@@ -431,8 +588,10 @@ class Engine:
         share = _share(internal, total)
         hops = sorted(window.ep_hops.get(ep, {}).items(), key=lambda t: (-t[1], t[0]))[:5]
         visible = window.ep_visible.get(ep, 0)
-        forwarded = window.ep_headers.get(ep, 0)
-        headers_kept = forwarded > 0
+        headers_kept = window.ep_headers.get(ep, 0) > 0
+        # Traefik itself sets X-Real-Ip to the hop's address: only a header naming a public
+        # client says anything about forwarding.
+        forwarded_share = _share(visible, internal)
         forwarding = self._forwarding_hops(window, [a for a, _ in hops])
         pct = round(share * 100)
         label = "(no entrypoint name)" if ep == "-" else ep
@@ -450,7 +609,7 @@ class Engine:
             "headers_kept": headers_kept,
             "real_client_visible": visible,
             "real_client_example": window.ep_example.get(ep),
-            "forwarded_share": _share(forwarded, internal),
+            "forwarded_share": forwarded_share,
             "forwarding_hops": forwarding,
             "window_end": self._timeline.last_ts,
         }
@@ -460,10 +619,11 @@ class Engine:
         )
         if forwarding:
             summary += " (the hop adds X-Forwarded-For/X-Real-Ip: the real client is visible)"
-        elif headers_kept:
+        elif 0 < forwarded_share < FORWARDED_SHARE:
             summary += (
-                f" (only {round(_share(forwarded, internal) * 100)}% of them carry "
-                "X-Forwarded-For/X-Real-Ip: set by clients, not by the hop)"
+                f" (X-Forwarded-For/X-Real-Ip name a public client on "
+                f"{max(1, round(forwarded_share * 100))}% of them: written by clients, "
+                "not added by the hop)"
             )
         self._emit(
             Finding(

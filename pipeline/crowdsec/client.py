@@ -19,10 +19,11 @@ start rather than at the first poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
@@ -30,6 +31,7 @@ import orjson
 
 import pipeline
 from parsers.crowdsec import Decision, DecisionDelta, DecisionFormatError, parse_decisions
+from parsers.crowdsec_stream import Batch, DeltaPart, StreamParser
 from pipeline.errors import UsageError
 from pipeline.secrets import Secret
 
@@ -48,11 +50,15 @@ LOGIN_PATH = "v1/watchers/login"
 ALERTS_PATH = "v1/alerts"
 
 # Caps on what is read (after decompression). A startup stream with the community blocklist
-# and a few subscriptions is tens of MB; anything far beyond that is not a LAPI.
+# and a few subscriptions is tens of MB; anything far beyond that is not a LAPI. The stream is
+# parsed as it arrives, so its cap bounds time and the decisions kept, not a buffer.
 DECISIONS_BODY_MAX = 64 * 1024 * 1024
 METRICS_BODY_MAX = 8 * 1024 * 1024
 SMALL_BODY_MAX = 1024 * 1024  # login and delete answers, and any error body
 _CHUNK = 65536
+# The decisions stream is parsed per chunk, and each chunk's decisions wait in the runner's
+# queue (8 items) as one part: 16 KiB is ~100 decisions a part, ~0.4 MB of them queued.
+_STREAM_CHUNK = 16384
 _SNIPPET = 200
 
 _AUTH = frozenset({401, 403})
@@ -213,19 +219,60 @@ class CrowdSecClient:
         await self.aclose()
 
     # -- as a bouncer -------------------------------------------------------------------------
-    async def stream_decisions(self, *, startup: bool, scopes: Sequence[str] = ()) -> DecisionDelta:
-        """One poll of ``GET /v1/decisions/stream``: the full state with ``startup``, else what
-        changed since this bouncer's last poll.
+    async def stream_parts(
+        self, *, startup: bool, scopes: Sequence[str] = ()
+    ) -> AsyncGenerator[DeltaPart, None]:
+        """One poll of ``GET /v1/decisions/stream``, parsed as it arrives: the full state with
+        ``startup``, else what changed since this bouncer's last poll.
 
-        A single try: the stream counts every poll in its status and backs off between polls
-        with ``self.retry``, so retrying here would hide failures from its metrics. A body that
-        is not a decisions payload raises ``DecisionFormatError``.
+        Yields ``DeltaPart``s from ``first`` to ``last`` (a startup poll always ends with a
+        ``last`` one, even empty; an increment yields nothing when nothing changed), each
+        holding the decisions of about one chunk, so memory is bounded by a chunk however long
+        the answer. A single try: the stream counts every poll in its status and backs off
+        between polls with ``self.retry``, so retrying here would hide failures from its
+        metrics. A body that is not a decisions stream raises ``DecisionFormatError``, one past
+        ``DECISIONS_BODY_MAX`` ``ResponseTooLarge``, one not finished within ``timeout``
+        ``CrowdSecUnavailable``, each possibly after some parts (never after a ``last`` one).
         """
         params = {"startup": "true" if startup else "false"}
         if scopes:
             params["scopes"] = ",".join(scopes)
-        body = await self._bouncer_get(STREAM_PATH, params, attempts=1)
-        return parse_decisions(body, startup=startup)
+        parser = StreamParser()
+        pending = Batch()
+        first = True
+        body = self._body_chunks(
+            "GET",
+            self.endpoint(STREAM_PATH),
+            params=params,
+            headers=self._bouncer_headers(),
+            max_body=DECISIONS_BODY_MAX,
+            rejected=self._bouncer_rejected,
+        )
+        async with contextlib.aclosing(body) as chunks:
+            async for chunk in chunks:
+                batch = parser.feed(chunk)
+                if not batch:
+                    continue
+                if pending:  # held back one chunk, so that the last part carries decisions
+                    yield DeltaPart(
+                        tuple(pending.new), tuple(pending.deleted), startup, first, last=False
+                    )
+                    first = False
+                pending = batch
+        tail = parser.close()
+        new, deleted = pending.new + tail.new, pending.deleted + tail.deleted
+        if startup or new or deleted:
+            yield DeltaPart(tuple(new), tuple(deleted), startup, first, True)
+
+    async def stream_decisions(self, *, startup: bool, scopes: Sequence[str] = ()) -> DecisionDelta:
+        """``stream_parts`` gathered into one delta (for callers that want it whole)."""
+        new: list[Decision] = []
+        deleted: list[Decision] = []
+        async with contextlib.aclosing(self.stream_parts(startup=startup, scopes=scopes)) as parts:
+            async for part in parts:
+                new += part.new
+                deleted += part.deleted
+        return DecisionDelta(tuple(new), tuple(deleted), startup)
 
     async def decisions(self) -> DecisionDelta:
         """``GET /v1/decisions`` once (with retries): every active decision, as one delta."""
@@ -234,26 +281,30 @@ class CrowdSecClient:
     async def _bouncer_get(
         self, path: str, params: Mapping[str, str] | None, *, attempts: int | None = None
     ) -> bytes:
-        key = self.api_key
-        if key is None:
-            msg = "this CrowdSecClient has no bouncer key"
-            raise TypeError(msg)
-
-        def rejected(status: int) -> str:
-            return (
-                f"CrowdSec LAPI {self.url} rejected the bouncer API key from {key.source} "
-                f"(HTTP {status}); check that the key was created with "
-                "'cscli bouncers add' on this LAPI"
-            )
-
         return await self._call(
             "GET",
             self.endpoint(path),
             params=params,
-            headers={"X-Api-Key": key.key.reveal(), "Accept": "application/json"},
+            headers=self._bouncer_headers(),
             max_body=DECISIONS_BODY_MAX,
             attempts=attempts,
-            rejected=rejected,
+            rejected=self._bouncer_rejected,
+        )
+
+    def _bouncer_key(self) -> BouncerKey:
+        if self.api_key is None:
+            msg = "this CrowdSecClient has no bouncer key"
+            raise TypeError(msg)
+        return self.api_key
+
+    def _bouncer_headers(self) -> dict[str, str]:
+        return {"X-Api-Key": self._bouncer_key().key.reveal(), "Accept": "application/json"}
+
+    def _bouncer_rejected(self, status: int) -> str:
+        return (
+            f"CrowdSec LAPI {self.url} rejected the bouncer API key from "
+            f"{self._bouncer_key().source} (HTTP {status}); check that the key was created with "
+            "'cscli bouncers add' on this LAPI"
         )
 
     # -- as a watcher -------------------------------------------------------------------------
@@ -492,6 +543,57 @@ class CrowdSecClient:
                 raise ResponseTooLarge(msg)
             body = b""  # an error page too big to quote: the status says enough
         return status, body
+
+    async def _body_chunks(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        max_body: int,
+        rejected: AuthText,
+    ) -> AsyncGenerator[bytes, None]:
+        """One try, a 200 answer's body as it arrives (at most ``max_body`` bytes after
+        decompression), within ``timeout`` for the whole body; errors as ``_call`` maps them."""
+        import aiohttp
+
+        try:
+            async with self._get_session().request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    error = await _read(resp, SMALL_BODY_MAX) or b""
+                    raise self._failure(method, url, resp.status, error, None, rejected)
+                too_large = f"{method} {url}: body larger than {max_body} bytes"
+                length = resp.content_length
+                if (
+                    length is not None
+                    and length > max_body
+                    and not resp.headers.get("Content-Encoding")
+                ):
+                    raise ResponseTooLarge(too_large)
+                size = 0
+                async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+                    size += len(chunk)
+                    if size > max_body:
+                        raise ResponseTooLarge(too_large)
+                    yield chunk
+        except TimeoutError as exc:
+            msg = f"{method} {url}: no complete answer within {self.timeout:g}s"
+            raise CrowdSecUnavailable(msg, reason=str(exc) or type(exc).__name__) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            msg = f"{method} {url}: {type(exc).__name__}: {exc}"
+            raise CrowdSecUnavailable(
+                msg,
+                reason=str(exc) or type(exc).__name__,
+                retry_now=not isinstance(exc, ValueError),
+            ) from None
 
     def _get_session(self) -> aiohttp.ClientSession:
         import aiohttp

@@ -307,7 +307,7 @@ class HealthService:
     def _apply(self, now: float, m: CrowdSecMetrics, state: LiveState) -> None:
         engine = state.engine
         view = AuditorView(
-            decisions_active=len(engine.decisions),
+            decisions_active=engine.decisions_active,
             decisions_seen=engine.decisions_seen,
             lapi_configured=state.lapi_configured,
         )

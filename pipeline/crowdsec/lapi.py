@@ -2,7 +2,13 @@
 
 The first poll (and the first poll after any failure) asks for ``startup=true``, the full state:
 a restarted LAPI may have lost or reset this bouncer's cursor, so instead of trusting increments
-across an outage, consumers replace their state with every ``delta.startup`` delta.
+across an outage, consumers replace their state with every startup poll.
+
+A poll's answer comes as ``DeltaPart``s, each yielded as soon as its decisions are parsed: with
+the community blocklist a startup answer lists ~100,000 decisions, and holding them all before
+the engine saw the first cost hundreds of MB. ``Engine.apply`` takes the parts in order and
+replaces the state only at a startup poll's ``last`` part; a poll that breaks off after some
+parts is counted as failed and followed by a startup poll, as any failure is.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from parsers.crowdsec import DecisionDelta, DecisionFormatError
+from parsers.crowdsec_stream import DeltaPart
 from pipeline.crowdsec.client import (
     BouncerKey,
     CrowdSecAuthError,
@@ -27,6 +35,8 @@ from pipeline.errors import FatalSourceError
 from pipeline.secrets import Secret
 
 log = logging.getLogger("auditor.crowdsec")
+
+T = TypeVar("T")
 
 
 class LapiError(Exception):
@@ -80,21 +90,30 @@ class LapiStream:
         await self.client.aclose()
 
     async def deltas(self, stop: asyncio.Event) -> AsyncIterator[DecisionDelta]:
-        """Yield decision deltas until ``stop`` is set.
+        """Yield ``DeltaPart``s (see the module docstring) until ``stop`` is set.
 
-        Always yields startup deltas (even empty: the state is empty); increments only when
-        something changed. Connection errors and 5xx are retried with the client's jittered
-        exponential backoff and mark the stream down; 401/403 raise ``LapiAuthError`` at once.
-        The HTTP session is closed when the iteration ends.
+        A startup poll always ends with a ``last`` part (even empty: the state is empty); an
+        increment yields parts only when something changed. A poll counts as a success once its
+        whole answer is read, before its ``last`` part is yielded. Connection errors, 5xx,
+        oversized or malformed answers mark the stream down and are retried with the client's
+        jittered exponential backoff; 401/403 raise ``LapiAuthError`` at once. The HTTP session
+        is closed when the iteration ends.
         """
         try:
             startup = True
             failures = 0
             while not stop.is_set():
+                counted = False
                 try:
-                    delta = await _until_stopped(self._poll(startup=startup), stop)
-                    if delta is None:
-                        return
+                    async with contextlib.aclosing(self._poll(startup=startup)) as parts:
+                        while True:
+                            part = await _until_stopped(anext(parts, None), stop)
+                            if part is None:
+                                break
+                            if part.last:
+                                self._succeeded()
+                                counted = True
+                            yield part
                 except LapiError as exc:
                     self._failed(str(exc))
                     raise
@@ -107,11 +126,12 @@ class LapiStream:
                     if await _wait(stop, delay):
                         return
                     continue
-                self._succeeded()
+                if stop.is_set():
+                    return
+                if not counted:  # an increment with nothing new
+                    self._succeeded()
                 failures = 0
-                was_startup, startup = startup, False
-                if was_startup or delta.new or delta.deleted:
-                    yield delta
+                startup = False
                 if await _wait(stop, self.config.poll_interval):
                     return
         finally:
@@ -134,9 +154,12 @@ class LapiStream:
         st.polls_failed += 1
         st.last_error = error
 
-    async def _poll(self, *, startup: bool) -> DecisionDelta:
+    async def _poll(self, *, startup: bool) -> AsyncGenerator[DeltaPart, None]:
+        parts = self.client.stream_parts(startup=startup, scopes=self.config.scopes)
         try:
-            return await self.client.stream_decisions(startup=startup, scopes=self.config.scopes)
+            async with contextlib.aclosing(parts):
+                async for part in parts:
+                    yield part
         except CrowdSecAuthError as exc:
             raise LapiAuthError(str(exc)) from None
         except CrowdSecStatusError as exc:
@@ -150,9 +173,7 @@ async def _wait(stop: asyncio.Event, delay: float) -> bool:
     return stop.is_set()
 
 
-async def _until_stopped(
-    work: Awaitable[DecisionDelta], stop: asyncio.Event
-) -> DecisionDelta | None:
+async def _until_stopped(work: Awaitable[T | None], stop: asyncio.Event) -> T | None:
     """Await ``work`` but give up (returning None) as soon as ``stop`` is set."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())

@@ -522,7 +522,7 @@ def test_client_supplied_xff_behind_a_layer4_hop_is_never_trusted(forged: int) -
     assert f.evidence["forwarding_hops"] == []
     assert f.evidence["forwarded_share"] == round(forged / 40, 4)
     assert "show the real client" not in f.summary
-    assert "set by clients, not by the hop" in f.summary
+    assert "written by clients, not added by the hop" in f.summary
     assert "Do not add the hop to `forwardedHeaders.trustedIPs`" in f.fix
     assert "trust exactly" not in f.fix
 
