@@ -269,10 +269,11 @@ class Classifier:
     and drops the cache.
     """
 
-    __slots__ = ("_cache", "_networks")
+    __slots__ = ("_cache", "_index", "_networks")
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
         self._networks: tuple[Network, ...] = ()
+        self._index: dict[int, tuple[tuple[int, dict[int, Network]], ...]] = {}
         self._cache: dict[str, Classification] = {}
         self.replace_networks(networks)
 
@@ -280,6 +281,18 @@ class Classifier:
         merged = {(n.version, n.prefix, n.length, n.cls): n for n in (*networks, *WELL_KNOWN)}
         # Most specific first, then by harm rank, so the first match is the answer.
         self._networks = tuple(sorted(merged.values(), key=lambda n: (-n.length, _RANK[n.cls])))
+        # The same answer by lookup: per family, one dict per prefix length (longest first) of
+        # the first network in that order, keyed by the prefix's leading bits. A miss (most
+        # addresses in a CrowdSec blocklist) costs a few dict lookups, not a test per network.
+        index: dict[int, dict[int, dict[int, Network]]] = {4: {}, 6: {}}
+        for net in self._networks:
+            bits = 32 if net.version == 4 else 128
+            by_prefix = index[net.version].setdefault(net.length, {})
+            by_prefix.setdefault(net.prefix >> (bits - net.length), net)
+        self._index = {
+            version: tuple(sorted(lengths.items(), key=lambda t: -t[0]))
+            for version, lengths in index.items()
+        }
         self._cache = {}
 
     @property
@@ -301,8 +314,10 @@ class Classifier:
         if parsed is None:
             return Classification(AddrClass.INVALID, None)
         version, value = parsed
-        for net in self._networks:
-            if same_prefix(net.version, net.prefix, version, value, net.length):
+        bits = 32 if version == 4 else 128
+        for length, by_prefix in self._index[version]:
+            net = by_prefix.get(value >> (bits - length))
+            if net is not None:
                 return Classification(net.cls, net)
         return Classification(AddrClass.PUBLIC, None)
 
