@@ -33,7 +33,7 @@ import pipeline
 from parsers.crowdsec import Decision, DecisionDelta, DecisionFormatError, parse_decisions
 from parsers.crowdsec_stream import Batch, DeltaPart, StreamParser
 from pipeline.errors import UsageError
-from pipeline.secrets import Secret
+from pipeline.secrets import Secret, redact_url
 
 if TYPE_CHECKING:
     import aiohttp
@@ -302,7 +302,7 @@ class CrowdSecClient:
 
     def _bouncer_rejected(self, status: int) -> str:
         return (
-            f"CrowdSec LAPI {self.url} rejected the bouncer API key from "
+            f"CrowdSec LAPI {redact_url(self.url)} rejected the bouncer API key from "
             f"{self._bouncer_key().source} (HTTP {status}); check that the key was created with "
             "'cscli bouncers add' on this LAPI"
         )
@@ -318,12 +318,12 @@ class CrowdSecClient:
 
         def rejected(status: int) -> str:
             return (
-                f"CrowdSec LAPI {self.url} rejected the machine login '{creds.login}' from "
-                f"{creds.source} (HTTP {status})"
+                f"CrowdSec LAPI {redact_url(self.url)} rejected the machine login "
+                f"'{creds.login}' from {creds.source} (HTTP {status})"
             )
 
         def unexpected(status: int, _body: bytes) -> str:
-            return f"POST {url}: unexpected HTTP {status}"
+            return f"POST {redact_url(url)}: unexpected HTTP {status}"
 
         body = await self._call(
             "POST",
@@ -362,7 +362,7 @@ class CrowdSecClient:
         except (ValueError, OverflowError):
             n = -1
         if n < 0:
-            msg = f"DELETE {url}: answer without a usable nbDeleted: {_snippet(body)}"
+            msg = f"DELETE {redact_url(url)}: answer without a usable nbDeleted: {_snippet(body)}"
             raise CrowdSecStatusError(msg, status=200)
         return n
 
@@ -402,7 +402,7 @@ class CrowdSecClient:
 
         def refused(status: int, body: bytes) -> str:
             detail = _json_field(body, "message")
-            return f"{method} {url}: HTTP {status} {detail or ''}".strip()
+            return f"{method} {redact_url(url)}: HTTP {status} {detail or ''}".strip()
 
         for attempt in range(2):
             token = self._token or await self.login()
@@ -423,7 +423,7 @@ class CrowdSecClient:
                     self._token = None
                     continue
                 raise
-        msg = f"CrowdSec LAPI {self.url} keeps rejecting the watcher token"
+        msg = f"CrowdSec LAPI {redact_url(self.url)} keeps rejecting the watcher token"
         raise CrowdSecAuthError(msg, status=401)
 
     # -- CrowdSec's Prometheus endpoint -------------------------------------------------------
@@ -432,7 +432,7 @@ class CrowdSecClient:
         url = self.url
 
         def failed(status: int, _body: bytes) -> str:
-            return f"GET {url}: HTTP {status}"
+            return f"GET {redact_url(url)}: HTTP {status}"
 
         body = await self._call("GET", url, max_body=METRICS_BODY_MAX, describe=failed)
         return body.decode("utf-8", "replace")
@@ -490,9 +490,9 @@ class CrowdSecClient:
         if describe is not None:
             message = describe(status, body)
         elif transient:
-            message = f"{method} {url}: HTTP {status} {_snippet(body)}"
+            message = f"{method} {redact_url(url)}: HTTP {status} {_snippet(body)}"
         else:
-            message = f"{method} {url}: unexpected HTTP {status} {_snippet(body)}"
+            message = f"{method} {redact_url(url)}: unexpected HTTP {status} {_snippet(body)}"
         if status in _AUTH:
             return CrowdSecAuthError(
                 rejected(status) if rejected is not None else message, status=status
@@ -526,10 +526,10 @@ class CrowdSecClient:
                 status = resp.status
                 body = await _read(resp, max_body if status == 200 else SMALL_BODY_MAX)
         except TimeoutError as exc:
-            msg = f"{method} {url}: no answer within {self.timeout:g}s"
+            msg = f"{method} {redact_url(url)}: no answer within {self.timeout:g}s"
             raise CrowdSecUnavailable(msg, reason=str(exc) or type(exc).__name__) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            msg = f"{method} {url}: {type(exc).__name__}: {exc}"
+            msg = f"{method} {redact_url(url)}: {type(exc).__name__}: {exc}"
             # A URL aiohttp cannot use (InvalidURL is a ValueError) stays unusable; a refused
             # connection may not.
             raise CrowdSecUnavailable(
@@ -539,7 +539,7 @@ class CrowdSecClient:
             ) from None
         if body is None:
             if status == 200:
-                msg = f"{method} {url}: body larger than {max_body} bytes"
+                msg = f"{method} {redact_url(url)}: body larger than {max_body} bytes"
                 raise ResponseTooLarge(msg)
             body = b""  # an error page too big to quote: the status says enough
         return status, body
@@ -570,7 +570,7 @@ class CrowdSecClient:
                 if resp.status != 200:
                     error = await _read(resp, SMALL_BODY_MAX) or b""
                     raise self._failure(method, url, resp.status, error, None, rejected)
-                too_large = f"{method} {url}: body larger than {max_body} bytes"
+                too_large = f"{method} {redact_url(url)}: body larger than {max_body} bytes"
                 length = resp.content_length
                 if (
                     length is not None
@@ -585,10 +585,10 @@ class CrowdSecClient:
                         raise ResponseTooLarge(too_large)
                     yield chunk
         except TimeoutError as exc:
-            msg = f"{method} {url}: no complete answer within {self.timeout:g}s"
+            msg = f"{method} {redact_url(url)}: no complete answer within {self.timeout:g}s"
             raise CrowdSecUnavailable(msg, reason=str(exc) or type(exc).__name__) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            msg = f"{method} {url}: {type(exc).__name__}: {exc}"
+            msg = f"{method} {redact_url(url)}: {type(exc).__name__}: {exc}"
             raise CrowdSecUnavailable(
                 msg,
                 reason=str(exc) or type(exc).__name__,
@@ -614,17 +614,17 @@ async def fetch_decisions(url: str, key: str) -> list[Decision]:
         async with client:
             delta = await client.decisions()
     except ResponseTooLarge as exc:
-        msg = f"--lapi-url {url}: {exc.reason}"
+        msg = f"--lapi-url {redact_url(url)}: {exc.reason}"
         raise UsageError(msg) from None
     except CrowdSecError as exc:
         if isinstance(exc, CrowdSecAuthError) and exc.status == 403:
-            msg = f"--lapi-key-file: the LAPI at {url} rejected the key (403)"
+            msg = f"--lapi-key-file: the LAPI at {redact_url(url)} rejected the key (403)"
         elif exc.status is not None:
-            msg = f"--lapi-url {url}: GET /{DECISIONS_PATH} answered HTTP {exc.status}"
+            msg = f"--lapi-url {redact_url(url)}: GET /{DECISIONS_PATH} answered HTTP {exc.status}"
         else:
-            msg = f"--lapi-url {url}: cannot reach the LAPI: {exc.reason}"
+            msg = f"--lapi-url {redact_url(url)}: cannot reach the LAPI: {exc.reason}"
         raise UsageError(msg) from None
     except DecisionFormatError as exc:
-        msg = f"--lapi-url {url}: unexpected decisions payload: {exc}"
+        msg = f"--lapi-url {redact_url(url)}: unexpected decisions payload: {exc}"
         raise UsageError(msg) from None
     return [d for d in delta.new if not d.expired]

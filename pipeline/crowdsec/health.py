@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from parsers.crowdsec_metrics import CrowdSecMetrics, parse_metrics
 from pipeline.core.findings import Finding, Kind, Severity
 from pipeline.crowdsec.client import CrowdSecClient, CrowdSecError
+from pipeline.secrets import redact_url
 
 if TYPE_CHECKING:
     from pipeline.contracts import LiveState, Post
@@ -93,6 +94,7 @@ class HealthChecker:
         self, url: str, config: HealthConfig | None = None, access_logs: Sequence[str] = ()
     ) -> None:
         self.url = url
+        self.shown_url = redact_url(url)  # what findings and logs say: no user:password@
         self.config = config or HealthConfig()
         self._own_sources = {p for a in access_logs for p in (a, os.path.realpath(a))}
         self._history: deque[tuple[float, CrowdSecMetrics]] = deque(maxlen=HISTORY_MAX)
@@ -129,9 +131,9 @@ class HealthChecker:
         self._unreachable = Finding(
             kind=Kind.CROWDSEC_HEALTH,
             severity=Severity.LOW,
-            target=self.url,
-            summary=f"CrowdSec metrics endpoint {self.url} is unusable: {error}",
-            evidence={"url": self.url, "error": error, "since": now},
+            target=self.shown_url,
+            summary=f"CrowdSec metrics endpoint {self.shown_url} is unusable: {error}",
+            evidence={"url": self.shown_url, "error": error, "since": now},
             fix=UNREACHABLE_FIX,
             check="metrics_unreachable",
         )
@@ -189,7 +191,7 @@ class HealthChecker:
                     "failed_share": round(share, 4),
                     "traefik_parser_lines": reached,
                     "crowdsec_version": m.version,
-                    "metrics_url": self.url,
+                    "metrics_url": self.shown_url,
                 },
                 fix=PARSE_FIX,
                 check="traefik_parse_failures",
@@ -242,7 +244,7 @@ class HealthChecker:
         return Finding(
             kind=Kind.CROWDSEC_HEALTH,
             severity=Severity.MEDIUM,
-            target=self.url,
+            target=self.shown_url,
             summary="CrowdSec scenarios overflow (attacks detected) but it makes no decisions",
             evidence={
                 "overflows": overflows,
@@ -250,7 +252,7 @@ class HealthChecker:
                 "scenarios": [{"scenario": n, "overflows": c} for n, c in top],
                 "since": since,
                 "active_decisions": self._undecided_active,
-                "metrics_url": self.url,
+                "metrics_url": self.shown_url,
             },
             fix=DECISION_FIX,
             check="no_decisions_while_probed",

@@ -32,7 +32,7 @@ from pipeline.crowdsec.client import (
     RetryPolicy,
 )
 from pipeline.errors import FatalSourceError
-from pipeline.secrets import Secret
+from pipeline.secrets import Secret, redact_url
 
 log = logging.getLogger("auditor.crowdsec")
 
@@ -141,7 +141,7 @@ class LapiStream:
     def _succeeded(self) -> None:
         st = self.status
         if not st.up:
-            log.info("CrowdSec LAPI %s is reachable", self.config.url)
+            log.info("CrowdSec LAPI %s is reachable", redact_url(self.config.url))
         st.up = True
         st.last_success = time.time()
         st.polls_ok += 1
@@ -149,7 +149,7 @@ class LapiStream:
     def _failed(self, error: str) -> None:
         st = self.status
         if st.up or st.polls_failed == 0:
-            log.warning("CrowdSec LAPI %s is down: %s", self.config.url, error)
+            log.warning("CrowdSec LAPI %s is down: %s", redact_url(self.config.url), error)
         st.up = False
         st.polls_failed += 1
         st.last_error = error

@@ -117,3 +117,22 @@ def test_redact_url_never_shows_the_userinfo(
 ) -> None:
     url = f"{scheme}://{user}:{password}@{host}{rest}"
     assert redact_url(url) == f"{scheme}://{host}{rest}"
+
+
+async def test_crowdsec_errors_and_health_findings_carry_no_credentials() -> None:
+    """URLs reach messages, findings and logs from the CrowdSec client and the health checker
+    (issue 12, item 12): the user:password@ part never does."""
+    from pipeline.crowdsec.client import CrowdSecClient, CrowdSecUnavailable
+    from pipeline.crowdsec.health import HealthChecker
+
+    url = "http://bouncer:hunter2@127.0.0.1:9/"
+    client = CrowdSecClient(url, timeout=0.5)
+    try:
+        with pytest.raises(CrowdSecUnavailable) as info:
+            await client.metrics_text()
+    finally:
+        await client.aclose()
+    assert "hunter2" not in str(info.value)
+    assert "127.0.0.1:9" in str(info.value)
+    checker = HealthChecker(url)
+    assert checker.shown_url == "http://127.0.0.1:9/"
