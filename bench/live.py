@@ -1,9 +1,24 @@
 """The live path: what ``auditor run`` costs while a writer appends to the access log it tails.
 
     .venv/bin/python -m bench.live [--source FILE] [--rate 1000] [--duration 60] [--json OUT]
+                                   [--variant plain,lapi,sidecar] [--repeat N]
 
 Starts ``auditor run --access-log PATH --metrics-listen 127.0.0.1:PORT --findings /dev/null
---checkpoint-dir DIR --start-at beginning`` (no LAPI) on an empty file in a temporary directory,
+--checkpoint-dir DIR --start-at beginning`` on an empty file in a temporary directory, in one
+of these variants (several: measured one after the other, ``--repeat`` times, in one run):
+
+- ``plain`` (the default): no LAPI;
+- ``lapi``: polling a real CrowdSec LAPI (tests/support/crowdsec.py; no decisions), as the
+  sidecar was shipped before the cluster watcher;
+- ``sidecar``: the shipped sidecar: the LAPI, the watcher's networks file (the test suite's k3s
+  cluster, in a ConfigMap volume laid out as the kubelet does) and ``--echo-access-log``, its
+  stdout a pipe drained as the container runtime drains it;
+
+``--image REF`` runs the same command in the container image instead (``make image``; the
+engine from ``--engine``, e.g. ``"podman --runtime runc"``): read-only root, a tmpfs at /tmp,
+the temporary directories mounted at the same paths, the host's network (the LAPI), measured
+through the container's main process.
+
 then:
 
 1. steady: appends ``--rate`` lines/s (in 50 ms slices) for ``--duration`` seconds after a
@@ -22,16 +37,19 @@ import argparse
 import contextlib
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -120,7 +138,34 @@ def source_lines(path: Path) -> Iterator[bytes]:
             yield from fh
 
 
-def wait_for(pred: Any, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+class Proc(Protocol):
+    """What the phases look at: the measured process and whether it still runs."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | Any: ...
+
+    def poll(self) -> int | None: ...
+
+
+@dataclass
+class Contained:
+    """``podman run`` in the foreground; measured through the container's main process."""
+
+    client: subprocess.Popen[bytes]
+    pid: int
+
+    @property
+    def returncode(self) -> int | Any:
+        return self.client.returncode
+
+    def poll(self) -> int | None:
+        return self.client.poll()
+
+
+def wait_for(pred: Any, timeout: float, what: str, proc: Proc) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -132,7 +177,7 @@ def wait_for(pred: Any, timeout: float, what: str, proc: subprocess.Popen[bytes]
 
 
 def steady(
-    proc: subprocess.Popen[bytes],
+    proc: Proc,
     port: int,
     log: Path,
     lines: Iterator[bytes],
@@ -186,7 +231,7 @@ def steady(
 
 
 def burst(
-    proc: subprocess.Popen[bytes],
+    proc: Proc,
     port: int,
     log: Path,
     lines: Iterator[bytes],
@@ -248,7 +293,108 @@ def ensure_source(path: Path, lines: int) -> Path:
     return path
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+VARIANTS = ("plain", "lapi", "sidecar")
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """What a variant adds to the command line, and whether stdout carries the echo."""
+
+    argv: tuple[str, ...] = ()
+    echo: bool = False
+
+
+def _drain(stream: Any) -> None:
+    """The container runtime's end of the pipe: read and discard."""
+    while stream.read(1 << 16):
+        pass
+
+
+@contextlib.contextmanager
+def variants(names: list[str], tmp: Path) -> Iterator[dict[str, Extras]]:
+    """The command-line extras of each variant; starts a CrowdSec LAPI when one needs it."""
+    out: dict[str, Extras] = {"plain": Extras()}
+    lapi = None
+    try:
+        if {"lapi", "sidecar"} & set(names):
+            from tests.support.crowdsec import CrowdSecInstance
+
+            lapi = CrowdSecInstance(tmp / "crowdsec")
+            key = tmp / "lapi-key"
+            key.write_text(lapi.add_bouncer("bench-live") + "\n")
+            key.chmod(0o644)  # readable by the image's uid too (the auditor warns; fine here)
+            lapi.start_lapi()
+            lapi_argv = ("--lapi-url", lapi.lapi_url, "--lapi-key-file", str(key))
+            out["lapi"] = Extras(lapi_argv)
+            out["sidecar"] = Extras(
+                (*lapi_argv, "--networks-file", str(networks_file(tmp)), "--echo-access-log"),
+                echo=True,
+            )
+        yield out
+    finally:
+        if lapi is not None:
+            lapi.stop()
+
+
+def networks_file(tmp: Path) -> Path:
+    """What the watcher publishes for the test suite's k3s cluster, as a pod's volume holds it."""
+    from pipeline.core.networks_file import encode
+    from pipeline.kube.checks import check_cluster
+    from pipeline.kube.networks import cluster_networks
+    from tests.support.kube_api import ConfigMapVolume
+    from tests.support.kube_facts import BAD, facts_from_files
+
+    facts = facts_from_files(BAD)
+    volume = ConfigMapVolume(tmp / "networks")
+    data = encode(
+        synced_at=time.time(),
+        source="bench",
+        networks=cluster_networks(facts),
+        findings=check_cluster(facts),
+    )
+    volume.publish({"networks.json": data})
+    return volume.path("networks.json")
+
+
+def _container(args: argparse.Namespace, tmp: str, name: str) -> list[str]:
+    """``podman run`` of the image, every temporary directory at the same path."""
+    Path(tmp).chmod(0o777)  # the image runs as uid 65532
+    for sub in Path(tmp).iterdir():
+        sub.chmod(0o777)
+    mounts = [f"{tmp}:{tmp}"]
+    shared = getattr(args, "variants_dir", None)  # the key and the networks file
+    if shared is not None:
+        for path in [Path(shared), *Path(shared).rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o755)
+        mounts.append(f"{shared}:{shared}:ro")
+    return [
+        *shlex.split(args.engine), "run", "--rm", "--name", name, "--network", "host",
+        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+        "--read-only", "--tmpfs", "/tmp:size=16m",
+        *(x for m in mounts for x in ("-v", m)),
+        args.image,
+    ]  # fmt: skip
+
+
+def _container_pid(args: argparse.Namespace, name: str, client: subprocess.Popen[bytes]) -> int:
+    engine = shlex.split(args.engine)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and client.poll() is None:
+        out = subprocess.run(
+            [*engine, "inspect", "--format", "{{.State.Pid}}", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if out.returncode == 0 and out.stdout.strip() not in ("", "0"):
+            return int(out.stdout.strip())
+        time.sleep(0.2)
+    raise LiveError(f"container {name} did not start (podman run exited {client.poll()})")
+
+
+def measure(args: argparse.Namespace, extras: Extras = Extras()) -> dict[str, Any]:
     lines = source_lines(ensure_source(args.source, max(args.burst_lines, 100_000)))
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         log = Path(tmp) / "access.log"
@@ -256,8 +402,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ckpt = Path(tmp) / "checkpoints"
         ckpt.mkdir()
         port = free_port()
+        name = f"bench-live-{os.getpid()}-{port}"
         argv = [
-            *auditor_argv(),
+            *(_container(args, tmp, name) if args.image else auditor_argv()),
             "run",
             "--access-log",
             str(log),
@@ -269,13 +416,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             str(ckpt),
             "--start-at",
             "beginning",
+            *extras.argv,
         ]
         errlog = Path(tmp) / "stderr.log"
+        stdout = subprocess.PIPE if extras.echo else subprocess.DEVNULL
         with errlog.open("wb") as err:
-            proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT
+            client = subprocess.Popen(
+                argv, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT
             )
+        if client.stdout is not None:
+            threading.Thread(target=_drain, args=(client.stdout,), daemon=True).start()
+        proc: Proc = client
         try:
+            if args.image:
+                proc = Contained(client, _container_pid(args, name, client))
             wait_for(lambda: lines_seen(port) is not None, 30, "the metrics endpoint", proc)
             idle_rss = status_kb(proc.pid, "VmRSS")
             st = steady(proc, port, log, lines, args.rate, args.warmup, args.duration)
@@ -284,19 +438,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             tail = errlog.read_text(errors="replace")[-1500:]
             raise LiveError(f"{exc}\n--- auditor run stderr ---\n{tail}") from None
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if client.poll() is None:
+                client.send_signal(signal.SIGTERM)  # podman run passes it on (--sig-proxy)
                 try:
-                    proc.wait(timeout=15)
+                    client.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                    client.kill()
+                    client.wait()
+            if client.stdout is not None:
+                client.stdout.close()
         return {
             "command": " ".join(argv[1:]).replace(tmp, "$TMP"),
             "idle_rss_mb": round(idle_rss / 1024, 1),
             "steady": st,
             "burst": bu,
-            "exit_code": proc.returncode,
+            "exit_code": client.returncode,
         }
 
 
@@ -309,25 +465,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst-lines", type=int, default=300_000)
     p.add_argument("--burst-timeout", type=float, default=600.0)
     p.add_argument("--quick", action="store_true", help="1 s warm-up, 5 s steady, 5k burst")
+    p.add_argument(
+        "--variant",
+        default="plain",
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: plain; see above)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="rounds over the variants (default 1)")
+    p.add_argument("--image", help="run `auditor run` in this container image (see above)")
+    p.add_argument(
+        "--engine",
+        default="podman --runtime runc",
+        help="container engine command for --image (default: %(default)s)",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.duration = 1.0, min(args.duration, 5.0)
         args.burst_lines = min(args.burst_lines, 5000)
+    names = [v.strip() for v in args.variant.split(",") if v.strip()]
+    if not names or set(names) - set(VARIANTS) or args.repeat < 1:
+        p.error(f"--variant: one or more of {', '.join(VARIANTS)}; --repeat: 1 or more")
     reason = run_available()
     if reason is not None:
         print(f"bench.live: {reason}; the live path was not measured", file=sys.stderr)
         return UNAVAILABLE
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     try:
-        result = measure(args)
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-live-variants-") as tmp,
+            variants(names, Path(tmp)) as extras,
+        ):
+            args.variants_dir = tmp
+            for _ in range(args.repeat):
+                for name in names:  # interleaved: drift on a shared machine hits all alike
+                    runs[name].append(measure(args, extras[name]))
     except LiveError as exc:
         print(f"bench.live: {exc}", file=sys.stderr)
         return 1
-    s, b = result["steady"], result["burst"]
-    print(
-        f"steady {s['rate_target']} lines/s: CPU {s['cpu_pct']:.2f}% of one core, RSS "
-        f"{s['rss_mb']} MB (peak {s['peak_rss_mb']} MB); burst {b['lines_per_s']:,.0f} lines/s "
-        f"({b['mb_per_s']} MB/s), peak RSS {b['peak_rss_mb']} MB"
+    for name, results in runs.items():
+        for res in results:
+            s, b = res["steady"], res["burst"]
+            label = f"{name}: " if names != ["plain"] else ""
+            print(
+                f"{label}steady {s['rate_target']} lines/s: CPU {s['cpu_pct']:.2f}% of one core, "
+                f"RSS {s['rss_mb']} MB (peak {s['peak_rss_mb']} MB); burst "
+                f"{b['lines_per_s']:,.0f} lines/s ({b['mb_per_s']} MB/s), "
+                f"peak RSS {b['peak_rss_mb']} MB"
+            )
+    # One plain run keeps the shape bench/run.py and bench/compare.py read.
+    result: dict[str, Any] = (
+        runs["plain"][0] if names == ["plain"] and args.repeat == 1 else {"variants": runs}
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,14 @@ class KubeApiError(Exception):
     def gone(self) -> bool:
         return self.status == 410
 
+    @property
+    def conflict(self) -> bool:
+        """An update lost a race: the object changed since it was read."""
+        return self.status == 409
+
 
 class KubeApi(Protocol):
-    """Raw list/watch of one collection path; objects are decoded JSON dicts."""
+    """Raw list/watch of collections, get/replace of one object; objects are decoded JSON dicts."""
 
     description: str  # names the kubeconfig/context/server for messages
 
@@ -32,5 +37,9 @@ class KubeApi(Protocol):
     def watch(
         self, path: str, params: Mapping[str, str], resource_version: str, timeout_s: float
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
+
+    async def get(self, path: str) -> dict[str, Any]: ...
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...

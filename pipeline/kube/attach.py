@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pipeline.contracts import Plugin, PluginContext
 from pipeline.kube.checks import check_cluster
 from pipeline.kube.discovery import Discovery, DiscoveryOptions
+from pipeline.kube.from_file import FINDING_GROUP
 from pipeline.kube.model import ClusterFacts
 from pipeline.kube.networks import cluster_networks
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from pipeline.core.addresses import Network
 
 log = logging.getLogger("auditor.kube")
-FINDING_GROUP = "kube"
 
 
 class DiscoveryService:

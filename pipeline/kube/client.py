@@ -47,13 +47,25 @@ class KubeClient:
         self.description = description
         self._timeout = request_timeout_s
 
-    async def _get(self, path: str, params: Mapping[str, str], limits: Any) -> Any:
+    async def _get(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        limits: Any,
+        *,
+        method: str = "GET",
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             return await self._api.call_api(
                 path,
-                "GET",
+                method,
                 query_params=list(params.items()),
-                header_params={"Accept": "application/json"},
+                header_params=headers,
+                body=dict(body) if body is not None else None,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
                 _request_timeout=limits,
@@ -69,6 +81,38 @@ class KubeClient:
             return
         body = await resp.read()
         raise KubeApiError(resp.status, _status_reason(body, str(resp.reason or "")))
+
+    async def _json(
+        self, what: str, path: str, method: str = "GET", body: Mapping[str, Any] | None = None
+    ) -> Any:
+        """One request whose answer is a JSON document (a list, an object)."""
+        limits = aiohttp.ClientTimeout(total=self._timeout)
+        resp = await self._get(path, {}, limits, method=method, body=body)
+        try:
+            await self._raise_for_status(resp)
+            try:
+                data = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise KubeApiError(0, f"{what} {path} interrupted: {exc}") from None
+        finally:
+            resp.release()
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise KubeApiError(0, f"{what} {path}: response is not JSON") from None
+
+    async def get(self, path: str) -> dict[str, Any]:
+        doc = await self._json("get", path)
+        if not isinstance(doc, dict):
+            raise KubeApiError(0, f"get {path}: response is not an object")
+        return doc
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: the API refuses it (409) unless ``metadata.resourceVersion`` is still current."""
+        doc = await self._json("update", path, "PUT", body)
+        if not isinstance(doc, dict):
+            raise KubeApiError(0, f"update {path}: response is not an object")
+        return doc
 
     async def list(self, path: str, params: Mapping[str, str]) -> tuple[list[dict[str, Any]], str]:
         resp = await self._get(path, params, aiohttp.ClientTimeout(total=self._timeout))

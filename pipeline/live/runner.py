@@ -35,6 +35,7 @@ from pipeline.contracts import (
 )
 from pipeline.core.feed import SourceAuditor
 from pipeline.errors import EXIT_OK, EXIT_USAGE, FatalSourceError, UsageError
+from pipeline.live.echo import StderrFindings, StdoutEcho
 from pipeline.live.lifecycle import Lifecycle, lapi_unready, open_findings, send, source_health
 from pipeline.live.wiring import engine_from_config, lapi_from_config
 from pipeline.sources.tail import FileTailer, TailBatch, TailConfig
@@ -80,7 +81,11 @@ class Runner:
         self.config = config
         self.clock = clock
         self.engine = engine_from_config(config, clock)
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(
+            registry or CollectorRegistry(),
+            kafka=bool(config.kafka_bootstrap),
+            remediation=config.remediate,
+        )
         self.stop = asyncio.Event()
         self.lapi = lapi_from_config(config)
         self.tailer = FileTailer(
@@ -106,6 +111,7 @@ class Runner:
         self.publisher: Publisher | None = None
         self.audit_locally = True
         self.kube_status: SyncStatus | None = None
+        self.echo: StdoutEcho | None = None
         self._closers: list[Callable[[], None]] = []
         self._fatal: BaseException | None = None
         self._last_checkpoint = 0.0
@@ -128,7 +134,7 @@ class Runner:
 
     def _install(self, plugins: Sequence[Plugin]) -> None:
         """Merge the plugins' parts; every sink (the findings file first) gets every wrapper."""
-        sinks: list[EventSink] = [open_findings(self.config)]
+        sinks: list[EventSink] = [self._findings_sink()]
         services: list[Service] = []
         for p in plugins:
             sinks += p.sinks
@@ -145,6 +151,12 @@ class Runner:
         self.sinks = tuple(sinks)
         self.services = tuple(services)
 
+    def _findings_sink(self) -> EventSink:
+        """The findings file; ``-`` means stderr when stdout carries the echoed access log."""
+        if self.config.echo_access_log and self.config.findings == "-":
+            return StderrFindings()
+        return open_findings(self.config)
+
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> int:
         plugins = self._attach(self.config, self.context) if self._attach is not None else ()
@@ -156,6 +168,8 @@ class Runner:
             await self.lifecycle.close()
             self.lifecycle.release()
             raise
+        if self.config.echo_access_log:
+            self.echo = StdoutEcho()
         log.info(
             "listening on %s:%d; following %s",
             self.lifecycle.host,
@@ -191,6 +205,8 @@ class Runner:
     async def _close(self) -> None:
         """Release everything; a failure in one part must not skip the checkpoint or the rest."""
         steps: list[Callable[[], Awaitable[None] | None]] = [self.tailer.flush_checkpoints]
+        if self.echo is not None:
+            steps.append(self.echo.close)
         if self.lapi is not None:
             steps.append(self.lapi.aclose)
         if self.publisher is not None:
@@ -285,6 +301,8 @@ class Runner:
             if self.audit_locally:
                 self.feed(item)
             self.tailer.ack(item)
+            if self.echo is not None:
+                self.echo.write(item.lines)
         elif isinstance(item, DecisionDelta):
             self.engine.apply(item)
         elif isinstance(item, _Tick):
@@ -318,6 +336,8 @@ class Runner:
                 kube=self.kube_status,
             ),
         )
+        if self.echo is not None:
+            self.metrics.set_echo_dropped(self.echo.dropped)
         now = time.monotonic()
         if now - self._last_checkpoint >= CHECKPOINT_EVERY_S:
             self._last_checkpoint = now

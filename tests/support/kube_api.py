@@ -3,8 +3,14 @@
 It serves list and watch for the resources discovery reads, from JSON fixtures shaped like
 ``kubectl get <res> -A -o json`` (tests/data/kube/<cluster>/<resource>.json). Lists carry a
 ``metadata.resourceVersion``; ``?watch=1`` streams JSON lines ``{"type", "object"}`` from a given
-version (replaying history) and then live changes. Faults on demand: a 410 Gone ERROR event or an
-HTTP 410 for old versions (``compact``), dropped watch connections, and HTTP 500 for everything.
+version (replaying history) and then live changes. One namespaced object can be read (GET) and
+replaced (PUT, refused with 409 unless its ``metadata.resourceVersion`` and ``uid`` are the
+current ones), as ``auditor discover`` does with its ConfigMap. Faults on demand: a 410 Gone
+ERROR event or an HTTP 410 for old versions (``compact``), dropped watch connections, HTTP 500
+for everything, 403 for one method on one path (``forbid``).
+
+``ConfigMapVolume`` is the other side of a ConfigMap: the directory the kubelet projects it
+into, updated by the same atomic ``..data`` link swap.
 
 The server runs its own event loop in a thread, so it serves both async tests and the synchronous
 ``pipeline.cli.main.main`` (which runs ``asyncio.run``). Mutators are thread-safe and return once
@@ -16,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
+import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +47,7 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "daemonsets": ("/apis/apps/v1", "DaemonSet", True),
     "deployments": ("/apis/apps/v1", "Deployment", True),
     "replicasets": ("/apis/apps/v1", "ReplicaSet", True),
+    "configmaps": ("/api/v1", "ConfigMap", True),
 }
 KIND_TO_RESOURCE = {kind: res for res, (_, kind, _) in RESOURCES.items()}
 _CLOSE = object()
@@ -114,6 +124,7 @@ class _Watch:
 class Request:
     path: str
     query: dict[str, str]
+    method: str = "GET"
 
     @property
     def watch(self) -> bool:
@@ -130,6 +141,7 @@ class FakeKubeApi:
         self.compacted_rv = 0  # watches from a version <= this get 410 Gone
         self.gone_as_http = False  # answer an expired watch with HTTP 410 instead of an ERROR event
         self.fail_status: int | None = None
+        self.forbidden: set[tuple[str, str]] = set()  # (method, path) answered with 403
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []
         self.requests: list[Request] = []
         self._watches: list[_Watch] = []
@@ -166,6 +178,9 @@ class FakeKubeApi:
         for prefix in ("/api/v1", "/apis/apps/v1"):
             app.router.add_get(prefix + "/{resource}", self._handle)
             app.router.add_get(prefix + "/namespaces/{namespace}/{resource}", self._handle)
+            one = prefix + "/namespaces/{namespace}/{resource}/{name}"
+            app.router.add_get(one, self._handle_one)
+            app.router.add_put(one, self._handle_one)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -221,6 +236,7 @@ class FakeKubeApi:
         key = f"{meta.get('namespace', '')}/{meta['name']}"
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
+        meta.setdefault("uid", f"uid-{res}-{key}")
         self.objects[res][key] = obj
         return res, key
 
@@ -257,6 +273,17 @@ class FakeKubeApi:
         self._call(run)
 
     # -- faults ---------------------------------------------------------------------------------
+    def forbid(self, method: str, path: str, *, allowed: bool = False) -> None:
+        """Answer ``method`` on ``path`` with 403 (RBAC without that verb), or allow it again."""
+
+        def run() -> None:
+            if allowed:
+                self.forbidden.discard((method, path))
+            else:
+                self.forbidden.add((method, path))
+
+        self._call(run)
+
     def fail(self, status: int | None = 500) -> None:
         """Answer every request with ``status`` (None: recover)."""
 
@@ -320,9 +347,7 @@ class FakeKubeApi:
         return result
 
     # -- HTTP -----------------------------------------------------------------------------------
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        query = dict(request.query)
-        self.requests.append(Request(request.path, query))
+    def _refused(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
         if self.fail_status is not None:
@@ -330,6 +355,63 @@ class FakeKubeApi:
                 _status(self.fail_status, "InternalError", "injected failure"),
                 status=self.fail_status,
             )
+        if (request.method, request.path) in self.forbidden:
+            message = f"{request.method} {request.path} is forbidden (fake RBAC)"
+            return web.json_response(_status(403, "Forbidden", message), status=403)
+        return None
+
+    async def _handle_one(self, request: web.Request) -> web.Response:
+        """GET or PUT of one namespaced object."""
+        self.requests.append(Request(request.path, dict(request.query), request.method))
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        resource = request.match_info["resource"]
+        spec = RESOURCES.get(resource)
+        prefix = "/api/v1" if request.path.startswith("/api/v1") else "/apis/apps/v1"
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        key = f"{namespace}/{name}"
+        if spec is None or spec[0] != prefix or not spec[2] or key not in self.objects[resource]:
+            message = f'{resource} "{name}" not found'
+            return web.json_response(_status(404, "NotFound", message), status=404)
+        current = self.objects[resource][key]
+        if request.method == "GET":
+            return web.json_response(current)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response(_status(400, "BadRequest", "not JSON"), status=400)
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        if (
+            not isinstance(meta, dict)
+            or body.get("kind") != spec[1]
+            or meta.get("name") != name
+            or meta.get("namespace", namespace) != namespace
+        ):
+            return web.json_response(_status(400, "BadRequest", "wrong object"), status=400)
+        cur_meta = current["metadata"]
+        if (
+            meta.get("resourceVersion") != cur_meta["resourceVersion"]
+            or meta.get("uid", cur_meta["uid"]) != cur_meta["uid"]
+        ):
+            message = (
+                f'Operation cannot be fulfilled on {resource} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again"
+            )
+            return web.json_response(_status(409, "Conflict", message), status=409)
+        replaced = copy.deepcopy(body)
+        replaced["metadata"] = {**copy.deepcopy(meta), "uid": cur_meta["uid"]}
+        replaced["metadata"]["namespace"] = namespace
+        res, stored = self._store(replaced)
+        self._event("MODIFIED", res, self.objects[res][stored])
+        return web.json_response(self.objects[res][stored])
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
+        self.requests.append(Request(request.path, query))
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         resource = request.match_info["resource"]
         namespace = request.match_info.get("namespace")
         spec = RESOURCES.get(resource)
@@ -419,3 +501,43 @@ class FakeKubeApi:
             await resp.write_eof()
         finally:
             self._watches.remove(w)
+
+
+class ConfigMapVolume:
+    """A directory laid out as the kubelet lays out a ConfigMap volume, and updated the way it
+    updates one (pkg/volume/util/atomic_writer.go): every version of the payload is written to a
+    fresh ``..<timestamp>`` directory, a ``..data_tmp`` link to it is renamed over ``..data``,
+    each key is a link ``<key> -> ..data/<key>`` (made once, removed with its key), and the old
+    directory is deleted last."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._serial = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def publish(self, payload: dict[str, bytes]) -> None:
+        self._serial += 1
+        stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
+        name = f"..{stamp}.{self._serial:09d}"
+        new_dir = self.root / name
+        new_dir.mkdir(mode=0o755)
+        for key, data in payload.items():
+            (new_dir / key).write_bytes(data)
+            (new_dir / key).chmod(0o644)
+        data_link = self.root / "..data"
+        old = os.readlink(data_link) if data_link.is_symlink() else None
+        tmp_link = self.root / "..data_tmp"
+        tmp_link.symlink_to(name)
+        os.rename(tmp_link, data_link)
+        for key in payload:
+            visible = self.root / key
+            if not visible.is_symlink():
+                visible.symlink_to(f"..data/{key}")
+        for entry in self.root.iterdir():
+            if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in payload:
+                entry.unlink()
+        if old is not None:
+            shutil.rmtree(self.root / old)
