@@ -9,18 +9,25 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+RUNTIME := $(VENV)/.runtime
+
+# The whole project with every extra (Kafka, Kubernetes, GeoIP) and the test tools.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[all,test]'
+	touch $(STAMP) $(RUNTIME)
+
+# The runtime only (what `pip install ban-auditor` gets): enough for replay and the demo.
+$(RUNTIME): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUNTIME)
 
 install: $(STAMP)
 
 ## Replay the bundled sample: a k3s cluster whose servicelb masks clients, and a CrowdSec ban on the hop.
-demo: $(STAMP)
-	@# exit 1 means "findings", which is the point of the demo; 2 would be an error.
+demo: $(RUNTIME)
 	$(BIN)/auditor replay examples/demo/access.log --decisions examples/demo/decisions.json \
-		--format table || test $$? -eq 1
+		--format table --fail-on never
 
 ## Debian packages the tests start for real (installed when root, else the command is printed).
 deps:

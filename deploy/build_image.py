@@ -204,7 +204,7 @@ def wheels(target: Target, directory: Path) -> None:
     _run([*pip, "wheel", "-q", "--no-deps", "-w", str(directory), str(ROOT)], "pip wheel")
     (own,) = directory.glob("ban_auditor-*.whl")
     _run(
-        [*pip, "download", "-q", *target.pip_flags(), "-d", str(directory), str(own), "pip"],
+        [*pip, "download", "-q", *target.pip_flags(), "-d", str(directory), f"{own}[all]", "pip"],
         "pip download of the runtime dependencies",
     )
 

@@ -113,6 +113,10 @@ class RunConfig:
     discovery: bool = False
     kubeconfig: str | None = None
     kube_context: str | None = None
+    # The file `auditor discover` publishes (its ConfigMap, mounted): networks, config findings.
+    networks_file: str | None = None
+    # Re-emit every access-log line read on stdout, unchanged, for CrowdSec to read.
+    echo_access_log: bool = False
     geoip_db: tuple[str, ...] = ()
     remediate: bool = False
     remediate_dry_run: bool = True
@@ -166,6 +170,124 @@ _HINTS = typing.get_type_hints(RunConfig)
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 LIMITS: dict[str, Limits] = {f.name: f.metadata["limits"] for f in fields(RunConfig) if f.metadata}
 _DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(RunConfig)}
+
+# One line of help and a metavar per key: ``--help`` of run/aggregate, ``--print-config`` and
+# shell completion are all generated from here, with the default, choices and range of the key
+# (tests/unit/cli/test_help.py fails on a key without an entry). A field may carry its own
+# ``metadata={"help": ..., "metavar": ...}`` instead.
+DOCS: dict[str, tuple[str, str]] = {
+    "access_log": ("Traefik access log file or glob to follow (repeatable)", "PATH"),
+    "envelope": ("container log envelope around each line", "ENVELOPE"),
+    "checkpoint_dir": ("directory for read offsets, so a restart resumes (default: none)", "DIR"),
+    "start_at": ("where to start in a file seen for the first time", "WHERE"),
+    "max_line_bytes": ("longer lines are cut", "BYTES"),
+    "poll_interval": ("seconds between looks at the access logs", "SECONDS"),
+    "rotate_wait": ("seconds a rotated-away file is still read after it stops growing", "SECONDS"),
+    "lapi_url": ("CrowdSec LAPI URL, e.g. http://127.0.0.1:8080 (default: none)", "URL"),
+    "lapi_key_file": ("file holding the bouncer API key (else the env var lapi_key_env)", "PATH"),
+    "lapi_key_env": ("environment variable holding the bouncer API key", "NAME"),
+    "lapi_poll_interval": ("seconds between LAPI decision-stream polls", "SECONDS"),
+    "metrics_listen": ("address of /metrics, /healthz and /readyz", "HOST:PORT"),
+    "findings": ("file the findings are appended to as JSON lines (- for stdout)", "PATH"),
+    "pod_cidr": ("pod network (repeatable; k3s default 10.42.0.0/16)", "CIDR"),
+    "service_cidr": ("service network (repeatable; k3s default 10.43.0.0/16)", "CIDR"),
+    "node_ip": ("a node address (repeatable)", "IP"),
+    "lb_ip": ("a load-balancer address (repeatable)", "IP"),
+    "internal_cidr": ("any other internal network (repeatable)", "CIDR"),
+    "k3s_defaults": ("assume k3s' default pod and service networks", ""),
+    "window": ("seconds of traffic behind the masked share and the blast radius", "SECONDS"),
+    "masked_share": ("share of internal clients that flags masking", "SHARE"),
+    "masked_min_requests": ("requests a window needs before masking is judged", "N"),
+    "discovery": ("learn the cluster's networks from the Kubernetes API", ""),
+    "kubeconfig": ("kubeconfig for discovery (default: in-cluster, then ~/.kube/config)", "PATH"),
+    "kube_context": ("kubeconfig context for discovery (default: current)", "NAME"),
+    "networks_file": ("networks file of the `auditor discover` watcher (its ConfigMap)", "PATH"),
+    "echo_access_log": (
+        "write every access-log line read to stdout, unchanged (findings = - goes to stderr)",
+        "",
+    ),
+    "geoip_db": ("MaxMind DB adding country and AS to findings (repeatable)", "PATH"),
+    "remediate": ("delete bans on internal targets from the LAPI (dry run unless told)", ""),
+    "remediate_dry_run": ("only log what remediation would delete", ""),
+    "lapi_credentials_file": ("machine credentials remediation logs in with", "PATH"),
+    "remediate_max_per_minute": ("deletions per minute at most", "N"),
+    "remediate_origins": ("decision origin remediation may delete (repeatable)", "ORIGIN"),
+    "crowdsec_metrics_url": ("CrowdSec's Prometheus endpoint, for health findings", "URL"),
+    "kafka_bootstrap": ("Kafka bootstrap servers, comma-separated (default: none)", "HOST:PORT"),
+    "kafka_events_topic": ("topic of the access events sidecars publish", "TOPIC"),
+    "kafka_totals_topic": ("topic of the per-node traffic totals", "TOPIC"),
+    "kafka_findings_topic": ("topic the findings are published to", "TOPIC"),
+    "kafka_group": ("consumer group of the aggregators", "GROUP"),
+    "kafka_local_audit": ("also audit locally while publishing to Kafka", ""),
+    "kafka_acks": ("producer acknowledgements", "ACKS"),
+    "kafka_idempotence": ("idempotent producer (no duplicates on retry)", ""),
+    "kafka_create_topics": ("create missing topics at start", ""),
+    "kafka_partitions": ("partitions of the topics the auditor creates", "N"),
+    "kafka_timeout": ("seconds any one broker call may take", "SECONDS"),
+    "kafka_security_protocol": ("Kafka security protocol", "PROTOCOL"),
+    "kafka_sasl_mechanism": ("SASL mechanism, e.g. SCRAM-SHA-512 (default: none)", "MECHANISM"),
+    "kafka_sasl_username": ("SASL user name (default: none)", "USER"),
+    "kafka_sasl_password_file": ("file holding the SASL password", "PATH"),
+    "kafka_ssl_cafile": ("CA bundle to verify the brokers", "PATH"),
+    "kafka_ssl_certfile": ("client certificate for TLS", "PATH"),
+    "kafka_ssl_keyfile": ("client key for TLS", "PATH"),
+    "node_name": ("this node's name in events and findings (default: the host name)", "NAME"),
+    "log_level": ("log level", "LEVEL"),
+}
+# Keys only ``auditor run`` uses (reading files, the cluster, remediation, GeoIP): ``aggregate``
+# has no flag for them (a shared config file may still set them).
+RUN_ONLY: frozenset[str] = frozenset(
+    {
+        "access_log",
+        "envelope",
+        "checkpoint_dir",
+        "start_at",
+        "max_line_bytes",
+        "poll_interval",
+        "rotate_wait",
+        "discovery",
+        "kubeconfig",
+        "kube_context",
+        "networks_file",
+        "echo_access_log",
+        "geoip_db",
+        "remediate",
+        "remediate_dry_run",
+        "lapi_credentials_file",
+        "remediate_max_per_minute",
+        "remediate_origins",
+        "crowdsec_metrics_url",
+        "kafka_local_audit",
+    }
+)
+
+
+def key_doc(key: str) -> tuple[str, str]:
+    """(one-line help, metavar) of a key; KeyError when it has neither kind of entry."""
+    meta = next(f.metadata for f in fields(RunConfig) if f.name == key)
+    if "help" in meta:
+        return str(meta["help"]), str(meta.get("metavar", "VALUE"))
+    return DOCS[key]
+
+
+def keys_for(command: str) -> tuple[str, ...]:
+    """The keys that are flags of ``command`` (``run`` or ``aggregate``)."""
+    return tuple(k for k in KEYS if command == "run" or k not in RUN_ONLY)
+
+
+def _flag_help(key: str) -> str:
+    text, _ = key_doc(key)
+    kind = _base_type(key)
+    default = _DEFAULTS[key]
+    if key in LIMITS:
+        text += f"; {LIMITS[key].describe(integer=kind is int)}"
+    if kind is bool:
+        return f"{text} (default: {'on' if default else 'off'})"
+    if "(default" in text or (default is None or default == ()):
+        return text
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    return f"{text} (default: {default})"
 
 
 def _base_type(key: str) -> type:
@@ -298,36 +420,34 @@ def _from_env(env: Mapping[str, str]) -> dict[str, object]:
     return out
 
 
-def add_config_args(parser: argparse.ArgumentParser, keys: tuple[str, ...] = KEYS) -> None:
-    """One flag per key; flags default to 'not given' so file and env values survive."""
+def add_config_args(parser: argparse.ArgumentParser, command: str = "run") -> None:
+    """One flag per key of ``command``; flags default to 'not given' so file and env values
+    survive. Help, metavar, choices and default come from the key's definition."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
     parser.add_argument(
-        "--print-config", action="store_true", help="print the effective config and exit"
+        "--print-config",
+        action="store_true",
+        help="print the effective config as TOML (secrets redacted) and exit",
     )
-    for key in keys:
+    group = parser.add_argument_group(
+        "config keys (each also a TOML key and an AUDITOR_<KEY> environment variable)"
+    )
+    for key in keys_for(command):
         flag = "--" + key.replace("_", "-")
         kind = _base_type(key)
+        _, metavar = key_doc(key)
+        common: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS}
+        help_text = _flag_help(key).replace("%", "%%")
         if kind is bool:
-            parser.add_argument(
-                flag, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, help=help_text, **common
             )
         elif kind is tuple:
-            parser.add_argument(
-                flag, dest=key, action="append", default=argparse.SUPPRESS, metavar="VALUE"
-            )
-        elif key in LIMITS:
-            default = _DEFAULTS[key]
-            parser.add_argument(
-                flag,
-                dest=key,
-                default=argparse.SUPPRESS,
-                metavar=key.split("_")[-1].upper(),
-                help=f"{LIMITS[key].describe(integer=kind is int)} (default {default})",
-            )
+            group.add_argument(flag, action="append", metavar=metavar, help=help_text, **common)
+        elif key in CHOICES:
+            group.add_argument(flag, choices=CHOICES[key], help=help_text, **common)
         else:
-            parser.add_argument(
-                flag, dest=key, default=argparse.SUPPRESS, metavar=key.split("_")[-1].upper()
-            )
+            group.add_argument(flag, metavar=metavar, help=help_text, **common)
 
 
 def load_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> RunConfig:
@@ -359,6 +479,8 @@ def validate(config: RunConfig) -> None:
         raise bad("lapi_url", "lapi_key_file is set but lapi_url is not")
     if config.remediate and not config.lapi_credentials_file:
         raise bad("lapi_credentials_file", "required by remediate")
+    if config.networks_file and config.discovery:
+        raise bad("networks_file", "read the watcher's networks file or run discovery, not both")
     for origin in config.remediate_origins:
         if "," in origin:
             raise bad("remediate_origins", f"one origin per flag (repeat it), got {origin[:64]!r}")
@@ -366,9 +488,54 @@ def validate(config: RunConfig) -> None:
             raise bad("remediate_origins", f"not a decision origin: {origin[:64]!r}")
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # A TOML basic string takes JSON's escapes (\", \\, \n, \uXXXX).
+    return orjson.dumps(str(value)).decode()
+
+
+def to_toml(config: RunConfig) -> str:
+    """The effective config as a TOML file that ``--config`` reads back to the same config.
+
+    URLs lose their ``user:password@``; secrets, which are never config values, appear only as
+    a comment naming where they are read from, and only for the features that are on. Keys
+    that are not set are comments (TOML has no null).
+    """
+    out = [
+        "# ban-auditor config: the effective values (file < AUDITOR_* env < flags).",
+        "# Paste it as the --config file; secrets are read from where the comments say.",
+    ]
+    for key in KEYS:
+        value = getattr(config, key)
+        if key in URL_KEYS and isinstance(value, str):
+            value = ",".join(redact_url(part) for part in value.split(","))
+        out.append(f"# {key} is not set" if value is None else f"{key} = {_toml_value(value)}")
+    secrets = []
+    if config.lapi_url:
+        where = (
+            f"file {config.lapi_key_file}" if config.lapi_key_file else f"env {config.lapi_key_env}"
+        )
+        secrets.append(f"# LAPI key: read from {where}")
+    if config.kafka_bootstrap and config.kafka_sasl_mechanism:
+        where = (
+            f"file {config.kafka_sasl_password_file}"
+            if config.kafka_sasl_password_file
+            else "env AUDITOR_KAFKA_SASL_PASSWORD"
+        )
+        secrets.append(f"# Kafka SASL password: read from {where}")
+    if config.remediate and config.lapi_credentials_file:
+        secrets.append(f"# LAPI machine password: read from file {config.lapi_credentials_file}")
+    return "\n".join([*out, *([""] if secrets else []), *secrets]) + "\n"
+
+
 def print_config(config: RunConfig) -> None:
-    """``--print-config``: the effective config as JSON, secrets only by where they come from."""
-    sys.stdout.write(orjson.dumps(config.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    """``--print-config``: the effective config as TOML (``to_toml``)."""
+    sys.stdout.write(to_toml(config))
 
 
 def listen_address(config: RunConfig) -> tuple[str, int]:

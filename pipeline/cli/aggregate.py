@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="audit the events node sidecars publish to Kafka (consumer group member)",
         description=DESCRIPTION,
     )
-    add_config_args(p)
+    add_config_args(p, "aggregate")
     p.set_defaults(func=main_aggregate)
 
 

@@ -79,7 +79,13 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="leave out k3s defaults and the well-known private/loopback/CGNAT ranges",
     )
-    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.add_argument(
+        "-o",
+        "--format",
+        choices=("yaml", "json"),
+        default="yaml",
+        help="output format (default: %(default)s)",
+    )
     p.add_argument(
         "--only", choices=SECTIONS, help="print one artefact (a file you can apply as is)"
     )

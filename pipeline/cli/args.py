@@ -76,6 +76,9 @@ async def cluster_from_args(args: argparse.Namespace) -> tuple[ClusterFacts, lis
     """The cluster the ``add_cluster_args`` flags name: its facts, the networks they imply (no
     defaults added: each command decides) and where it was read from."""
     # Lazy: Kubernetes costs ~60 MB; commands that never list a cluster must not load it.
+    from pipeline.cli.extras import require
+
+    require("kubernetes_asyncio", f"auditor {getattr(args, 'command', '')} (reads the cluster)")
     from pipeline.kube.discovery import discover_once
     from pipeline.kube.networks import cluster_networks
 

@@ -71,12 +71,19 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         help="file holding a bouncer API key (cscli bouncers add)",
     )
-    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.add_argument(
+        "-o",
+        "--format",
+        choices=("table", "json", "markdown"),
+        default="table",
+        help="output format (default: %(default)s)",
+    )
     p.add_argument(
         "--fail-on",
-        choices=[s.value for s in Severity],
+        choices=[*(s.value for s in Severity), "never", "none"],
         default=Severity.HIGH.value,
-        help="exit 1 when a finding has this severity or more (default: %(default)s)",
+        help="exit 1 when a finding has this severity or more; never (or none): report only "
+        "(default: %(default)s)",
     )
     p.set_defaults(func=run_check)
 
@@ -130,6 +137,8 @@ def run_check(args: argparse.Namespace) -> int:
     result = asyncio.run(_check(args, key))
     render = {"json": render_json, "markdown": render_markdown, "table": render_table}[args.format]
     sys.stdout.write(render(result))
+    if args.fail_on in ("never", "none"):
+        return EXIT_OK
     return EXIT_FINDINGS if at_or_above(list(result.findings), Severity(args.fail_on)) else EXIT_OK
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -22,6 +23,8 @@ COMMANDS: tuple[str, ...] = (
     "pipeline.cli.check",
     "pipeline.cli.allowlist",
     "pipeline.cli.aggregate",
+    "pipeline.cli.discover",
+    "pipeline.cli.completion",
 )
 
 
@@ -45,12 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (auditor completion)
+        from pipeline.cli.completion import complete
+
+        complete(parser)
     args = parser.parse_args(argv)
     func = cast("Callable[[argparse.Namespace], int]", args.func)
     try:
         return func(args)
     except UsageError as exc:
         print(f"auditor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        from pipeline.cli.extras import EXTRAS, missing_extra_message
+
+        module = (exc.name or "").split(".")[0]
+        if module not in EXTRAS:
+            raise
+        why = f"auditor {getattr(args, 'command', '')}".strip()
+        print(f"auditor: error: {missing_extra_message(module, why)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

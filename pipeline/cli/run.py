@@ -61,6 +61,10 @@ def attach_plugins(config: RunConfig, ctx: PluginContext) -> list[Plugin]:
         from pipeline.kube.attach import attach_discovery
 
         plugins.append(attach_discovery(config, ctx))
+    if config.networks_file:
+        from pipeline.kube.from_file import attach_networks_file  # no Kubernetes client
+
+        plugins.append(attach_networks_file(config, ctx))
     return plugins
 
 
@@ -90,8 +94,21 @@ def load_live_config(args: argparse.Namespace, *, require: str, why: str) -> Run
         return None
     if not getattr(config, require):
         raise UsageError(f"config key '{require}': {why}")
+    require_extras(config)
     setup_logging(config.log_level)
     return config
+
+
+def require_extras(config: RunConfig) -> None:
+    """The extras the config's features need, checked before anything starts."""
+    from pipeline.cli.extras import require as need
+
+    if config.kafka_bootstrap:
+        need("aiokafka", "config key 'kafka_bootstrap' (Kafka)")
+    if config.discovery:
+        need("kubernetes_asyncio", "config key 'discovery' (Kubernetes)")
+    if config.geoip_db:
+        need("maxminddb", "config key 'geoip_db' (GeoIP)")
 
 
 def main_run(args: argparse.Namespace) -> int:

@@ -109,7 +109,7 @@ class Aggregator:
         )
         self.timeline = ClusterTimeline(self.view)
         self.engine = engine_from_config(config, clock, self.timeline, engine_config)
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(registry or CollectorRegistry(), remediation=False)
         self.lapi: LapiStream | None = lapi_from_config(config)
         self.stop = asyncio.Event()
         self.tasks = Supervisor(self.stop, log)
@@ -163,6 +163,7 @@ class Aggregator:
             if self.tasks.fatal is None:
                 if self.events.healthy:  # read our own last snapshots back before the last word
                     await self.reader.catch_up(self.settings.timeout)
+                self.timeline.close_all()  # the last word covers the open bucket, as replay's
                 self._evaluate()
                 if self.router is not None:
                     self._send(self.router.refresh(self.engine.findings))

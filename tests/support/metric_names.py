@@ -43,7 +43,16 @@ CLIENT_CLASSES: Final = frozenset(
 )
 SCOPES: Final = frozenset({"Ip", "Range", "other"})
 FINDING_KINDS: Final = frozenset(
-    {"internal_ban", "masked_client_ip", "log_format", "config", "crowdsec_health", "remediation"}
+    {
+        "internal_ban",
+        "masked_client_ip",
+        "log_format",
+        "config",
+        "crowdsec_health",
+        "remediation",
+        "suspected_hop",
+        "masking_started",
+    }
 )
 SEVERITIES: Final = frozenset({"info", "low", "medium", "high", "critical"})
 POLL_RESULTS: Final = frozenset({"ok", "error"})
@@ -77,11 +86,14 @@ METRICS: Final[dict[str, tuple[str, frozenset[str]]]] = {
     "auditor_lapi_last_success_timestamp_seconds": ("gauge", frozenset()),
     "auditor_lapi_polls_total": ("counter", frozenset({"result"})),
     "auditor_tail_lag_bytes": ("gauge", frozenset()),
+    "auditor_source_unreadable": ("gauge", frozenset({"source"})),
     "auditor_tail_rotations_total": ("counter", frozenset()),
     "auditor_last_event_timestamp_seconds": ("gauge", frozenset({"source"})),
     "auditor_remediations_total": ("counter", frozenset({"action", "result"})),
     "auditor_kubernetes_up": ("gauge", frozenset()),
     "auditor_kubernetes_sync_timestamp_seconds": ("gauge", frozenset()),
+    "auditor_networks_file_age_seconds": ("gauge", frozenset()),
+    "auditor_echo_dropped_lines_total": ("counter", frozenset()),
     "auditor_kafka_events_published_total": ("counter", frozenset()),
     "auditor_kafka_events_consumed_total": ("counter", frozenset()),
     "auditor_kafka_duplicates_dropped_total": ("counter", frozenset()),

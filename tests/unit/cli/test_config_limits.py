@@ -151,7 +151,7 @@ def test_validate_refuses_a_config_built_in_code() -> None:
 def test_flag_help_shows_each_range(auditor: Run) -> None:
     code, out, _ = auditor("run", "--help")
     assert code == 0
-    assert "an integer from 1 to 604800 (default 900)" in " ".join(out.split())
+    assert "an integer from 1 to 604800 (default: 900)" in " ".join(out.split())
 
 
 # -- URLs with credentials ------------------------------------------------------------------------
@@ -170,8 +170,8 @@ def test_print_config_strips_credentials_from_urls(auditor: Run) -> None:
     )
     assert code == 0, err
     assert "hunter2" not in out and "s3cr3t" not in out and "bouncer" not in out
-    assert '"lapi_url": "http://127.0.0.1:8080/"' in out
-    assert '"crowdsec_metrics_url": "http://127.0.0.1:6060/metrics"' in out
+    assert 'lapi_url = "http://127.0.0.1:8080/"' in out
+    assert 'crowdsec_metrics_url = "http://127.0.0.1:6060/metrics"' in out
 
 
 # -- replay's flags share the ranges -----------------------------------------------------------

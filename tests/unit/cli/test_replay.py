@@ -416,14 +416,12 @@ def test_envelope_raw_forced_on_cri_file(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_empty_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Nothing to audit is not a clean bill of health (tests/unit/cli/test_exit_codes.py)."""
     empty = tmp_path / "empty.log"
     empty.write_bytes(b"")
-    rc, report = replay_json(capsys, str(empty))
-    assert rc == EXIT_OK
-    summary = report["summary"]
-    assert isinstance(summary, dict)
-    assert summary["requests"] == 0
-    assert summary["time_span"] == {"first": None, "last": None, "seconds": 0.0}
+    rc, out, err = replay(capsys, "--format", "json", str(empty))
+    assert (rc, out) == (EXIT_USAGE, "")
+    assert f"{empty}: no lines to audit" in err
 
 
 # -- formats --------------------------------------------------------------------------------------
@@ -443,8 +441,9 @@ def test_formats_table_markdown_json(capsys: pytest.CaptureFixture[str], tmp_pat
     assert md.startswith("# ban-auditor replay report\n")
     assert "### HIGH internal_ban: `172.17.0.1`" in md
     assert "| web | 3 | 2 | 66.7% |" in md
-    block = md.split("```json\n", 1)[1].split("\n```", 1)[0]
-    assert json.loads(block)["class"] == "docker"
+    assert "```json" not in md  # evidence as sentences; the JSON format carries all of it
+    assert "- decision 1: ban on Ip `172.17.0.1` by crowdsec" in md
+    assert "- Findings: 0 critical, 1 high, 0 medium, 0 low, 0 info" in md
     rc, js, _ = replay(capsys, V2, "--decisions", decisions, "--format", "json")
     assert rc == EXIT_FINDINGS
     assert json.loads(js)["findings"][0]["target"] == "172.17.0.1"
@@ -460,7 +459,7 @@ def test_default_format_is_json_when_not_a_terminal(
 
 def test_clean_table_says_none(capsys: pytest.CaptureFixture[str]) -> None:
     _, table, _ = replay(capsys, V3, "--format", "table")
-    assert "Findings (0):\n  none\n" in table
+    assert "Findings (0): 0 critical, 0 high, 0 medium, 0 low, 0 info\n  none\n" in table
     _, md, _ = replay(capsys, V3, "--format", "markdown")
     assert "## Findings\n\nNone.\n" in md
 

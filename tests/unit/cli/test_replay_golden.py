@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import types
 
@@ -67,13 +68,17 @@ def normalize(report: dict[str, object]) -> dict[str, object]:
 
 
 def run_case(
-    case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    case: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str = "json",
 ) -> tuple[int, str]:
     case_dir = GOLDEN / case
     monkeypatch.chdir(case_dir)
+    monkeypatch.setenv("COLUMNS", "80")  # the table's width when stdout is not a terminal
     extra = shlex.split((case_dir / "args.txt").read_text())
-    argv = ["replay", "input.log", "--decisions", "decisions.json", "--format", "json"]
-    rc = main([*argv, "--no-progress", *extra])
+    argv = ["replay", "input.log", "--decisions", "decisions.json", "--format", fmt]
+    rc = main([*argv, "--no-progress", "--color", "never", *extra])
     out, err = capsys.readouterr()
     assert err == ""
     return rc, out
@@ -101,6 +106,23 @@ def test_golden(
         exit_path.write_text(f"{rc}\n")
     assert normalize(json.loads(out)) == normalize(json.loads(expected_path.read_text()))
     assert rc == int(exit_path.read_text())
+
+
+# The human formats, compared as text: what a reader sees is the contract here.
+TEXT_FORMATS = {"table": "expected.table.txt", "markdown": "expected.md", "html": "expected.html"}
+
+
+@pytest.mark.parametrize("fmt", sorted(TEXT_FORMATS))
+@pytest.mark.parametrize("case", CASES)
+def test_golden_text(
+    case: str, fmt: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rc, out = run_case(case, capsys, monkeypatch, fmt)
+    path = GOLDEN / case / TEXT_FORMATS[fmt]
+    if REGEN:
+        path.write_text(out)
+    assert out == path.read_text()
+    assert rc == int((GOLDEN / case / "exit_code.txt").read_text())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -253,3 +275,39 @@ def test_golden_cri_facts() -> None:
     ev = by_target(r, "masked_client_ip")["websecure"]["evidence"]
     assert isinstance(ev, dict)
     assert ev["internal_share"] == 0.8
+
+
+# -- what the human formats must say (checked on the expected files) -----------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_table_fits_80_columns_and_prints_each_fix_once(case: str) -> None:
+    table = (GOLDEN / case / "expected.table.txt").read_text()
+    long = [line for line in table.splitlines() if len(line) > 80 and " " in line.strip()]
+    assert long == []
+    assert table.count("Make Traefik see the real client") <= 1
+    assert table.count("Stop CrowdSec from banning cluster addresses") <= 1
+    assert "\x1b[" not in table  # --color never
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_markdown_has_no_raw_json_and_iso_times(case: str) -> None:
+    md = (GOLDEN / case / "expected.md").read_text()
+    assert "```json" not in md
+    assert "## Top clients" in md
+    assert "- Findings: " in md
+    assert re.search(r"\b1[0-9]{9}\.[0-9]\b", md) is None  # no epoch seconds
+
+
+def test_golden_mixed_corpus_groups_identical_findings() -> None:
+    """Decisions 2 and 3 both ban 127.0.0.1: one block naming both, not two identical ones."""
+    table = (GOLDEN / "mixed-corpus" / "expected.table.txt").read_text()
+    assert "internal_ban 127.0.0.1 (2 decisions: 2, 3)" in table
+    assert table.count("internal_ban 127.0.0.1") == 1
+
+
+def test_golden_k3s_masking_is_labelled_as_its_worst_window() -> None:
+    table = (GOLDEN / "k3s-masked-internal-ban" / "expected.table.txt").read_text()
+    assert "masked_client_ip websecure, worst 15 min window:" in table
+    # window_end 1768032175.0 is 08:02:55Z; the window is the 15 minutes before it.
+    assert "window 2026-01-10T07:47:55Z to 2026-01-10T08:02:55Z: 28/33 requests" in table

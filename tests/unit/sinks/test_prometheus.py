@@ -86,6 +86,8 @@ def test_every_contract_metric_is_exposed_with_allowed_labels() -> None:
         ),
     )
     metrics.mark_event("file", 3.0)
+    metrics.set_networks_file_age(5.0)
+    metrics.set_echo_dropped(0)
     metrics.kafka_published.inc(0)
     metrics.kafka_consumed.inc(0)
     metrics.kafka_duplicates.inc(0)
@@ -105,7 +107,8 @@ def test_every_contract_metric_is_exposed_with_allowed_labels() -> None:
     assert req[("web", "pod")] == 3.0
     lines = {(lab["source"], lab["result"]): v for lab, v in scraped["auditor_lines_total"]}
     assert lines[("file", "json")] == 3.0
-    assert lines[("container", "invalid_json")] == 0.0  # initialised to zero
+    assert lines[("file", "invalid_json")] == 0.0  # initialised to zero for a seen source
+    assert ("container", "invalid_json") not in lines  # no series for an absent source
 
 
 def test_no_ip_host_or_path_in_labels() -> None:
