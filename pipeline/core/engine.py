@@ -8,6 +8,7 @@ drive the same code and tests can step time by hand.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -16,7 +17,7 @@ from typing import Any, Literal
 from parsers.crowdsec import Decision, DecisionDelta
 from parsers.crowdsec_stream import DeltaPart
 from parsers.records import AccessRecord, ParseStats
-from pipeline.core import fixes
+from pipeline.core import drift, fixes
 from pipeline.core.addresses import (
     CRITICAL_CLASSES,
     INTERNAL_CLASSES,
@@ -30,6 +31,7 @@ from pipeline.core.addresses import (
 )
 from pipeline.core.decision_table import KEPT, UNSEEN, DecisionTable
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
+from pipeline.core.hops import HopTracker
 from pipeline.core.traffic import Run, Summary, Timeline, TrafficView, count_runs
 
 BAN_TYPES = frozenset({"ban", "captcha"})
@@ -56,6 +58,20 @@ class EngineConfig:
     expect_json: bool = True
     format_share: float = 0.01  # common-format share of parsed lines that raises log_format
     top_k: int = 10
+    # suspected_hop (a public address that carries many clients): see core/hops.py and the
+    # README ("How findings are decided") for why these values.
+    hop_share: float = 0.2  # of the window's requests, from one public address
+    hop_min_requests: int = 100  # ... and at least this many
+    hop_min_sites: int = 3  # distinct hosts (or routers) it reached
+    hop_site_coverage: float = 0.5  # ... and this share of all hosts (or routers) in the window
+    hop_min_forwarded: int = 5  # or: this many distinct X-Forwarded-For clients behind it
+    # masking_started (a step up in an entrypoint's internal share): see core/drift.py.
+    drift_history_s: int = 3600  # history searched for the step
+    drift_min_buckets: int = 5  # each side of the step spans at least this many buckets
+    drift_min_requests: int = 30  # ... and this many requests
+    drift_share: float = 0.5  # the share after the step is at least this
+    drift_step: float = 0.4  # ... and this much above the share before it
+    drift_z: float = 5.0  # ... by this many standard errors
     # Live: data stamped further ahead of the clock than this is placed at the clock's edge,
     # so one line from a skewed node cannot freeze the window. Replay: None (no clock to trust).
     max_future_s: float | None = None
@@ -139,6 +155,8 @@ class Engine:
         self._raised_total: dict[tuple[Kind, Severity], int] = {}
         self._events: list[FindingEvent] = []
         self._masked_peak: dict[str, float] = {}
+        self._hops = HopTracker(config)
+        self._drift = drift.DriftTracker(config, keep=not config.clear_recovered)
         self._last_ingest = 0.0  # clock time of the last batch (live window sliding)
         self._notes = 0
         self._data_now = 0.0  # data-time estimate while no data arrives
@@ -204,7 +222,7 @@ class Engine:
         limit = self.config.max_future_s
         if limit is not None and runs:
             runs = self._clamp_future(runs, self.clock() + limit)
-        self._timeline.add_runs(runs, self._classifier.classify, self._evaluate_masked)
+        self._timeline.add_runs(runs, self._classifier.classify, self._on_close)
         self._last_ingest = self.clock()
         if stats.common or f"log_format:{source}" in self._findings:
             self._evaluate_format(source)
@@ -254,19 +272,23 @@ class Engine:
         if not delta.startup:  # in a startup answer every listed decision is re-added anyway
             for d in delta.deleted:
                 self._delete(d, in_poll=piece)
+        store = self._store_decision
         for d in delta.new:
-            if d.expired:
+            left = d.duration_s
+            if left is not None and left <= 0:  # ``d.expired``, once per decision of a sync
                 row = table.find(d)
                 if row >= 0:
                     self._drop_row(row)
                 continue
             self.decisions_seen += 1
-            self._store_decision(d, now)
+            store(d, now)
         if delta.startup and last:
             for row in table.unseen():
                 self._drop_row(row)
         if last:
             table.compact()
+            if self._hops.active:  # a ban on a suspected hop makes it critical at once
+                self._evaluate_hops()
 
     def _delete(self, d: Decision, *, in_poll: bool) -> None:
         """A deletion. Within a poll that comes in pieces, what the poll has already (re-)added
@@ -288,8 +310,10 @@ class Engine:
 
     def _store_decision(self, d: Decision, now: float) -> None:
         table = self._table
-        expires = now + d.duration_s if d.duration_s is not None else None
-        row = table.find(d)
+        left = d.duration_s
+        expires = now + left if left is not None else None
+        ident = d.id
+        row = table.find(d) if ident is None else table.find_id(ident)
         if row >= 0 and table.same(row, d):
             # A resync lists it again with less time left. Its target was judged against the
             # current networks (set_networks re-judges every row): only the expiry moves.
@@ -312,8 +336,9 @@ class Engine:
             table.remove(row)
             table.set_mark(table.add(d, cls, expires), mark)
         label = (d.scope, d.type, target.cls)
-        self._decision_counts[label] = self._decision_counts.get(label, 0) + 1
-        if target.internal:
+        counts = self._decision_counts
+        counts[label] = counts.get(label, 0) + 1
+        if cls in _INTERNAL_IX:  # target.internal
             key = d.key
             self._full[key] = ActiveDecision(d, target, expires)
             self._evaluate_decision(key)
@@ -344,9 +369,12 @@ class Engine:
         if quiet > self.config.bucket_s and self._timeline.last_ts:
             # No data for a while: time still passes on the data's time line.
             self._data_now = max(self._data_now, self._timeline.last_ts) + quiet
-            self._timeline.advance(self._data_now, self._evaluate_masked)
+            self._timeline.advance(self._data_now, self._on_close)
             self._last_ingest = now
+        for closed in self._timeline.closed_since(self._hops.last_noted):  # aggregator
+            self._note_closed(*closed)
         self._evaluate_masked()
+        self._evaluate_hops()
         for source in self._format_sources:
             self._evaluate_format(source)
         # Only internal targets have a finding (and a blast radius) to keep current; CAPI
@@ -360,6 +388,12 @@ class Engine:
             if st.common:
                 self._evaluate_format(source)
         self._evaluate_masked()
+        newest = self._timeline.newest()
+        if newest is not None:  # the last bucket never closes in a replay
+            self._hops.note(*newest)
+            if self._drift.note(*newest):
+                self._evaluate_drift()
+        self._evaluate_hops()
         for key in list(self._full):
             self._evaluate_decision(key)
 
@@ -471,10 +505,10 @@ class Engine:
     def _classify_value(self, scope: str, value: str) -> Classification:
         # As ``Decision.is_range``: cscli and some bouncers send ``--ip 10.0.0.0/8``.
         classifier = self._judge or self._classifier
-        if scope == "Range" or (scope == "Ip" and "/" in value):
-            return classifier.classify_range(value)
         if scope == "Ip":
-            return classifier.classify(value)
+            return classifier.classify_range(value) if "/" in value else classifier.classify(value)
+        if scope == "Range":
+            return classifier.classify_range(value)
         return Classification(AddrClass.INVALID, None)  # Country, AS, username...: not addresses
 
     def _drop_row(self, row: int) -> None:
@@ -560,6 +594,89 @@ class Engine:
             return addresses_in(d.value, summary.internal)
         want = parse_address(d.value)
         return [a for a in summary.internal if want is not None and parse_address(a) == want]
+
+    # -- suspected hop (a public address carrying many clients) ------------------------------
+    def _on_close(self) -> None:
+        """A bucket closes: judge the masked share, and note its heavy public clients."""
+        self._evaluate_masked()
+        newest = self._timeline.newest()
+        if newest is not None:
+            self._note_closed(*newest)
+
+    def _note_closed(self, bucket: int, summary: Summary) -> None:
+        """A closed bucket's tallies: heavy public clients (hops), entrypoint shares (drift)."""
+        self._hops.note(bucket, summary)
+        self._evaluate_hops()
+        if self._drift.note(bucket, summary):
+            self._evaluate_drift()
+
+    def _evaluate_drift(self) -> None:
+        steps = self._drift.steps
+        for step in steps.values():
+            f = drift.finding(step, self.config.bucket_s)
+            self._emit(f, material=(step.changed_at, step.returned_at))
+        for key, f in list(self._findings.items()):
+            if f.kind is Kind.MASKING_STARTED and f.target not in steps:
+                self._clear(key)
+
+    def bans_on(self, value: str) -> list[Decision]:
+        """Active ban/captcha decisions on exactly this address (any target class): a lookup
+        by value in the decision table, not a walk over every decision."""
+        table = self._table
+        now = self.clock()
+        out = []
+        for row in table.on_value(value):
+            scope, dtype = table.profile(row)[:2]
+            if scope == "Ip" and dtype.lower() in BAN_TYPES:
+                out.append(table.decision(row, now))
+        return out
+
+    def _evaluate_hops(self) -> None:
+        cfg = self.config
+        last = self._timeline.last_ts
+        total = self._hops.window_total(last)
+        open_keys = {k for k, f in self._findings.items() if f.kind is Kind.SUSPECTED_HOP}
+        for verdict in self._hops.judge(last, total, keep_peak=not cfg.clear_recovered):
+            key = f"suspected_hop:{verdict.address}"
+            open_keys.discard(key)
+            if not verdict.suspected:
+                if cfg.clear_recovered and key in self._findings:
+                    self._clear(key)
+                continue
+            bans = [d for d in self.bans_on(verdict.address) if not d.simulated]
+            evidence = verdict.evidence(cfg)
+            pct = round(verdict.share * 100)
+            summary = (
+                f"{verdict.address} sent {pct}% of recent requests, to "
+                f"{verdict.sites} sites, like many clients behind one address: a hop "
+                "(node SNAT, a proxy) outside every internal range"
+            )
+            if bans:
+                d = bans[0]
+                evidence["decision"] = d.as_dict()
+                if d.duration_s is not None:  # time left, whole seconds: stable across a run
+                    evidence["decision"]["duration_s"] = float(math.ceil(d.duration_s))
+                evidence["lockout"] = True
+                summary = (
+                    f"CrowdSec {d.type}s {verdict.address}, a suspected hop that sent {pct}% of "
+                    "recent requests: everyone behind it is locked out (an internal_ban-grade "
+                    "lockout, though the address is public)"
+                )
+            self._emit(
+                Finding(
+                    kind=Kind.SUSPECTED_HOP,
+                    severity=Severity.CRITICAL if bans else Severity.HIGH,
+                    target=verdict.address,
+                    summary=summary,
+                    evidence=evidence,
+                    fix=fixes.suspected_hop_fix(verdict.address, banned=bool(bans)),
+                    key=key,
+                ),
+                material=(pct // 10, bool(bans)),
+            )
+        if cfg.clear_recovered:
+            for key in open_keys:  # its address left the window
+                self._clear(key)
 
     # -- masked client IP -------------------------------------------------------------------
     def _evaluate_masked(self) -> None:

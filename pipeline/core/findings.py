@@ -34,6 +34,8 @@ class Kind(StrEnum):
     CONFIG = "config"
     CROWDSEC_HEALTH = "crowdsec_health"
     REMEDIATION = "remediation"
+    SUSPECTED_HOP = "suspected_hop"
+    MASKING_STARTED = "masking_started"
 
 
 class State(StrEnum):

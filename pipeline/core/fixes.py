@@ -44,6 +44,39 @@ def internal_ban_fix(value: str, *, ranged: bool) -> str:
     )
 
 
+def suspected_hop_fix(value: str, *, banned: bool) -> str:
+    """A public address that carries many clients: a node's SNAT or a proxy nobody listed."""
+    parts = []
+    if banned:
+        parts.append(
+            f"Remove the decision now: `cscli decisions delete --ip {value}` (it locks out "
+            "everyone behind this address)."
+        )
+    parts += [
+        f"Find what {value} is (a node's public address, another node running Traefik, an "
+        "unlisted proxy or CDN). If it is a node or a load balancer, list it "
+        "(`--node-ip`/`--lb-ip`) so it is judged as internal, and whitelist it in CrowdSec "
+        "(`auditor allowlist`).",
+        PRESERVE_CLIENT_IP,
+    ]
+    return " ".join(parts)
+
+
+def masking_started_fix(changed_at: str) -> str:
+    """The share stepped up at ``changed_at`` (UTC): what changed then is the lead."""
+    return " ".join(
+        (
+            f"Find what changed around {changed_at}: a Traefik or k3s upgrade, a Helm "
+            "values change, a CNI change (Cilium 1.18 with Traefik 3.5), the Service's "
+            "externalTrafficPolicy reset to Cluster, Traefik rescheduled to another node; "
+            "`kubectl -n kube-system get events --sort-by=.lastTimestamp` and `helm history "
+            "traefik -n kube-system` list them. Revert it, or restore the client IP.",
+            PRESERVE_CLIENT_IP,
+            ALLOWLIST,
+        )
+    )
+
+
 def masked_fix(headers_kept: bool, forwarding: Sequence[str]) -> str:
     """``forwarding``: hops seen adding the header themselves (the only ones safe to trust)."""
     parts = [PRESERVE_CLIENT_IP]

@@ -1,19 +1,21 @@
 """Traffic tallies on the data's own time line: per-minute summaries, a window, a span total.
 
-Batches are folded in with C-level counting over ``(entrypoint, client)`` pairs; the Python loop
-runs once per distinct pair, not per line. Every structure is capped so memory stays flat whatever
-the input size (top clients are pruned, distinct-value sets stop growing at a cap and say so).
+Batches are folded in with C-level counting over ``(entrypoint, client, ...)`` keys; the Python
+loop runs once per distinct key, not per line. Every structure is capped so memory stays flat
+whatever the input size (top clients are pruned, distinct-value sets stop growing at a cap).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from itertools import compress, count, repeat
+from operator import itemgetter, le
 from typing import Protocol
 
 from parsers.records import KEY, TS, AccessRecord
-from pipeline.core.addresses import AddrClass, Classification
+from pipeline.core.addresses import INTERNAL_CLASSES, AddrClass, Classification
+from pipeline.core.diversity import PUBLIC_CAP, key_mask
 
 SET_CAP = 4096
 # Distinct internal addresses tracked per summary; a whole /16 of pods fits with room to spare.
@@ -22,16 +24,26 @@ CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
 
 _key = itemgetter(KEY)
 _ts = itemgetter(TS)
+_host = itemgetter(2)  # of a Key
+_router = itemgetter(3)
 
 Key = tuple[str, str, str, str, str, str]  # entrypoint, client, host, router, xff, real_ip
-Run = tuple[int, Counter[Key], float, float]  # bucket id, key counts, first ts, last ts
 
 Classify = Callable[[str], Classification]
 
 
-def _add_capped(target: set[str], values: Iterable[str]) -> None:
-    if len(target) < SET_CAP:
+def _add_capped(target: set[str], values: Collection[str]) -> None:
+    """Add until the set holds ``SET_CAP`` values, exactly as adding one at a time would."""
+    room = SET_CAP - len(target)
+    if room <= 0:
+        return
+    if len(values) <= room:
         target.update(values)
+        return
+    for v in values:
+        if len(target) >= SET_CAP:
+            return
+        target.add(v)
 
 
 class InternalClient:
@@ -71,6 +83,8 @@ class Summary:
         "hosts",
         "internal",
         "internal_overflow",
+        "pub_count",
+        "pub_mask",
         "routers",
         "total",
     )
@@ -90,92 +104,160 @@ class Summary:
         self.ep_hops: dict[str, dict[str, int]] = {}  # internal clients per entrypoint
         self.ep_headers: dict[str, int] = {}  # internal-client lines with XFF/X-Real-Ip kept
         self.ep_example: dict[str, str] = {}  # a real client those headers revealed
+        # Public clients (first PUBLIC_CAP): requests, and a diversity mask (core/diversity).
+        self.pub_count: dict[str, int] = {}
+        self.pub_mask: dict[str, int] = {}
 
     def add_counts(self, counts: Mapping[Key, int], classify: Classify) -> None:
-        """Fold counted keys in; runs once per distinct (ep, client, host, router, xff, real_ip)."""
-        ep_total = self.ep_total
-        ep_internal = self.ep_internal
-        ep_clients = self.ep_clients
+        """Fold counted keys in; the loop runs once per distinct key, and does per key only
+        what needs its client (its count, its entrypoint's set, its class). Totals and the
+        host and router sets are taken over all keys at once."""
+        if not counts:
+            return
+        self.total += sum(counts.values())
+        for values, get in ((self.hosts, _host), (self.routers, _router)):
+            if len(values) + len(counts) <= SET_CAP:
+                values.update(map(get, counts))
+            else:
+                _add_capped(values, list(map(get, counts)))
         clients = self.clients
+        clients_get = clients.get
+        adders: dict[str, Callable[[str], object]] = {}
+        per_class: dict[tuple[str, AddrClass], int] = {}
+        per_class_get = per_class.get
+        internal_classes = INTERNAL_CLASSES
+        for key, n in counts.items():
+            ep, client = key[0], key[1]
+            clients[client] = clients_get(client, 0) + n
+            add = adders.get(ep)
+            if add is None:
+                add = adders[ep] = self._ep_adder(ep, len(counts))
+            add(client)
+            cls = classify(client).cls
+            k = (ep, cls)
+            per_class[k] = per_class_get(k, 0) + n
+            if cls in internal_classes:
+                self._add_internal(key, n, cls, classify)
+            elif cls is AddrClass.PUBLIC:
+                self._add_public(key, n)
         by_class = self.by_class
-        internal = self.internal
-        hosts = self.hosts
-        routers = self.routers
-        for (ep, client, host, router, xff, rip), n in counts.items():
-            self.total += n
-            ep_total[ep] = ep_total.get(ep, 0) + n
-            clients[client] = clients.get(client, 0) + n
-            ep_set = ep_clients.get(ep)
-            if ep_set is None:
-                ep_set = ep_clients[ep] = set()
-            if len(ep_set) < SET_CAP:
-                ep_set.add(client)
-            if len(hosts) < SET_CAP:
-                hosts.add(host)
-            if len(routers) < SET_CAP:
-                routers.add(router)
-            c = classify(client)
-            key = (ep, c.cls)
-            by_class[key] = by_class.get(key, 0) + n
-            if not c.internal:
-                continue
-            ep_internal[ep] = ep_internal.get(ep, 0) + n
-            hops = self.ep_hops.get(ep)
-            if hops is None:
-                hops = self.ep_hops[ep] = {}
-            if client in hops or len(hops) < SET_CAP:
-                hops[client] = hops.get(client, 0) + n
-            hint = xff or rip
-            visible = False
-            if hint:
-                self.ep_headers[ep] = self.ep_headers.get(ep, 0) + n
-                # The original client is the leftmost X-Forwarded-For entry.
-                first = hint.partition(",")[0].strip()
-                if classify(first).cls is AddrClass.PUBLIC:
-                    visible = True
-                    self.ep_visible[ep] = self.ep_visible.get(ep, 0) + n
-                    self.ep_example.setdefault(ep, first)
-            ic = internal.get(client)
-            if ic is None:
-                if len(internal) >= INTERNAL_CAP:
-                    self.internal_overflow += n
-                    continue
-                ic = internal[client] = InternalClient(c.cls)
-            ic.count += n
-            if len(ic.hosts) < SET_CAP:
-                ic.hosts.add(host)
-            if len(ic.routers) < SET_CAP:
-                ic.routers.add(router)
-            if hint:
-                ic.forwarded += n
-            if visible:
-                ic.visible += n
+        ep_total = self.ep_total
+        for k, n in per_class.items():
+            by_class[k] = by_class.get(k, 0) + n
+            ep_total[k[0]] = ep_total.get(k[0], 0) + n
         if len(clients) > CLIENTS_CAP:
             self._prune_clients()
+
+    def _ep_adder(self, ep: str, most: int) -> Callable[[str], object]:
+        """How to add a client to ``ep``'s set during one ``add_counts``: the set's own ``add``
+        when ``most`` more cannot reach the cap, else one that checks the cap each time."""
+        ep_set = self.ep_clients.get(ep)
+        if ep_set is None:
+            ep_set = self.ep_clients[ep] = set()
+        if len(ep_set) + most <= SET_CAP:
+            return ep_set.add
+
+        def capped(client: str) -> None:
+            if len(ep_set) < SET_CAP:
+                ep_set.add(client)
+
+        return capped
+
+    def _add_internal(self, key: Key, n: int, cls: AddrClass, classify: Classify) -> None:
+        """The rest of a key whose client is internal: hops, forwarding headers, its table."""
+        ep, client, host, router, xff, rip = key
+        self.ep_internal[ep] = self.ep_internal.get(ep, 0) + n
+        hops = self.ep_hops.get(ep)
+        if hops is None:
+            hops = self.ep_hops[ep] = {}
+        if client in hops or len(hops) < SET_CAP:
+            hops[client] = hops.get(client, 0) + n
+        hint = xff or rip
+        visible = False
+        if hint:
+            self.ep_headers[ep] = self.ep_headers.get(ep, 0) + n
+            # The original client is the leftmost X-Forwarded-For entry.
+            first = hint.partition(",")[0].strip()
+            if classify(first).cls is AddrClass.PUBLIC:
+                visible = True
+                self.ep_visible[ep] = self.ep_visible.get(ep, 0) + n
+                self.ep_example.setdefault(ep, first)
+        internal = self.internal
+        ic = internal.get(client)
+        if ic is None:
+            if len(internal) >= INTERNAL_CAP:
+                self.internal_overflow += n
+                return
+            ic = internal[client] = InternalClient(cls)
+        ic.count += n
+        if len(ic.hosts) < SET_CAP:
+            ic.hosts.add(host)
+        if len(ic.routers) < SET_CAP:
+            ic.routers.add(router)
+        if hint:
+            ic.forwarded += n
+        if visible:
+            ic.visible += n
+
+    def _add_public(self, key: Key, n: int) -> None:
+        """A key whose client is public: its requests and diversity (``suspected_hop``)."""
+        client = key[1]
+        counts = self.pub_count
+        if client in counts:
+            counts[client] += n
+        elif len(counts) < PUBLIC_CAP:
+            counts[client] = n
+        else:
+            return
+        masks = self.pub_mask
+        masks[client] = masks.get(client, 0) | key_mask(key[2], key[3], key[4])
+
+    def _merge_public(self, other: Summary) -> None:
+        counts, masks = self.pub_count, self.pub_mask
+        for client, n in other.pub_count.items():
+            if client in counts:
+                counts[client] += n
+            elif len(counts) < PUBLIC_CAP:
+                counts[client] = n
+            else:
+                continue
+            masks[client] = masks.get(client, 0) | other.pub_mask.get(client, 0)
 
     def _prune_clients(self) -> None:
         keep = sorted(self.clients.items(), key=itemgetter(1), reverse=True)[: CLIENTS_CAP // 2]
         self.clients = dict(keep)
 
     def merge(self, other: Summary, *, full: bool = True) -> None:
+        """Add ``other`` in, as if its keys had been added here.
+
+        ``full=False`` merges the counters only (totals per entrypoint and class), which is what
+        judging the window and the metrics read on every bucket; the per-client tables and the
+        distinct-value sets serve evidence and reports, and cost a loop per client.
+        """
         self.total += other.total
-        pairs = [
+        self.internal_overflow += other.internal_overflow
+        for src, dst in (
             (other.ep_total, self.ep_total),
             (other.ep_internal, self.ep_internal),
             (other.ep_visible, self.ep_visible),
             (other.ep_headers, self.ep_headers),
-        ]
-        if full:
-            pairs.append((other.clients, self.clients))
-        for src, dst in pairs:
+        ):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
+        by_class = self.by_class
         for k2, v2 in other.by_class.items():
-            self.by_class[k2] = self.by_class.get(k2, 0) + v2
-        if full:
-            for ep, clients in other.ep_clients.items():
-                _add_capped(self.ep_clients.setdefault(ep, set()), clients)
-        self.internal_overflow += other.internal_overflow
+            by_class[k2] = by_class.get(k2, 0) + v2
+        for ep, example in other.ep_example.items():
+            self.ep_example.setdefault(ep, example)
+        if not full:
+            return
+        self._merge_public(other)
+        clients = self.clients
+        clients_get = clients.get
+        for client, n in other.clients.items():
+            clients[client] = clients_get(client, 0) + n
+        for ep, ep_set in other.ep_clients.items():
+            _add_capped(self.ep_clients.setdefault(ep, set()), ep_set)
         for addr, ic in other.internal.items():
             mine = self.internal.get(addr)
             if mine is None:
@@ -186,24 +268,51 @@ class Summary:
             mine.merge(ic)
         _add_capped(self.hosts, other.hosts)
         _add_capped(self.routers, other.routers)
-        for ep, example in other.ep_example.items():
-            self.ep_example.setdefault(ep, example)
-        if full:
-            for ep, hops in other.ep_hops.items():
-                mine_hops = self.ep_hops.setdefault(ep, {})
-                for addr, n in hops.items():
-                    if addr in mine_hops or len(mine_hops) < SET_CAP:
-                        mine_hops[addr] = mine_hops.get(addr, 0) + n
-        if len(self.clients) > CLIENTS_CAP:
+        for ep, hops in other.ep_hops.items():
+            mine_hops = self.ep_hops.setdefault(ep, {})
+            for addr, n in hops.items():
+                if addr in mine_hops or len(mine_hops) < SET_CAP:
+                    mine_hops[addr] = mine_hops.get(addr, 0) + n
+        if len(clients) > CLIENTS_CAP:
             self._prune_clients()
 
     def top_clients(self, k: int) -> list[tuple[str, int]]:
         return sorted(self.clients.items(), key=itemgetter(1), reverse=True)[:k]
 
 
-def _earliest(records: Sequence[AccessRecord]) -> float:
-    """Smallest known timestamp (0.0 marks a line without one)."""
-    return min(filter(None, map(_ts, records)), default=0.0)
+# A run's tally: its key counts, or a Summary already folded from them (parallel replay's
+# workers fold their chunk's buckets themselves, so the parent only merges).
+Tally = Counter[Key] | Summary
+Run = tuple[int, Tally, float, float]  # bucket id, tally, first ts, last ts
+Bounds = list[tuple[int, int, int]]  # bucket id, start, end of each run of a batch
+
+
+def _bounds(times: Sequence[float], bucket_s: int, current: int) -> Bounds:
+    """Where a batch splits into runs: a run ends at the first line whose time passes every
+    bucket seen (``current`` and later ones). Older lines (stragglers) stay in the run.
+
+    Times are never negative (0.0 is "no time"), so "passes bucket b" is ``t >= (b + 1) *
+    bucket_s``, which C-level iterators find without a Python step per line: a batch of quiet
+    traffic crosses several buckets. An empty run (the first line already passes) is left out.
+    """
+    out: Bounds = []
+    rest = iter(times)  # read once, up to and including each split point in turn
+    start = pos = 0
+    while True:
+        edge = float((current + 1) * bucket_s)
+        found = next(compress(count(pos), map(le, repeat(edge), rest)), None)
+        if found is None:
+            out.append((current, start, len(times)))
+            return out
+        if found > start:
+            out.append((current, start, found))
+        current = int(times[found]) // bucket_s
+        start, pos = found, found + 1
+
+
+def _span(times: Sequence[float]) -> tuple[float, float]:
+    """Smallest known and largest timestamp (0.0 marks a line without one)."""
+    return min(filter(None, times), default=0.0), max(times)
 
 
 def count_runs(records: Sequence[AccessRecord], bucket_s: int) -> list[Run]:
@@ -216,23 +325,66 @@ def count_runs(records: Sequence[AccessRecord], bucket_s: int) -> list[Run]:
     """
     if not records:
         return []
-    lo = _earliest(records)
-    hi = max(map(_ts, records))
-    first_bucket = int(records[0][TS]) // bucket_s
-    if first_bucket == int(hi) // bucket_s:
-        return [(first_bucket, Counter(map(_key, records)), lo, hi)]
+    times = list(map(_ts, records))
+    first = int(times[0]) // bucket_s
+    lo, hi = _span(times)
+    if first == int(hi) // bucket_s:
+        return [(first, Counter(map(_key, records)), lo, hi)]
     runs: list[Run] = []
-    start = 0
-    current = first_bucket
-    for i, r in enumerate(records):
-        b = int(r[TS]) // bucket_s
-        if b > current:
-            run = records[start:i]
-            runs.append((current, Counter(map(_key, run)), _earliest(run), max(map(_ts, run))))
-            start, current = i, b
-    run = records[start:]
-    runs.append((current, Counter(map(_key, run)), _earliest(run), max(map(_ts, run))))
+    for bucket, a, b in _bounds(times, bucket_s, first):
+        lo, hi = _span(times[a:b])
+        runs.append((bucket, Counter(map(_key, records[a:b])), lo, hi))
     return runs
+
+
+class RunTally:
+    """Counted runs of many batches in a row, one per bucket: what a parallel replay worker
+    counts in its chunk before it folds each bucket into a Summary.
+
+    Lines join the open run until time passes its bucket, exactly as ``count_runs`` splits one
+    batch, so a bucket's keys are counted (in C) into one ``Counter`` however many batches it
+    spans: the per-key Python work in ``Summary.add_counts`` then runs once per distinct key of
+    a bucket, not of each batch.
+    """
+
+    __slots__ = ("bucket_s", "runs")
+
+    def __init__(self, bucket_s: int) -> None:
+        self.bucket_s = bucket_s
+        self.runs: list[tuple[int, Counter[Key], list[float]]] = []  # bucket, counts, [lo, hi]
+
+    def add(self, records: Sequence[AccessRecord]) -> None:
+        if not records:
+            return
+        bucket_s = self.bucket_s
+        runs = self.runs
+        times = list(map(_ts, records))
+        current = runs[-1][0] if runs else int(times[0]) // bucket_s
+        if int(max(times)) // bucket_s <= current:
+            bounds = [(current, 0, len(times))]
+        else:
+            bounds = _bounds(times, bucket_s, current)
+        for bucket, a, b in bounds:
+            if runs and runs[-1][0] == bucket:
+                _, counts, span = runs[-1]
+            else:
+                counts, span = Counter(), [0.0, 0.0]
+                runs.append((bucket, counts, span))
+            whole = b - a == len(times)
+            lo, hi = _span(times if whole else times[a:b])
+            if lo and (not span[0] or lo < span[0]):
+                span[0] = lo
+            span[1] = max(span[1], hi)
+            counts.update(map(_key, records if whole else records[a:b]))
+
+    def fold(self, classify: Classify) -> list[Run]:
+        """The runs with each bucket's counts folded into a Summary (``Summary.add_counts``)."""
+        out: list[Run] = []
+        for bucket, counts, (lo, hi) in self.runs:
+            summary = Summary()
+            summary.add_counts(counts, classify)
+            out.append((bucket, summary, lo, hi))
+        return out
 
 
 class TrafficView(Protocol):
@@ -281,19 +433,26 @@ class Timeline:
         classify: Classify,
         on_close: Callable[[], None] | None = None,
     ) -> list[int]:
-        """Fold pre-counted runs in (what parallel replay workers send back).
+        """Fold counted runs in (``count_runs``; parallel replay workers send folded ones).
 
+        A run folded into a Summary is taken over as its bucket when it opens the bucket (the
+        caller gives it up), else merged: either way the same as adding its counts here.
         ``on_close`` runs when a bucket closes, before the window slides past it, so data-driven
         evaluation sees every bucket inside a window even across a gap in the data.
         """
         closed: list[int] = []
-        for bucket, counts, first, last in runs:
+        for bucket, tally, first, last in runs:
             if first and (self.first_ts == 0.0 or first < self.first_ts):
                 self.first_ts = first
-            summary, just_closed = self._open(bucket, on_close)
+            if isinstance(tally, Summary):
+                summary, just_closed = self._open(bucket, on_close, tally)
+                if summary is not tally:
+                    summary.merge(tally)
+            else:
+                summary, just_closed = self._open(bucket, on_close)
+                summary.add_counts(tally, classify)
             self.last_ts = max(self.last_ts, last)
             closed += just_closed
-            summary.add_counts(counts, classify)
         return closed
 
     def advance(self, ts: float, on_close: Callable[[], None] | None = None) -> None:
@@ -303,8 +462,13 @@ class Timeline:
             self._open(int(ts) // self.bucket_s, on_close)
 
     def _open(
-        self, bucket: int, on_close: Callable[[], None] | None = None
+        self,
+        bucket: int,
+        on_close: Callable[[], None] | None = None,
+        fresh: Summary | None = None,
     ) -> tuple[Summary, list[int]]:
+        """The summary of the newest bucket, opening ``bucket`` (with ``fresh`` as its summary,
+        if given) when it is newer."""
         closed: list[int] = []
         if self._buckets and bucket <= self._buckets[-1][0]:
             return self._buckets[-1][1], closed
@@ -313,16 +477,26 @@ class Timeline:
                 on_close()
             closed.append(self._buckets[-1][0])
             self.span.merge(self._buckets[-1][1])
-        self._buckets.append((bucket, Summary()))
+        self._buckets.append((bucket, Summary() if fresh is None else fresh))
         horizon = bucket - max(1, self.window_s // self.bucket_s)
         while self._buckets and self._buckets[0][0] <= horizon:
             self._buckets.popleft()
         return self._buckets[-1][1], closed
 
+    def newest(self) -> tuple[int, Summary] | None:
+        """The newest bucket (id, summary); in ``on_close``, the bucket that is closing."""
+        return self._buckets[-1] if self._buckets else None
+
+    def closed_since(self, bucket: int) -> list[tuple[int, Summary]]:
+        """Buckets newer than ``bucket`` that closed without ``on_close`` (none here: a local
+        timeline calls it; the aggregator's cluster timeline, fed by snapshots, overrides)."""
+        return []
+
     def window(self, *, full: bool = False) -> Summary:
         """A fresh merge of the buckets in the sliding window (evaluation time, not per line).
 
-        ``full=False`` skips the per-client tables, which only evidence of a raised finding needs.
+        ``full=False`` merges the counters only (see ``Summary.merge``): the per-client tables
+        and distinct-value sets are left empty, as only evidence of a raised finding needs them.
         """
         out = Summary()
         for _, s in self._buckets:

@@ -18,6 +18,7 @@ from typing import Any
 
 from parsers.records import ParseStats, SkipReason
 from pipeline.core.addresses import AddrClass
+from pipeline.core.diversity import MASK_LIMIT
 from pipeline.core.traffic import InternalClient, Summary
 from pipeline.kafka.validate import (
     MAX_COUNT,
@@ -189,6 +190,15 @@ def _internal(v: Any, what: str) -> InternalClient:
     return ic
 
 
+def _masks(v: Any, what: str) -> dict[str, int]:
+    """Diversity masks per public client (``pipeline.core.diversity``): ints below MASK_LIMIT."""
+    body = need_dict(_tagged(v, "$d", what), what)
+    for x in body.values():
+        if type(x) is not int or not 0 <= x < MASK_LIMIT:
+            fail(Reason.SCHEMA, f"{what}: not a diversity mask")
+    return dict(body)
+
+
 # One decoder per encoded slot of Summary (all but _SKIP_SLOTS).
 SUMMARY_FIELDS: dict[str, Decode] = {
     "total": need_count,
@@ -204,6 +214,8 @@ SUMMARY_FIELDS: dict[str, Decode] = {
     "routers": _set,
     "ep_hops": _map(_counts),
     "ep_example": _texts,
+    "pub_count": _counts,
+    "pub_mask": _masks,
 }
 INTERNAL_FIELDS = frozenset({"cls", *_INTERNAL_FIELDS})
 

@@ -57,6 +57,9 @@ MARK_IDLE_S = 24 * 3600.0
 # A snapshot's epoch is the wall-clock millisecond of a takeover: one far ahead of the clock
 # would fence every later owner of its partition out of the view, so it is a dead letter.
 EPOCH_AHEAD_S = 24 * 3600.0
+# How far (in buckets) a partition may trail the newest one before it stops holding back the
+# buckets the engine sees close: live, data time is wall time, so more is an idle partition.
+SETTLE_LAG_BUCKETS = 2
 
 Classify = Callable[[str], Classification]
 
@@ -272,6 +275,38 @@ class ClusterView:
         newest = max(ids)
         return newest if edge is None else min(newest, int(edge) // self.bucket_s)
 
+    def settled_bucket(self) -> int | None:
+        """Buckets below this are closed in every partition: each partition's newest bucket is
+        past them, and late lines join a partition's newest bucket (``Timeline``), so they no
+        longer change. A partition more than ``SETTLE_LAG_BUCKETS`` behind the newest is idle
+        (or stuck) and does not hold the others back."""
+        newest = self.newest_bucket()
+        if newest is None:
+            return None
+        ids = [min(s.buckets[-1][0], newest) for s in self.parts.values() if s.buckets]
+        return max(min(ids), newest - SETTLE_LAG_BUCKETS)
+
+    def closed_since(self, after: int, closed_to: int = -1) -> list[tuple[int, Summary]]:
+        """The cluster-wide summary (all partitions merged) of each bucket newer than ``after``
+        that is closed (``settled_bucket``, or below ``closed_to``) and still in the window."""
+        newest = self.newest_bucket()
+        settled = self.settled_bucket()
+        if newest is None or settled is None:
+            return []
+        upto = min(max(settled, closed_to), newest + 1)
+        lo = max(after, newest - max(1, self.window_s // self.bucket_s))
+        if upto <= lo + 1:
+            return []
+        merged: dict[int, Summary] = {}
+        for p in sorted(self.parts):
+            for b, s in self.parts[p].buckets:
+                if lo < b < upto:
+                    out = merged.get(b)
+                    if out is None:
+                        out = merged[b] = Summary()
+                    out.merge(s)
+        return sorted(merged.items(), key=lambda t: t[0])
+
     def window(self, *, full: bool = False) -> Summary:
         newest = self.newest_bucket()
         key = (self.version, newest)
@@ -331,14 +366,30 @@ class ClusterTimeline(Timeline):
     """The engine's timeline on an aggregator: reads go to the cluster view.
 
     Nothing is added to it directly (the aggregator feeds only statistics to the engine);
-    ``sync`` copies the view's time span before each evaluation.
+    ``sync`` copies the view's time span before each evaluation. Buckets close here without
+    ``on_close``: the engine's tick asks ``closed_since`` for the cluster-wide summary of each
+    bucket that closed since the last one it saw (suspected hops, masking drift).
     """
 
-    __slots__ = ("view",)
+    __slots__ = ("_closed_to", "view")
 
     def __init__(self, view: ClusterView) -> None:
         super().__init__(view.window_s, view.bucket_s)
         self.view = view
+        self._closed_to = -1  # buckets below this are closed by time (advance) or at the end
+
+    def advance(self, ts: float, on_close: Callable[[], None] | None = None) -> None:
+        """No data for a while (the engine's tick): buckets before ``ts`` are closed."""
+        self._closed_to = max(self._closed_to, int(ts) // self.bucket_s)
+
+    def close_all(self) -> None:
+        """The aggregator stops: every bucket counts as closed, as at the end of a replay."""
+        newest = self.view.newest_bucket()
+        if newest is not None:
+            self._closed_to = max(self._closed_to, newest + 1)
+
+    def closed_since(self, bucket: int) -> list[tuple[int, Summary]]:
+        return self.view.closed_since(bucket, self._closed_to)
 
     def sync(self) -> None:
         self.first_ts = self.view.first_ts()

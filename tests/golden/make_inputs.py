@@ -301,7 +301,74 @@ def cri_node_agent() -> None:
     write("cri-node-agent", "args.txt", "--envelope auto\n")
 
 
+def public_node_hop() -> None:
+    """k3s HA nodes SNAT to their own public address: 30% of requests arrive from node A's
+    public IP (banned) and 30% from node B's (not banned), each for every site. A crawler with
+    one User-Agent sends 20% to one site (also banned: a legitimate ban, no finding), and four
+    real clients the rest. Nothing here is in an internal range."""
+    hosts = [(f"{name}.example.com", f"websecure-{name}@kubernetes") for name in SITES]
+    lines = []
+    for i in range(1500):
+        host, router = hosts[(i + i // 10) % len(hosts)]
+        slot = i % 10
+        if slot < 3:
+            addr, ua = "203.0.113.21", f"Mozilla/5.0 client-{i % 37}"
+        elif slot < 6:
+            addr, ua = "203.0.113.22", f"Mozilla/5.0 client-{i % 41}"
+        elif slot < 8:
+            addr, ua = "198.51.100.60", "Mozilla/5.0 (compatible; bingbot/2.0)"
+            host, router = hosts[0]
+        else:
+            addr, ua = f"198.51.100.{100 + i % 20}", "Mozilla/5.0 visitor"
+        lines.append(
+            access(
+                i, addr, f"{addr}:{30000 + i % 20000}", host=host, router=router, ua=ua, step_s=1.0
+            )
+        )
+    write("public-node-hop", "input.log", "\n".join(lines) + "\n")
+    body = {
+        "new": [
+            decision("203.0.113.21", 11, "crowdsecurity/http-crawl-non_statics"),
+            decision("198.51.100.60", 12, "crowdsecurity/http-bad-user-agent"),
+        ],
+        "deleted": None,
+    }
+    write("public-node-hop", "decisions.json", json.dumps(body) + "\n")
+    write("public-node-hop", "args.txt", "\n")
+
+
+SITES = ("app", "grafana", "cloud", "git", "wiki")
+
+
+def masking_after_upgrade() -> None:
+    """A k3s node upgraded at 08:20: for 20 minutes Traefik saw its clients (one request in 30
+    from a pod), then servicelb began to masquerade and 85% of requests arrive from the svclb
+    hop 10.42.0.9, which CrowdSec then banned. A request every 10 s, 40 minutes."""
+    hosts = [(f"{name}.example.com", f"websecure-{name}@kubernetes") for name in SITES[:3]]
+    public = [f"198.51.100.{n}" for n in (23, 41, 77, 102, 140, 201)]
+    lines = []
+    for i in range(240):
+        host, router = hosts[i % 3]
+        after = i >= 120  # 08:20:00
+        if after and i % 20 not in (3, 11, 17):
+            addr = "10.42.0.9"
+        elif not after and i % 30 == 7:
+            addr = "10.42.0.33"  # a pod calling the ingress
+        else:
+            addr = public[i % len(public)]
+        lines.append(access(i, addr, f"{addr}:{30000 + i}", host=host, router=router, step_s=10.0))
+    write("masking-after-upgrade", "input.log", "\n".join(lines) + "\n")
+    body = {
+        "new": [decision("10.42.0.9", 7001, "crowdsecurity/http-probing")],
+        "deleted": [],
+    }
+    write("masking-after-upgrade", "decisions.json", json.dumps(body) + "\n")
+    write("masking-after-upgrade", "args.txt", "\n")
+
+
 if __name__ == "__main__":
+    masking_after_upgrade()
+    public_node_hop()
     k3s_masked()
     ipv6_mapped()
     mixed_corpus()

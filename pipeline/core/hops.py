@@ -1,0 +1,217 @@
+"""Suspected hops: public addresses whose traffic looks like many clients behind one address.
+
+When Traefik runs on another node, or k3s nodes SNAT to their own public address, every request
+arrives from that address; no default range calls it internal, so a ban on it locks everyone out
+unnoticed. Such an address carries an outsized share of all requests *and* reaches most of the
+cluster's sites (hosts, routers), or forwards many distinct X-Forwarded-For clients.
+
+The tracker looks at each minute bucket once, when it closes (``note``): only public clients
+with at least half the share threshold in that bucket are kept, so its cost is a pass over one
+bucket's public-client table (at most ``diversity.PUBLIC_CAP``) per minute of data, and judging
+reads a handful of candidates.
+
+Why these thresholds (``EngineConfig.hop_*``; README "How findings are decided"):
+
+- ``hop_share`` 0.2: one of up to five nodes carrying its share of everyone; a single real client
+  (a crawler, a monitoring probe) rarely makes a fifth of a cluster's traffic.
+- ``hop_min_requests`` 100 per window: below that a share says nothing.
+- ``hop_min_sites`` 3 and ``hop_site_coverage`` 0.5: a hop carries every site's visitors, so it
+  reaches most of the hosts (or routers, when the log has no host) seen in the window; a crawler
+  or a probe aimed at one or two sites does not, however much it sends.
+- ``hop_min_forwarded`` 5: distinct X-Forwarded-For clients behind it (headers kept): a client
+  writing its own header repeats one value.
+
+A CDN or load balancer given as internal (``--lb-ip``, ``--internal-cidr``) is not public, so
+it is never a candidate here (``masked_client_ip`` covers it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.core.diversity import (
+    HOST_SHIFT,
+    ROUTER_SHIFT,
+    XFF_SHIFT,
+    field_count,
+    values_mask,
+)
+from pipeline.core.traffic import Summary
+
+
+class HopConfig(Protocol):
+    @property
+    def window_s(self) -> int: ...
+    @property
+    def bucket_s(self) -> int: ...
+    @property
+    def hop_share(self) -> float: ...
+    @property
+    def hop_min_requests(self) -> int: ...
+    @property
+    def hop_min_sites(self) -> int: ...
+    @property
+    def hop_site_coverage(self) -> float: ...
+    @property
+    def hop_min_forwarded(self) -> int: ...
+
+
+def _ratio(part: int, whole: int) -> float:
+    return round(min(part / whole, 1.0), 4) if whole else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    address: str
+    suspected: bool
+    requests: int
+    total: int
+    hosts: int
+    all_hosts: int
+    routers: int
+    all_routers: int
+    forwarded: int
+    first_seen: float
+    last_seen: float
+    buckets: int
+
+    @property
+    def share(self) -> float:
+        return _ratio(self.requests, self.total)
+
+    @property
+    def sites(self) -> int:
+        return max(self.hosts, self.routers)
+
+    def evidence(self, cfg: HopConfig) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "window_s": cfg.window_s,
+            "requests": self.requests,
+            "total_requests": self.total,
+            "request_share": self.share,
+            "hosts": self.hosts,
+            "host_share": _ratio(self.hosts, self.all_hosts),
+            "routers": self.routers,
+            "router_share": _ratio(self.routers, self.all_routers),
+            "forwarded_clients": self.forwarded,
+            "heavy_minutes": self.buckets,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "lockout": False,
+        }
+
+
+class HopTracker:
+    """See module docstring. Pure: fed closed buckets, asked for verdicts."""
+
+    __slots__ = ("_buckets", "_cfg", "_first", "_last_noted", "_peak", "_seen")
+
+    def __init__(self, cfg: HopConfig) -> None:
+        self._cfg = cfg
+        self._buckets: deque[tuple[int, int, int]] = deque()  # bucket, total, sites mask
+        self._seen: dict[str, deque[tuple[int, int, int]]] = {}  # bucket, requests, mask
+        self._first: dict[str, float] = {}
+        self._peak: dict[str, Verdict] = {}
+        self._last_noted = -1
+
+    @property
+    def active(self) -> bool:
+        return bool(self._seen) or bool(self._peak)
+
+    @property
+    def last_noted(self) -> int:
+        """The newest bucket noted (-1 before any): where the engine asks for closed ones."""
+        return self._last_noted
+
+    def note(self, bucket: int, s: Summary) -> None:
+        """A bucket closed (or the replay ended): keep its total and its heavy public clients."""
+        if bucket <= self._last_noted or not s.total:
+            return
+        self._last_noted = bucket
+        sites = values_mask(s.hosts, HOST_SHIFT) | values_mask(s.routers, ROUTER_SHIFT)
+        self._buckets.append((bucket, s.total, sites))
+        floor = self._cfg.hop_share / 2 * s.total
+        start = float(bucket * self._cfg.bucket_s)
+        for client, n in s.pub_count.items():
+            if n >= floor:
+                self._seen.setdefault(client, deque()).append(
+                    (bucket, n, s.pub_mask.get(client, 0))
+                )
+                self._first.setdefault(client, start)
+        self._expire(bucket)
+
+    def _expire(self, newest: int) -> None:
+        horizon = newest - max(1, self._cfg.window_s // self._cfg.bucket_s)
+        while self._buckets and self._buckets[0][0] <= horizon:
+            self._buckets.popleft()
+        for client in list(self._seen):
+            rows = self._seen[client]
+            while rows and rows[0][0] <= horizon:
+                rows.popleft()
+            if not rows:
+                del self._seen[client]
+                self._first.pop(client, None)
+
+    def window_total(self, last_ts: float) -> int:
+        """Requests in the noted buckets of the window (``last_ts`` slides it when quiet)."""
+        if last_ts and self._buckets:
+            self._expire(max(self._last_noted, int(last_ts) // self._cfg.bucket_s))
+        return sum(t for _, t, _ in self._buckets)
+
+    def judge(self, last_ts: float, total: int, *, keep_peak: bool) -> list[Verdict]:
+        """A verdict per tracked address; with ``keep_peak`` (replay) a suspected address keeps
+        its strongest verdict even after it calms down."""
+        cfg = self._cfg
+        sites = 0
+        for _, _, m in self._buckets:
+            sites |= m
+        all_hosts, all_routers = field_count(sites, HOST_SHIFT), field_count(sites, ROUTER_SHIFT)
+        out: list[Verdict] = []
+        for client, rows in self._seen.items():
+            mask = 0
+            for _, _, m in rows:
+                mask |= m
+            requests = sum(n for _, n, _ in rows)
+            hosts, routers = field_count(mask, HOST_SHIFT), field_count(mask, ROUTER_SHIFT)
+            forwarded = field_count(mask, XFF_SHIFT)
+            wide = any(
+                n >= cfg.hop_min_sites and _ratio(n, whole) >= cfg.hop_site_coverage
+                for n, whole in ((hosts, all_hosts), (routers, all_routers))
+            )
+            suspected = (
+                requests >= cfg.hop_min_requests
+                and total > 0
+                and requests / total >= cfg.hop_share
+                and (wide or forwarded >= cfg.hop_min_forwarded)
+            )
+            last_bucket = rows[-1][0]
+            v = Verdict(
+                address=client,
+                suspected=suspected,
+                requests=requests,
+                total=total,
+                hosts=hosts,
+                all_hosts=all_hosts,
+                routers=routers,
+                all_routers=all_routers,
+                forwarded=forwarded,
+                first_seen=self._first.get(client, 0.0),
+                last_seen=min(float((last_bucket + 1) * cfg.bucket_s), last_ts or 0.0)
+                or float((last_bucket + 1) * cfg.bucket_s),
+                buckets=len(rows),
+            )
+            out.append(self._peaked(v) if keep_peak else v)
+        if keep_peak:
+            seen = {v.address for v in out}
+            out += [v for a, v in self._peak.items() if a not in seen]
+        return out
+
+    def _peaked(self, v: Verdict) -> Verdict:
+        peak = self._peak.get(v.address)
+        if v.suspected and (peak is None or v.share >= peak.share):
+            self._peak[v.address] = v
+            return v
+        return peak if peak is not None else v

@@ -1,0 +1,132 @@
+"""masking_started: a step up in an entrypoint's internal share, and when it began.
+
+Traffic comes from bench/generate.py (the benchmark's and the demo's generator), parsed by the
+real Traefik parser and fed to the engine in batches, as ``replay`` and ``run`` do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.generate import DEFAULT_START, GenConfig, generate
+from parsers.records import AccessRecord, ParseStats
+from parsers.traefik import TraefikParser
+from pipeline.core.engine import Engine
+from pipeline.core.findings import Kind, State
+from tests.support.engine import T0, FakeClock, events, feed, make_engine, rec
+
+RATE = 2.0  # requests per second: 120 a minute, a small site
+START = 1741939200.0  # DEFAULT_START as epoch seconds
+assert DEFAULT_START == "2025-03-14T08:00:00Z"
+
+
+def traffic(minutes: int, **kw: Any) -> list[AccessRecord]:
+    cfg = GenConfig(lines=int(minutes * 60 * RATE), seed=7, rate=RATE, clients=300, **kw)
+    stats = ParseStats()
+    return TraefikParser().parse([ln.rstrip(b"\n") for ln in generate(cfg)], stats)
+
+
+def drive(records: list[AccessRecord], *, live: bool) -> Engine:
+    """Feed a minute's worth at a time; live moves the clock along with the data."""
+    engine, clock = make_engine(
+        FakeClock(START), clear_recovered=live, blast_scope="window" if live else "span"
+    )
+    for i in range(0, len(records), 120):
+        batch = records[i : i + 120]
+        clock.now = max(clock.now, batch[-1][0])
+        feed(engine, batch)
+        if live:
+            engine.tick()
+    if not live:
+        engine.finish()
+    return engine
+
+
+def started(engine: Engine, ep: str = "websecure") -> list[Any]:
+    return [
+        f for f in engine.findings.values() if f.kind is Kind.MASKING_STARTED and f.target == ep
+    ]
+
+
+def test_a_step_mid_file_is_reported_with_its_time_and_shares() -> None:
+    # 40 minutes; from minute 20 on, 80% of requests come through a 10.42.0.x hop.
+    engine = drive(traffic(40, masked_share=0.8, masked_span=(0.5, 1.0)), live=False)
+    (f,) = started(engine)
+    ev = f.evidence
+    assert f.target == "websecure"
+    assert f.severity.value == "high"
+    assert abs(ev["changed_at"] - (START + 20 * 60)) <= 60  # within the minute it began
+    assert ev["changed_at_utc"].startswith("2025-03-14T08:2")
+    assert ev["share_before"] < 0.05
+    assert 0.7 < ev["share_after"] < 0.9
+    assert ev["returned_at"] is None
+    assert "08:2" in f.summary and "deploy" in f.summary
+    assert any(x.kind is Kind.MASKED_CLIENT_IP for x in engine.findings.values())
+    assert started(engine, "web")  # the plain-HTTP entrypoint goes through the same hop
+
+
+def test_a_share_masked_from_the_start_is_not_a_step() -> None:
+    engine = drive(traffic(40, masked_share=0.8), live=False)
+    assert not [f for f in engine.findings.values() if f.kind is Kind.MASKING_STARTED]
+    assert any(f.kind is Kind.MASKED_CLIENT_IP for f in engine.findings.values())
+
+
+def test_noise_and_a_short_burst_do_not_trigger_it() -> None:
+    # A steady 10% masked share; then 3 minutes at 100% (less than drift_min_buckets).
+    noisy = drive(traffic(40, masked_share=0.1), live=False)
+    burst = drive(traffic(40, masked_share=1.0, masked_span=(0.5, 0.575)), live=False)
+    for engine in (noisy, burst):
+        assert not [f for f in engine.findings.values() if f.kind is Kind.MASKING_STARTED]
+
+
+def test_live_raises_once_and_clears_when_the_share_returns() -> None:
+    # 60 minutes: masked from minute 15 to minute 35, then the client IP is back.
+    records = traffic(60, masked_share=0.8, masked_span=(0.25, 35 / 60))
+    engine, clock = make_engine(FakeClock(START), clear_recovered=True)
+    seen: list[tuple[State, Kind, str]] = []
+    for i in range(0, len(records), 120):
+        batch = records[i : i + 120]
+        clock.now = max(clock.now, batch[-1][0])
+        feed(engine, batch)
+        engine.tick()
+        seen += [e for e in events(engine) if e[1] is Kind.MASKING_STARTED and e[2] != "web"]
+    assert seen == [
+        (State.RAISED, Kind.MASKING_STARTED, "websecure"),
+        (State.CLEARED, Kind.MASKING_STARTED, "websecure"),
+    ]
+    assert not started(engine)
+
+
+def test_replay_keeps_a_step_that_ended_and_says_when() -> None:
+    engine = drive(traffic(60, masked_share=0.8, masked_span=(0.25, 35 / 60)), live=False)
+    (f,) = started(engine)
+    assert abs(f.evidence["changed_at"] - (START + 15 * 60)) <= 60
+    assert abs(f.evidence["returned_at"] - (START + 35 * 60)) <= 2 * 60
+    assert "came back" in f.summary
+
+
+def test_a_share_that_rises_because_public_traffic_fell_is_no_step() -> None:
+    # The cluster's own probes (10 a minute) go on while public traffic falls from 200 to 5
+    # a minute: the share goes from 5% to 67%, but nothing was masked.
+    records = []
+    for m in range(30):
+        t = T0 + m * 60
+        public = 200 if m < 15 else 5
+        records += [rec(f"93.184.{m}.{i % 50 + 1}", t + i * 0.2) for i in range(public)]
+        records += [rec("10.42.0.9", t + 50 + i) for i in range(10)]
+    engine, _ = make_engine(clear_recovered=False, blast_scope="span")
+    feed(engine, sorted(records, key=lambda r: r[0]))
+    engine.finish()
+    assert not started(engine)
+    # The same shares with internal requests rising (masking) are a step.
+    records = []
+    for m in range(30):
+        t = T0 + m * 60
+        public, internal = (200, 10) if m < 15 else (5, 100)
+        records += [rec(f"93.184.{m}.{i % 50 + 1}", t + i * 0.2) for i in range(public)]
+        records += [rec("10.42.0.9", t + 50 + i * 0.1) for i in range(internal)]
+    engine, _ = make_engine(clear_recovered=False, blast_scope="span")
+    feed(engine, sorted(records, key=lambda r: r[0]))
+    engine.finish()
+    (f,) = started(engine)
+    assert f.evidence["changed_at"] == T0 + 15 * 60
