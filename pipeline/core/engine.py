@@ -749,7 +749,7 @@ class Engine:
                 target=ep,
                 summary=summary,
                 evidence=evidence,
-                fix=fixes.masked_fix(headers_kept, forwarding),
+                fix=fixes.masked_fix(headers_kept, forwarding, client_written=forwarded_share > 0),
                 key=f"masked_client_ip:{ep}",
             ),
             material=(pct // 10, tuple(forwarding), headers_kept),

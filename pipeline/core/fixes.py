@@ -77,8 +77,12 @@ def masking_started_fix(changed_at: str) -> str:
     )
 
 
-def masked_fix(headers_kept: bool, forwarding: Sequence[str]) -> str:
-    """``forwarding``: hops seen adding the header themselves (the only ones safe to trust)."""
+def masked_fix(
+    headers_kept: bool, forwarding: Sequence[str], *, client_written: bool = False
+) -> str:
+    """``forwarding``: hops seen adding the header themselves (the only ones safe to trust);
+    ``client_written``: some requests through the hops carry a header naming a public client
+    that the hops did not add (clients wrote it)."""
     parts = [PRESERVE_CLIENT_IP]
     if forwarding:
         parts.append(
@@ -87,13 +91,13 @@ def masked_fix(headers_kept: bool, forwarding: Sequence[str]) -> str:
             + " add X-Forwarded-For / X-Real-Ip to every request: trust exactly those "
             "addresses in `forwardedHeaders.trustedIPs` so Traefik uses the real client."
         )
-    elif headers_kept:
+    elif client_written:
         parts.append(
             "Do not add the hop to `forwardedHeaders.trustedIPs`: it does not add "
             "X-Forwarded-For itself (only some requests carry one, written by the client), so "
             "trusting it would let any client choose the address CrowdSec sees and bans."
         )
-    else:
+    elif not headers_kept:
         parts.append(KEEP_HEADERS)
     parts.append(ALLOWLIST)
     return " ".join(parts)
