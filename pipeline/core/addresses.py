@@ -16,6 +16,8 @@ from typing import Protocol
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _V4_MAPPED_INT = 0xFFFF << 32  # ::ffff:0.0.0.0 as an integer
 _CACHE_LIMIT = 65536
+_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
 
 
 class AddrClass(StrEnum):
@@ -102,6 +104,11 @@ class Classification:
         }
 
 
+# The answers without a network, shared (records are frozen): most of a blocklist is public.
+_PUBLIC = Classification(AddrClass.PUBLIC, None)
+_INVALID = Classification(AddrClass.INVALID, None)
+
+
 def _strip(text: str) -> str:
     """Reduce ``[v6]:port``, ``v4:port``, ``v6%zone`` and whitespace to a bare address."""
     s = text.strip()
@@ -121,6 +128,11 @@ def parse_address(text: str) -> tuple[int, int] | None:
 
     IPv4-mapped IPv6 (``::ffff:10.42.0.1``) is returned as IPv4 so that it matches IPv4 networks.
     """
+    if ":" not in text:  # the common case, a bare dotted quad: nothing to strip
+        try:
+            return 4, int.from_bytes(_pton(_AF_INET, text), "big")
+        except (OSError, ValueError):
+            pass  # with whitespace, a zone, or no address: the general way
     s = _strip(text)
     if not s:
         return None
@@ -269,7 +281,7 @@ class Classifier:
     and drops the cache.
     """
 
-    __slots__ = ("_cache", "_index", "_networks")
+    __slots__ = ("_cache", "_index", "_lead", "_networks")
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
         self._networks: tuple[Network, ...] = ()
@@ -293,6 +305,16 @@ class Classifier:
             version: tuple(sorted(lengths.items(), key=lambda t: -t[0]))
             for version, lengths in index.items()
         }
+        # Per family, which leading bytes any network reaches: most public addresses are
+        # answered by one look here instead of a lookup per prefix length.
+        lead = {4: bytearray(256), 6: bytearray(256)}
+        for net in self._networks:
+            bits = 32 if net.version == 4 else 128
+            keep = min(net.length, 8)
+            first = net.prefix >> (bits - keep) << (8 - keep)
+            span = 1 << (8 - keep)
+            lead[net.version][first : first + span] = b"\x01" * span
+        self._lead = {version: bytes(flags) for version, flags in lead.items()}
         self._cache = {}
 
     @property
@@ -312,14 +334,16 @@ class Classifier:
     def _classify_uncached(self, text: str) -> Classification:
         parsed = parse_address(text)
         if parsed is None:
-            return Classification(AddrClass.INVALID, None)
+            return _INVALID
         version, value = parsed
         bits = 32 if version == 4 else 128
+        if not self._lead[version][value >> (bits - 8)]:
+            return _PUBLIC
         for length, by_prefix in self._index[version]:
             net = by_prefix.get(value >> (bits - length))
             if net is not None:
                 return Classification(net.cls, net)
-        return Classification(AddrClass.PUBLIC, None)
+        return _PUBLIC
 
     def classify_range(self, text: str) -> Classification:
         """Classify a CIDR: internal when it overlaps any internal network.
@@ -331,6 +355,8 @@ class Classifier:
         if parsed is None:
             return Classification(AddrClass.INVALID, None)
         version, prefix, length = parsed
+        if length >= 8 and not self._lead[version][prefix >> ((32 if version == 4 else 128) - 8)]:
+            return _PUBLIC  # no network near it: no overlap, and its first address is public
         best: Network | None = None
         for net in self._networks:
             if net.cls not in INTERNAL_CLASSES:

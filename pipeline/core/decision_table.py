@@ -24,6 +24,7 @@ free list.
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 from array import array
 from collections.abc import Iterator
@@ -40,6 +41,12 @@ _FREE, _TEXT, _V4, _V4NET, _V6, _V6NET = range(6)
 _NETS = (_V4NET, _V6NET)
 _SIXES = (_V6, _V6NET)
 _HEADS = [[bytes((kind, length)) for length in range(256)] for kind in range(6)]
+
+_V4_HEAD = _HEADS[_V4][0]
+_u32 = struct.Struct(">I").unpack_from
+_pton = socket.inet_pton
+_ntop = socket.inet_ntop
+_AF_INET = socket.AF_INET
 
 _EMPTY = -1  # index slot never used
 _GONE = -2  # index slot whose entry was removed (probing goes on past it)
@@ -59,6 +66,12 @@ KEPT = 2  # confirmed by this poll, and in the table before it
 def pack_value(value: str) -> bytes | None:
     """``value`` as kind, prefix length and address bytes (6 or 18 bytes), or None when that
     would not give the same text back."""
+    if ":" not in value and "/" not in value:  # an IPv4 address, nearly every value
+        try:
+            raw = _pton(_AF_INET, value)
+        except (OSError, ValueError):
+            return None
+        return _V4_HEAD + raw if _ntop(_AF_INET, raw) == value else None
     addr, sep, plen = value.partition("/")
     length = 0
     if sep:
@@ -249,6 +262,11 @@ class DecisionTable:
                 return row
         return -1
 
+    def on_value(self, value: str) -> list[int]:
+        """Rows whose value is exactly ``value`` (any scope, type, origin): a lookup by
+        address, without iterating the table."""
+        return list(self._chain(value))
+
     def like(self, scope: str, value: str, dtype: str) -> list[int]:
         """Rows on exactly this scope, value and type (any id, any origin)."""
         return [r for r in self._chain(value) if self.profile(r)[:2] == (scope, dtype)]
@@ -298,22 +316,35 @@ class DecisionTable:
 
     # -- changing rows ----------------------------------------------------------------------
     def add(self, d: Decision, cls: int, expires_at: float | None) -> int:
-        """Store ``d`` in a new row (the caller checked that ``d.key`` has none) and mark it."""
+        """Store ``d`` in a new row (the caller checked that ``d.key`` has none) and mark it.
+
+        Once per decision of a startup sync: a known profile is counted here, not in
+        ``_intern``."""
         value = d.value
         packed = pack_value(value)
-        prof = self._intern((d.scope, d.type, d.origin, d.scenario, d.simulated))
+        p = (d.scope, d.type, d.origin, d.scenario, d.simulated)
+        prof = self._prof_index.get(p)
+        if prof is None:
+            prof = self._intern(p)
+        else:
+            self._prof_refs[prof] += 1
         exp = _INF if expires_at is None else expires_at
-        if self._free:
-            row = self._free.pop()
+        free = self._free
+        if free:
+            row = free.pop()
         else:
             row = self._end
-            self._end += 1
+            self._end = row + 1
             if not row & _MASK:
                 self._new_block()
         b, i = row >> SHIFT, row & _MASK
         if packed is None:
             self._kind[b][i] = _TEXT
             self._text[row] = value
+        elif packed[0] == _V4:
+            self._kind[b][i] = _V4
+            self._plen[b][i] = 0
+            self._addr[b][i] = _u32(packed, 2)[0]
         else:
             kind = self._kind[b][i] = packed[0]
             self._plen[b][i] = packed[1]
@@ -333,7 +364,13 @@ class DecisionTable:
                 self._id[b][i] = ident
             else:
                 self._odd_ids[row] = ident
-            self._index_id(ident, row)
+            slots = self._ids  # _index_id's common case: a free slot at once, no growing
+            at = (hash(ident) & 0xFFFFFFFFFFFFFFFF) & (len(slots) - 1)
+            if slots[at] == _EMPTY and (self._ids_filled + 1) * 5 <= len(slots) * 4:
+                slots[at] = row
+                self._ids_filled += 1
+            else:
+                self._index_id(ident, row)
         if self._vals is not None:
             self._link_value(value if packed is None else packed, row)
         self._next_exp = min(self._next_exp, exp)
@@ -512,12 +549,20 @@ class DecisionTable:
     def _index_id(self, ident: int, row: int) -> None:
         if (self._ids_filled + 1) * 5 > len(self._ids) * 4:
             old = self._ids
-            self._ids = array("i", [_EMPTY]) * _size_for(self._live + 1)
-            self._ids_filled = 0
-            for r in old:
+            self._ids = new = array("i", [_EMPTY]) * _size_for(self._live + 1)
+            mask = len(new) - 1
+            column, odd = self._id, self._odd_ids
+            filled = 0
+            for r in old:  # ``ident`` and ``_place``, inlined: a sync grows it ~15 times
                 if r >= 0:
-                    _place(self._ids, hash(self.ident(r)), r)
-                    self._ids_filled += 1
+                    perturb = hash(column[r >> SHIFT][r & _MASK] or odd[r]) & 0xFFFFFFFFFFFFFFFF
+                    i = perturb & mask
+                    while new[i] >= 0:
+                        perturb >>= 5
+                        i = (i * 5 + perturb + 1) & mask
+                    new[i] = r
+                    filled += 1
+            self._ids_filled = filled
         slots = self._ids  # _place, inlined: this runs once per decision of a startup sync
         mask = len(slots) - 1
         perturb = hash(ident) & 0xFFFFFFFFFFFFFFFF

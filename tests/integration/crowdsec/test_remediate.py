@@ -194,6 +194,7 @@ class Harness:
                 metrics_listen="127.0.0.1:0",
                 checkpoint_dir=str(tmp_path / "ckpt"),
                 findings=str(tmp_path / "findings.jsonl"),
+                remediate=True,  # exports the remediation counters
             ),
             registry=CollectorRegistry(),
             attach=None,  # the remediator under test is driven by hand below
