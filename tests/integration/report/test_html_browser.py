@@ -6,6 +6,7 @@ AUDITOR_REGEN_SCREENSHOT=1.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -142,7 +143,15 @@ def test_screenshot_shows_the_chart(shot: tuple[str, list[bytes]]) -> None:
 def test_screenshot_shows_the_findings(shot: tuple[str, list[bytes]]) -> None:
     page, rows = shot
     assert count_near(rows[700:], CRITICAL_RED, tol=8) > 300  # CRITICAL badges
-    assert page.count('class="finding"') == 4
+    demo = ["examples/demo/access.log", "--decisions", "examples/demo/decisions.json"]
+    report = subprocess.run(
+        [str(Path(sys.executable).with_name("auditor")), "replay", *demo, "-o", "json",
+         "--fail-on", "never"],
+        capture_output=True, timeout=120, check=True, cwd=ROOT,
+    )  # fmt: skip
+    findings = json.loads(report.stdout)["findings"]
+    assert len(findings) >= 4
+    assert page.count('class="finding"') == len(findings)  # every finding of the report
 
 
 def test_the_page_loads_nothing(shot: tuple[str, list[bytes]]) -> None:
