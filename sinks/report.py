@@ -31,6 +31,11 @@ def sorted_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (-f.severity.rank, f.kind.value, f.target))
 
 
+# The JSON contract's version (docs/schema/replay-report.schema.json): raised when a field is
+# removed or changes meaning; adding a field or a finding kind keeps it.
+SCHEMA_VERSION = 1
+
+
 def build_report(engine: Engine, inputs: list[str], geo: GeoIP | None = None) -> dict[str, Any]:
     """The report; with ``geo``, public top clients get a ``geo`` object ({} when no database
     knows them) and findings that mention public addresses get ``evidence.geo``."""
@@ -67,7 +72,8 @@ def build_report(engine: Engine, inputs: list[str], geo: GeoIP | None = None) ->
     for (scope, _type, _cls), n in engine.decision_counts.items():
         by_scope[scope] = by_scope.get(scope, 0) + n
     findings = sorted_findings(list(engine.findings.values()))
-    by_severity: dict[str, int] = {}
+    # Every severity, zeros too, most severe first: a script reads a count without a default.
+    by_severity: dict[str, int] = {s.value: 0 for s in reversed(Severity)}
     for f in findings:
         by_severity[f.severity.value] = by_severity.get(f.severity.value, 0) + 1
     summary = {
@@ -97,7 +103,7 @@ def build_report(engine: Engine, inputs: list[str], geo: GeoIP | None = None) ->
     rendered = [f.as_dict() for f in findings]
     if geo is not None:
         rendered = [geo.enrich_dict(f) for f in rendered]
-    return {"summary": summary, "findings": rendered}
+    return {"schema_version": SCHEMA_VERSION, "summary": summary, "findings": rendered}
 
 
 def render_json(report: dict[str, Any]) -> str:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from parsers.crowdsec import Decision
     from pipeline.kube.model import ClusterFacts
 
+# The JSON contract's version (docs/schema/check-report.schema.json), as for replay.
+CHECK_SCHEMA_VERSION = 1
+
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
@@ -42,6 +45,7 @@ class CheckResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": CHECK_SCHEMA_VERSION,
             "networks": [
                 {"cidr": n.cidr, "class": n.cls.value, "provenance": n.provenance}
                 for n in self.networks

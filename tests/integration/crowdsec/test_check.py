@@ -13,6 +13,7 @@ from tests.support.auditor_cli import Run, _auditor  # noqa: F401 - the fixture
 from tests.support.crowdsec import CrowdSecInstance, free_port
 from tests.support.kube_api import FakeKubeApi
 from tests.support.kube_facts import EXPECTED_BAD
+from tests.support.schemas import validate_check
 
 
 @pytest.fixture(name="bad_cluster", scope="module")
@@ -66,7 +67,8 @@ def test_bad_cluster_json(auditor: Run, bad_cluster: Path) -> None:
     code, out, err = auditor("check", "--kubeconfig", str(bad_cluster), "--format", "json")
     assert code == 1, err
     doc = json.loads(out)
-    assert set(doc) == {"networks", "findings", "allowlist"}
+    validate_check(doc)
+    assert set(doc) == {"schema_version", "networks", "findings", "allowlist"}
     assert all(set(n) == {"cidr", "class", "provenance"} for n in doc["networks"])
     nets = {(n["cidr"], n["class"]) for n in doc["networks"]}
     assert {
@@ -185,6 +187,7 @@ def test_internal_bans_from_a_real_lapi(
     )
     code, out, err = auditor(*args, "--format", "json")
     assert code == 1, err
+    validate_check(json.loads(out))
     bans = _bans(json.loads(out))
     assert set(bans) == {"10.42.0.7", "192.168.1.11", "10.43.0.10", "10.42.1.0/24"}
     svclb = bans["10.42.0.7"]

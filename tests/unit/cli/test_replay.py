@@ -95,7 +95,7 @@ def test_exit_0_clean_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert summary["requests"] == 4
     assert summary["lines"] == {"read": 4, "parsed": 4, "json": 4, "common": 0, "skipped": {}}
     assert summary["decisions"] == {"active": 0, "internal": 0, "by_scope": {}}
-    assert summary["findings"] == {}
+    assert summary["findings"] == {"critical": 0, "high": 0, "medium": 0, "low": 0, "info": 0}
     # The corpus lines are out of order: the span is still min..max.
     assert summary["time_span"] == {
         "first": "2025-11-28T09:21:55Z",
@@ -454,7 +454,7 @@ def test_default_format_is_json_when_not_a_terminal(
 ) -> None:
     rc, out, _ = replay(capsys, V3)
     assert rc == EXIT_OK
-    assert set(json.loads(out)) == {"summary", "findings"}
+    assert set(json.loads(out)) == {"schema_version", "summary", "findings"}
 
 
 def test_clean_table_says_none(capsys: pytest.CaptureFixture[str]) -> None:
@@ -471,7 +471,7 @@ def test_json_contract(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     decisions = write_decisions(tmp_path, "172.17.0.1", "10.10.10.0/24", "1.2.3.4")
     k3s = write_k3s_log(tmp_path)
     _, report = replay_json(capsys, V2, CLF, k3s, "--decisions", decisions)
-    assert set(report) == {"summary", "findings"}
+    assert set(report) == {"schema_version", "summary", "findings"}
     summary = report["summary"]
     assert isinstance(summary, dict)
     assert set(summary) == {
@@ -501,8 +501,7 @@ def test_json_contract(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     ranks = [severities.index(str(f["severity"])) for f in findings]
     assert ranks == sorted(ranks, reverse=True)  # most severe first
     assert summary["findings"] == {
-        s: sum(1 for f in findings if f["severity"] == s)
-        for s in {str(f["severity"]) for f in findings}
+        s: sum(1 for f in findings if f["severity"] == s) for s in reversed(severities)
     }
     for f in findings:
         assert {"kind", "severity", "target", "summary", "evidence", "fix"} <= set(f)
