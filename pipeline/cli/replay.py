@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
 from parsers.envelope import Envelope, EnvelopeDecoder
+from parsers.records import ParseStats, SkipReason
 from pipeline.cli.args import add_network_args, networks_from_args
 from pipeline.cli.progress import Progress
 from pipeline.config import LIMITS
@@ -23,14 +25,17 @@ from pipeline.core.addresses import Classifier
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.feed import SourceAuditor
 from pipeline.core.findings import Severity, at_or_above
+from pipeline.core.traffic import Timeline
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from pipeline.sources.parallel import audit_parallel
 from pipeline.sources.readfile import input_size, line_batches, open_input
-from sinks.report import build_report, render_json, render_markdown, render_table
+from sinks.report import Style, build_report, render_json, render_markdown, render_table
 
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "json", "markdown", "html")
+NEVER = ("never", "none")  # --fail-on values for report-only use (make demo, scripts)
 PARALLEL_MIN_BYTES = 32 << 20
 MAX_JOBS = 64  # each job is a process with its own parser and buffers
+DEFAULT_MAX_JOBS = 4  # measured on 2 cores only; the parent merges ~10x faster than a worker
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,16 +56,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "list -o json, or JSON lines of those (repeatable)",
     )
     p.add_argument(
+        "-o",
         "--format",
         choices=FORMATS,
         default=None,
-        help="output format (default: table on a terminal, json otherwise)",
+        help="output format; html is one self-contained page with a chart (default: table on a "
+        "terminal, json otherwise)",
     )
     p.add_argument(
         "--fail-on",
-        choices=[s.value for s in Severity],
+        choices=[*(s.value for s in Severity), *NEVER],
         default="high",
-        help="lowest severity that makes the exit code 1 (default: high)",
+        help="lowest severity that makes the exit code 1; never (or none): always 0 when the "
+        "input was read (default: high)",
     )
     p.add_argument(
         "--envelope",
@@ -95,7 +103,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         metavar="N",
         help=f"parse plain files with N (1 to {MAX_JOBS}) processes; the report is the same "
-        f"(default: 2 on a machine with 2 or more cores for files over "
+        f"(default: one per usable core, up to {DEFAULT_MAX_JOBS}, for files over "
         f"{PARALLEL_MIN_BYTES >> 20} MiB, else 1)",
     )
     p.add_argument(
@@ -105,6 +113,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="PATH",
         help="MaxMind DB (GeoLite2/DB-IP/ip-location-db country, city or ASN) to add country "
         "and AS of public addresses to the report (repeatable)",
+    )
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour severities in the table (default: auto, on a terminal unless NO_COLOR is set)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_network_args(p)
@@ -138,12 +152,58 @@ def _check_args(args: argparse.Namespace) -> None:
     if sum(1 for f in [*args.files, *args.decisions] if f == "-") > 1:
         raise UsageError("stdin (-) can be read only once")
     for f in [*args.files, *args.decisions]:
-        if f != "-" and (not Path(f).exists() or Path(f).is_dir()):
-            msg = f"input file not found: {f}"
-            raise UsageError(msg)
+        if f != "-" and Path(f).is_dir():
+            raise UsageError(f"input {f} is a directory: name the log files in it")
+        if f != "-" and not Path(f).exists():
+            raise UsageError(f"input file not found: {f}")
 
 
-def build_engine(args: argparse.Namespace) -> Engine:
+# Below this share of non-blank lines read as access records, an input is the wrong file or the
+# wrong --envelope, not a log with some noise: a report on it would be a clean bill of health.
+MIN_PARSED_SHARE = 0.05
+_SKIP_HINTS = {
+    SkipReason.BAD_ENVELOPE: "the lines are not in the {envelope} container envelope "
+    "(try --envelope auto)",
+    SkipReason.UNRECOGNIZED: "it does not look like a Traefik access log (JSON or common format)",
+    SkipReason.NOT_ACCESS_LOG: "JSON lines without access-log fields (Traefik's own log?)",
+    SkipReason.INVALID_JSON: "lines that start like JSON but do not parse",
+    SkipReason.INVALID_UTF8: "binary data or not UTF-8",
+}
+
+
+def check_inputs_parsed(
+    engine: Engine, files: list[str], envelope: str = "auto", *, decisions: bool = False
+) -> None:
+    """Exit 2 naming the input and its top skip reasons when (almost) none of it parsed. An
+    empty input is an error too, unless decisions were given: then the report audits only them
+    (``auditor replay /dev/null --decisions d.json``), and stderr says so."""
+    for path in files:
+        stats = engine.stats.get("stdin" if path == "-" else path, ParseStats())
+        blank = stats.skipped.get(SkipReason.EMPTY, 0)
+        nonblank = stats.lines - blank
+        if nonblank > 0 and stats.parsed >= MIN_PARSED_SHARE * nonblank:
+            continue
+        name = "standard input" if path == "-" else path
+        if nonblank <= 0 and decisions:
+            note = f"auditor: note: {name} is empty: only the decisions are audited"
+            print(note, file=sys.stderr)
+            continue
+        if nonblank <= 0:
+            raise UsageError(f"{name}: no lines to audit (empty input)")
+        top = sorted(
+            ((r, n) for r, n in stats.skipped.items() if n and r is not SkipReason.EMPTY),
+            key=lambda rn: -rn[1],
+        )[:3]
+        reasons = ", ".join(f"{r.value}: {n}" for r, n in top)
+        hint = _SKIP_HINTS.get(top[0][0], "").format(envelope=envelope) if top else ""
+        msg = (
+            f"{name}: {stats.parsed} of {nonblank} lines are Traefik access log lines "
+            f"(skipped: {reasons})" + (f"; {hint}" if hint else "")
+        )
+        raise UsageError(msg)
+
+
+def build_engine(args: argparse.Namespace, timeline: Timeline | None = None) -> Engine:
     config = EngineConfig(
         window_s=args.window,
         blast_scope="span",
@@ -151,7 +211,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
         masked_min_requests=args.masked_min_requests,
         clear_recovered=False,
     )
-    return Engine(config, Classifier(networks_from_args(args)), time.time)
+    return Engine(config, Classifier(networks_from_args(args)), time.time, timeline)
 
 
 def audit_path(
@@ -168,13 +228,15 @@ def audit_path(
 
 
 def _jobs(requested: int | None, path: str) -> int:
-    """Two processes by default where they pay off: replay is bound by per-line parsing, and a
-    second core gives ~1.3x end to end on large files (bench/RESULTS.md)."""
+    """One process per usable core by default, for large files: the workers parse, count and
+    fold, the parent only merges, so a second core gives ~1.8x (bench/RESULTS.md). Usable
+    cores are those this process may run on (``taskset``, a cpuset), not all the machine's."""
     if requested is not None:
         return requested
-    if (os.cpu_count() or 1) < 2 or input_size(path) < PARALLEL_MIN_BYTES:
+    usable = len(os.sched_getaffinity(0))
+    if usable < 2 or input_size(path) < PARALLEL_MIN_BYTES:
         return 1
-    return 2
+    return min(usable, DEFAULT_MAX_JOBS)
 
 
 def _parallel_ok(path: str, envelope: Envelope) -> bool:
@@ -188,11 +250,30 @@ def _parallel_ok(path: str, envelope: Envelope) -> bool:
     return not EnvelopeDecoder(envelope).settle(head.split(b"\n"))
 
 
+def table_style(color: str) -> Style:
+    """The terminal's width (80 when stdout is not one, unless COLUMNS says otherwise), and
+    colour on a terminal unless NO_COLOR is set; ``--color always|never`` overrides both."""
+    width = shutil.get_terminal_size((80, 24)).columns
+    if color == "auto":
+        tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+        return Style(width=width, color=tty and not os.environ.get("NO_COLOR"))
+    return Style(width=width, color=color == "always")
+
+
 def run_replay(args: argparse.Namespace) -> int:
     _check_args(args)
-    engine = build_engine(args)
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    history = None
+    if fmt == "html":  # the share over time needs per-minute counts the engine folds away
+        from sinks.html_report import ShareHistory
+
+        history = ShareHistory(args.window, EngineConfig().bucket_s)
+    engine = build_engine(args, history)
     geo = None
     if args.geoip_db:
+        from pipeline.cli.extras import require
+
+        require("maxminddb", "--geoip-db")
         from sinks.geoip import GeoIP  # maxminddb only when asked for
 
         geo = GeoIP.open(args.geoip_db, engine.classifier)  # a bad file fails before any input
@@ -207,13 +288,27 @@ def run_replay(args: argparse.Namespace) -> int:
         else:
             audit_path(engine, path, Envelope(args.envelope), progress.advance)
     progress.close()
+    check_inputs_parsed(engine, list(args.files), args.envelope, decisions=bool(args.decisions))
     engine.finish()
     report = build_report(engine, list(args.files), geo)
     if geo is not None:
         geo.close()
-    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
-    render = {"table": render_table, "json": render_json, "markdown": render_markdown}[fmt]
-    sys.stdout.write(render(report))
+    if fmt == "table":
+        text = render_table(report, table_style(args.color))
+    elif fmt == "html":
+        from sinks.html_report import render_html
+
+        text = render_html(
+            report,
+            history,
+            masked_share=args.masked_share,
+            min_requests=args.masked_min_requests,
+        )
+    else:
+        text = {"json": render_json, "markdown": render_markdown}[fmt](report)
+    sys.stdout.write(text)
     sys.stdout.flush()
+    if args.fail_on in NEVER:
+        return EXIT_OK
     failing = at_or_above(list(engine.findings.values()), Severity(args.fail_on))
     return EXIT_FINDINGS if failing else EXIT_OK

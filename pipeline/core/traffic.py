@@ -8,7 +8,7 @@ whatever the input size (top clients are pruned, distinct-value sets stop growin
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from itertools import compress, count, repeat
 from operator import itemgetter, le
 from typing import Protocol
@@ -30,6 +30,18 @@ _router = itemgetter(3)
 Key = tuple[str, str, str, str, str, str]  # entrypoint, client, host, router, xff, real_ip
 
 Classify = Callable[[str], Classification]
+
+# diversity.key_mask of a key's (host, router, xff): a few hosts and routers make most keys,
+# and three cached ``bit`` calls per public key cost more than one lookup here.
+_MASKS: dict[tuple[str, str, str], int] = {}
+_MASKS_CAP = 1 << 16
+
+
+def _mask_of(tail: tuple[str, str, str]) -> int:
+    if len(_MASKS) >= _MASKS_CAP:
+        _MASKS.clear()
+    mask = _MASKS[tail] = key_mask(*tail)
+    return mask
 
 
 def _add_capped(target: set[str], values: Collection[str]) -> None:
@@ -126,6 +138,11 @@ class Summary:
         per_class: dict[tuple[str, AddrClass], int] = {}
         per_class_get = per_class.get
         internal_classes = INTERNAL_CLASSES
+        public = AddrClass.PUBLIC
+        pub_count = self.pub_count
+        pub_mask = self.pub_mask
+        pub_mask_get = pub_mask.get
+        masks_get = _MASKS.get
         for key, n in counts.items():
             ep, client = key[0], key[1]
             clients[client] = clients_get(client, 0) + n
@@ -136,10 +153,22 @@ class Summary:
             cls = classify(client).cls
             k = (ep, cls)
             per_class[k] = per_class_get(k, 0) + n
-            if cls in internal_classes:
+            if cls is public:
+                # A public client's requests and diversity mask (``suspected_hop``), the first
+                # PUBLIC_CAP clients only; inline, as most keys are public.
+                if client in pub_count:
+                    pub_count[client] += n
+                elif len(pub_count) < PUBLIC_CAP:
+                    pub_count[client] = n
+                else:
+                    continue
+                tail = key[2:5]
+                mask = masks_get(tail)
+                if mask is None:
+                    mask = _mask_of(tail)
+                pub_mask[client] = pub_mask_get(client, 0) | mask
+            elif cls in internal_classes:
                 self._add_internal(key, n, cls, classify)
-            elif cls is AddrClass.PUBLIC:
-                self._add_public(key, n)
         by_class = self.by_class
         ep_total = self.ep_total
         for k, n in per_class.items():
@@ -198,19 +227,6 @@ class Summary:
             ic.forwarded += n
         if visible:
             ic.visible += n
-
-    def _add_public(self, key: Key, n: int) -> None:
-        """A key whose client is public: its requests and diversity (``suspected_hop``)."""
-        client = key[1]
-        counts = self.pub_count
-        if client in counts:
-            counts[client] += n
-        elif len(counts) < PUBLIC_CAP:
-            counts[client] = n
-        else:
-            return
-        masks = self.pub_mask
-        masks[client] = masks.get(client, 0) | key_mask(key[2], key[3], key[4])
 
     def _merge_public(self, other: Summary) -> None:
         counts, masks = self.pub_count, self.pub_mask
@@ -409,6 +425,59 @@ class TrafficView(Protocol):
     def by_class(self) -> dict[tuple[str, AddrClass], int]: ...
 
 
+class _ClosedCounters:
+    """The counters (``Summary.merge(full=False)``) of a timeline's closed buckets that are
+    still in its window, so that ``window()`` merges three summaries instead of every bucket:
+    judging reads the window at each bucket that closes, and a quiet log closes one every ~300
+    lines (15 merges each cost ~0.25 µs per line there).
+
+    Two stacks, in window order: ``front`` holds merges of every suffix of the older buckets
+    (``front[0]`` covers them all), ``back`` the merge of the buckets closed since. The oldest
+    bucket leaves from the front; an empty front is refilled from the back's buckets. Merging
+    front, back and the open bucket in that order gives the same sums, and the same keys in the
+    same order, as merging every bucket oldest first.
+    """
+
+    __slots__ = ("_back", "_back_parts", "_front", "source")
+
+    def __init__(self) -> None:
+        self.source: object = None  # the bucket deque these counters describe
+        self._front: deque[Summary] = deque()
+        self._back = Summary()
+        self._back_parts: list[Summary] = []
+
+    def reset(self, closed: Iterable[Summary], source: object) -> None:
+        self.source = source
+        self._front.clear()
+        self._back, self._back_parts = Summary(), []
+        for s in closed:
+            self.push(s)
+
+    def push(self, closed: Summary) -> None:
+        """The newest bucket closed."""
+        self._back.merge(closed, full=False)
+        self._back_parts.append(closed)
+
+    def pop(self) -> None:
+        """The oldest closed bucket left the window."""
+        if not self._front:
+            after: Summary | None = None
+            for part in reversed(self._back_parts):
+                merged = Summary()
+                merged.merge(part, full=False)
+                if after is not None:
+                    merged.merge(after, full=False)
+                self._front.appendleft(merged)
+                after = merged
+            self._back, self._back_parts = Summary(), []
+        self._front.popleft()
+
+    def into(self, out: Summary) -> None:
+        if self._front:
+            out.merge(self._front[0], full=False)
+        out.merge(self._back, full=False)
+
+
 class Timeline:
     """Per-bucket summaries on the data's time line, a sliding window over them, a span total.
 
@@ -417,13 +486,14 @@ class Timeline:
     to time-ordered and exact placement of stragglers is not worth a per-line cost.
     """
 
-    __slots__ = ("_buckets", "bucket_s", "first_ts", "last_ts", "span", "window_s")
+    __slots__ = ("_buckets", "_closed", "bucket_s", "first_ts", "last_ts", "span", "window_s")
 
     def __init__(self, window_s: int, bucket_s: int) -> None:
         self.window_s = window_s
         self.bucket_s = bucket_s
         self.span = Summary()  # everything folded so far except the open bucket
         self._buckets: deque[tuple[int, Summary]] = deque()
+        self._closed = _ClosedCounters()
         self.first_ts = 0.0
         self.last_ts = 0.0
 
@@ -472,16 +542,26 @@ class Timeline:
         closed: list[int] = []
         if self._buckets and bucket <= self._buckets[-1][0]:
             return self._buckets[-1][1], closed
+        self._sync_closed()
         if self._buckets:
             if on_close is not None:
                 on_close()
             closed.append(self._buckets[-1][0])
             self.span.merge(self._buckets[-1][1])
+            self._closed.push(self._buckets[-1][1])
         self._buckets.append((bucket, Summary() if fresh is None else fresh))
         horizon = bucket - max(1, self.window_s // self.bucket_s)
         while self._buckets and self._buckets[0][0] <= horizon:
             self._buckets.popleft()
+            self._closed.pop()
         return self._buckets[-1][1], closed
+
+    def _sync_closed(self) -> None:
+        """Rebuild the closed buckets' counters if the buckets were replaced (a Kafka
+        partition's timeline loads them from a snapshot)."""
+        if self._closed.source is not self._buckets:
+            closed = [s for _, s in list(self._buckets)[:-1]]
+            self._closed.reset(closed, self._buckets)
 
     def newest(self) -> tuple[int, Summary] | None:
         """The newest bucket (id, summary); in ``on_close``, the bucket that is closing."""
@@ -499,8 +579,14 @@ class Timeline:
         and distinct-value sets are left empty, as only evidence of a raised finding needs them.
         """
         out = Summary()
+        if not full:
+            self._sync_closed()
+            self._closed.into(out)
+            if self._buckets:
+                out.merge(self._buckets[-1][1], full=False)
+            return out
         for _, s in self._buckets:
-            out.merge(s, full=full)
+            out.merge(s)
         return out
 
     def by_class(self) -> dict[tuple[str, AddrClass], int]:

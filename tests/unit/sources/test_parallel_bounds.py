@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from parsers.records import ParseStats, SkipReason
 from parsers.traefik import TraefikParser
 from pipeline.core.traffic import count_runs
-from pipeline.sources.parallel import Task, plan, work
+from pipeline.sources.parallel import Task, count_chunk, plan
 from pipeline.sources.readfile import line_batches
 from tests.support.crowdsec import traefik_json_line
 from tests.support.paths import ROOT
@@ -49,10 +49,10 @@ def chunked(path: str, chunk: int, max_line_bytes: int) -> tuple[ParseStats, Cou
     nbytes = 0
     for start, end in plan(path, chunk):
         task: Task = (path, start, end, BUCKET_S, max_line_bytes)
-        runs, part, n = work(task)
+        tally, part, n = count_chunk(task)
         stats.merge(part)
         nbytes += n
-        for _, counts, _, _ in runs:
+        for _, counts, _ in tally.runs:
             keys.update(counts)
     assert nbytes == os.path.getsize(path)
     return stats, keys

@@ -1,0 +1,149 @@
+"""``replay --jobs N`` writes the report ``--jobs 1`` writes, on busy and on quiet traffic.
+
+Workers fold each time bucket of their chunk into a summary and the parent takes it over or
+merges it, so any difference in how a bucket is cut, split over chunks or merged would show as
+a different report. Quiet traffic (5 requests/s) opens a bucket every ~300 lines and crosses
+several per batch; busy traffic (50 requests/s) fills one bucket over many batches and chunks.
+Small chunks put many bucket edges on chunk edges. A worker that dies is an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+import pytest
+
+from bench.generate import GenConfig, write_decisions, write_log
+from pipeline.sources import parallel
+from tests.support.auditor_cli import Run, _auditor  # noqa: F401 - the fixture
+from tests.support.paths import ROOT
+
+LINES = 24_000  # ~32 MB
+
+
+class Workload(NamedTuple):
+    name: str
+    log: Path
+    decisions: Path
+
+
+@pytest.fixture(scope="module", params=[("busy", 50.0), ("quiet", 5.0)], ids=lambda p: p[0])
+def workload(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    name, rate = request.param
+    # Masked traffic above the share that raises a finding, so evidence windows are compared.
+    cfg = GenConfig(lines=LINES, seed=4, masked_share=0.7, masked_span=(0.1, 0.9), rate=rate)
+    tmp = tmp_path_factory.mktemp(name)
+    w = Workload(name, tmp / "access.log", tmp / "decisions.json")
+    write_log(cfg, w.log)
+    write_decisions(cfg, w.decisions)
+    return w
+
+
+def replay(auditor: Run, w: Workload, *extra: str) -> str:
+    log, decisions = w.log, w.decisions
+    argv = ["replay", str(log), "--decisions", str(decisions), "--format", "json", *extra]
+    code, out, err = auditor(*argv, "--no-progress")
+    assert code == 1, err  # the generated decisions ban internal addresses
+    return out
+
+
+@pytest.mark.parametrize("chunk", [parallel.CHUNK, 1 << 20, 300_000])
+def test_reports_identical_to_one_job(
+    auditor: Run, workload: Workload, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parallel, "CHUNK", chunk)
+    one = replay(auditor, workload, "--jobs", "1")
+    assert replay(auditor, workload, "--jobs", "2") == one
+    assert replay(auditor, workload, "--jobs", "3") == one
+    report = orjson.loads(one)
+    assert report["summary"]["lines"]["read"] == LINES
+    kinds = {f["kind"] for f in report["findings"]}
+    assert {"internal_ban", "masked_client_ip"} <= kinds
+
+
+def test_the_workloads_are_busy_and_quiet(workload: Workload) -> None:
+    """Quiet crosses ~3 buckets per 1,024-line batch, busy fills one over ~3 batches."""
+    lines = workload.log.read_bytes().splitlines()
+    first, last = (_seconds(orjson.loads(line)["StartUTC"]) for line in (lines[0], lines[-1]))
+    buckets_per_batch = (last - first) / 60 / (LINES / 1024)
+    if workload.name == "quiet":
+        assert buckets_per_batch > 2.5
+    else:
+        assert buckets_per_batch < 0.6
+
+
+def _seconds(text: str) -> float:
+    return datetime.fromisoformat(text[:19] + "+00:00").timestamp()
+
+
+# A worker killed mid-replay (the OOM killer does this) left multiprocessing.Pool's imap waiting
+# forever; the parent now sees the death and exits 2 naming the file and --jobs 1.
+KILL_ONE = """
+import os, signal, sys
+from pipeline.cli import main as cli
+from pipeline.sources import parallel
+
+real = parallel.work
+def work(task):
+    if task[1] > 0:  # every chunk but the first
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(task)
+parallel.work = work
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+FAIL_ONE = """
+import sys
+from pipeline.cli import main as cli
+from pipeline.sources import parallel
+
+real = parallel.work
+def work(task):
+    if task[1] > 0:
+        raise OSError(5, "Input/output error", task[0])
+    return real(task)
+parallel.work = work
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def two_chunks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log of two 8 MB chunks and a bit: the workers' default cut."""
+    log = tmp_path_factory.mktemp("chunks") / "access.log"
+    write_log(GenConfig(lines=14_000, seed=5), log)
+    assert log.stat().st_size > 2 * parallel.CHUNK
+    return log
+
+
+def _run(script: str, log: Path) -> subprocess.CompletedProcess[str]:
+    argv = ["replay", str(log), "--jobs", "2", "--format", "json", "--no-progress"]
+    return subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,  # the old Pool hung here for good
+        check=False,
+    )
+
+
+def test_a_killed_worker_is_an_error_not_a_hang(two_chunks: Path) -> None:
+    out = _run(KILL_ONE, two_chunks)
+    assert out.returncode == 2, out.stderr
+    assert "replay worker process died (signal 9" in out.stderr
+    assert "--jobs 1" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""
+
+
+def test_an_error_in_a_worker_reaches_the_parent(two_chunks: Path) -> None:
+    out = _run(FAIL_ONE, two_chunks)
+    assert out.returncode != 0
+    assert "OSError: [Errno 5] Input/output error" in out.stderr
+    assert out.stdout == ""
