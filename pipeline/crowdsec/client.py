@@ -526,17 +526,9 @@ class CrowdSecClient:
                 status = resp.status
                 body = await _read(resp, max_body if status == 200 else SMALL_BODY_MAX)
         except TimeoutError as exc:
-            msg = f"{method} {redact_url(url)}: no answer within {self.timeout:g}s"
-            raise CrowdSecUnavailable(msg, reason=str(exc) or type(exc).__name__) from None
+            raise self._no_answer(method, url, "no answer", exc) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            msg = f"{method} {redact_url(url)}: {type(exc).__name__}: {exc}"
-            # A URL aiohttp cannot use (InvalidURL is a ValueError) stays unusable; a refused
-            # connection may not.
-            raise CrowdSecUnavailable(
-                msg,
-                reason=str(exc) or type(exc).__name__,
-                retry_now=not isinstance(exc, ValueError),
-            ) from None
+            raise self._no_answer(method, url, "", exc) from None
         if body is None:
             if status == 200:
                 msg = f"{method} {redact_url(url)}: body larger than {max_body} bytes"
@@ -585,15 +577,22 @@ class CrowdSecClient:
                         raise ResponseTooLarge(too_large)
                     yield chunk
         except TimeoutError as exc:
-            msg = f"{method} {redact_url(url)}: no complete answer within {self.timeout:g}s"
-            raise CrowdSecUnavailable(msg, reason=str(exc) or type(exc).__name__) from None
+            raise self._no_answer(method, url, "no complete answer", exc) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            msg = f"{method} {redact_url(url)}: {type(exc).__name__}: {exc}"
-            raise CrowdSecUnavailable(
-                msg,
-                reason=str(exc) or type(exc).__name__,
-                retry_now=not isinstance(exc, ValueError),
-            ) from None
+            raise self._no_answer(method, url, "", exc) from None
+
+    def _no_answer(
+        self, method: str, url: str, timed_out: str, exc: BaseException
+    ) -> CrowdSecUnavailable:
+        """A call that got no (complete) answer. ``timed_out``: how to word a timeout, empty
+        for any other failure. A URL aiohttp cannot use (InvalidURL is a ValueError) stays
+        unusable, so it is not retried at once; a refused connection may not be."""
+        reason = str(exc) or type(exc).__name__
+        if timed_out:
+            msg = f"{method} {redact_url(url)}: {timed_out} within {self.timeout:g}s"
+            return CrowdSecUnavailable(msg, reason=reason)
+        msg = f"{method} {redact_url(url)}: {type(exc).__name__}: {exc}"
+        return CrowdSecUnavailable(msg, reason=reason, retry_now=not isinstance(exc, ValueError))
 
     def _get_session(self) -> aiohttp.ClientSession:
         import aiohttp
