@@ -32,7 +32,14 @@ from pipeline.core.addresses import (
 from pipeline.core.decision_table import KEPT, UNSEEN, DecisionTable
 from pipeline.core.findings import Finding, FindingEvent, Kind, Severity, State
 from pipeline.core.hops import HopTracker
-from pipeline.core.traffic import Run, Summary, Timeline, TrafficView, count_runs
+from pipeline.core.traffic import (
+    Run,
+    Summary,
+    Timeline,
+    TrafficView,
+    clamp_future,
+    count_runs,
+)
 
 BAN_TYPES = frozenset({"ban", "captcha"})
 # Address classes as the one-byte numbers the decision table keeps per row.
@@ -221,19 +228,11 @@ class Engine:
         mine.merge(stats)
         limit = self.config.max_future_s
         if limit is not None and runs:
-            runs = self._clamp_future(runs, self.clock() + limit)
+            runs = clamp_future(runs, self.clock() + limit, self.config.bucket_s)
         self._timeline.add_runs(runs, self._classifier.classify, self._on_close)
         self._last_ingest = self.clock()
         if stats.common or f"log_format:{source}" in self._findings:
             self._evaluate_format(source)
-
-    def _clamp_future(self, runs: Sequence[Run], edge: float) -> list[Run]:
-        bucket_s = self.config.bucket_s
-        edge_bucket = int(edge) // bucket_s
-        return [
-            (min(b, edge_bucket), counts, min(first, edge), min(last, edge))
-            for b, counts, first, last in runs
-        ]
 
     @property
     def _format_sources(self) -> set[str]:

@@ -331,6 +331,17 @@ def _span(times: Sequence[float]) -> tuple[float, float]:
     return min(filter(None, times), default=0.0), max(times)
 
 
+def clamp_future(runs: Sequence[Run], edge: float, bucket_s: int) -> list[Run]:
+    """Runs with nothing past ``edge``: later buckets and times are placed at the edge, so one
+    line from a node with a skewed clock cannot push the window past everyone else's traffic
+    (``run``'s engine and the aggregator's partitions apply the same rule)."""
+    edge_bucket = int(edge) // bucket_s
+    return [
+        (min(b, edge_bucket), counts, min(first, edge), min(last, edge))
+        for b, counts, first, last in runs
+    ]
+
+
 def count_runs(records: Sequence[AccessRecord], bucket_s: int) -> list[Run]:
     """The per-line part of tallying: split a batch into time-bucket runs and count their keys.
 

@@ -29,7 +29,7 @@ import orjson
 
 from parsers.records import AccessRecord, ParseStats
 from pipeline.core.addresses import AddrClass, Classification
-from pipeline.core.traffic import Run, Summary, Timeline, count_runs
+from pipeline.core.traffic import Summary, Timeline, clamp_future, count_runs
 from pipeline.kafka.events import Chunk, Watermarks, chunk_stats, record_of
 from pipeline.kafka.snapshot import (
     SNAPSHOT_VERSION,
@@ -46,7 +46,6 @@ __all__ = [
     "ClusterView",
     "PartitionState",
     "Snapshot",
-    "clamp_future",
     "decode_snapshot",
 ]
 
@@ -192,19 +191,6 @@ class PartitionState:
             body["b"] = [[b, summary_to_json(s, clients=False)] for b, s in tl.buckets()]
             data = orjson.dumps(body)
         return data
-
-
-def clamp_future(runs: Sequence[Run], edge: float, bucket_s: int) -> list[Run]:
-    """Runs with nothing past ``edge``: later buckets and times are placed at the edge.
-
-    The same rule as ``Engine._clamp_future`` (which ``run`` applies), for the aggregator,
-    whose partitions fold events outside the engine.
-    """
-    edge_bucket = int(edge) // bucket_s
-    return [
-        (min(b, edge_bucket), counts, min(first, edge), min(last, edge))
-        for b, counts, first, last in runs
-    ]
 
 
 # -- the cluster view ------------------------------------------------------------------------
