@@ -36,6 +36,8 @@ class Kind(StrEnum):
     REMEDIATION = "remediation"
     SUSPECTED_HOP = "suspected_hop"
     MASKING_STARTED = "masking_started"
+    BAN_MISMATCH = "ban_mismatch"
+    WHITELIST_GAP = "whitelist_gap"
 
 
 class State(StrEnum):

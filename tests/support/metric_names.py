@@ -52,6 +52,8 @@ FINDING_KINDS: Final = frozenset(
         "remediation",
         "suspected_hop",
         "masking_started",
+        "ban_mismatch",
+        "whitelist_gap",
     }
 )
 SEVERITIES: Final = frozenset({"info", "low", "medium", "high", "critical"})
