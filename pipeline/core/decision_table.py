@@ -267,6 +267,21 @@ class DecisionTable:
         address, without iterating the table."""
         return list(self._chain(value))
 
+    def range_rows(self) -> list[int]:
+        """Rows whose value is a network: what may cover an address. Found by scanning the
+        kind column in C (``bytearray.find``), not indexed: range decisions are few, and an
+        index would cost every row of a 100,000-decision table."""
+        out: list[int] = []
+        for b, kinds in enumerate(self._kind):
+            base = b << SHIFT
+            for kind in _NETS:
+                at = kinds.find(kind)
+                while at >= 0:
+                    out.append(base + at)
+                    at = kinds.find(kind, at + 1)
+        out.extend(row for row, text in self._text.items() if "/" in text)
+        return out
+
     def like(self, scope: str, value: str, dtype: str) -> list[int]:
         """Rows on exactly this scope, value and type (any id, any origin)."""
         return [r for r in self._chain(value) if self.profile(r)[:2] == (scope, dtype)]

@@ -619,14 +619,19 @@ class Engine:
                 self._clear(key)
 
     def bans_on(self, value: str) -> list[Decision]:
-        """Active ban/captcha decisions on exactly this address (any target class): a lookup
-        by value in the decision table, not a walk over every decision."""
+        """Active ban/captcha decisions on this address (any target class): on exactly it (a
+        lookup by value, not a walk over every decision), then on any range that covers it
+        (the few range rows; a list that bans a /24 bans the hop inside it too)."""
         table = self._table
         now = self.clock()
         out = []
         for row in table.on_value(value):
             scope, dtype = table.profile(row)[:2]
             if scope == "Ip" and dtype.lower() in BAN_TYPES:
+                out.append(table.decision(row, now))
+        for row in table.range_rows():
+            dtype = table.profile(row)[1]
+            if dtype.lower() in BAN_TYPES and addresses_in(table.value(row), (value,)):
                 out.append(table.decision(row, now))
         return out
 
@@ -668,7 +673,11 @@ class Engine:
                     target=verdict.address,
                     summary=summary,
                     evidence=evidence,
-                    fix=fixes.suspected_hop_fix(verdict.address, banned=bool(bans)),
+                    fix=fixes.suspected_hop_fix(
+                        verdict.address,
+                        banned=bool(bans),
+                        ban_range=bans[0].value if bans and "/" in bans[0].value else "",
+                    ),
                     key=key,
                 ),
                 material=(pct // 10, bool(bans)),

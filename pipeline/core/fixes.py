@@ -44,10 +44,16 @@ def internal_ban_fix(value: str, *, ranged: bool) -> str:
     )
 
 
-def suspected_hop_fix(value: str, *, banned: bool) -> str:
-    """A public address that carries many clients: a node's SNAT or a proxy nobody listed."""
+def suspected_hop_fix(value: str, *, banned: bool, ban_range: str = "") -> str:
+    """A public address that carries many clients: a node's SNAT or a proxy nobody listed.
+    ``ban_range``: the ban is on a range that covers the address, not on the address."""
     parts = []
-    if banned:
+    if banned and ban_range:
+        parts.append(
+            f"Remove the decision now: it bans {ban_range}, which covers {value} and so locks "
+            f"out everyone behind it: `cscli decisions delete --range {ban_range}`."
+        )
+    elif banned:
         parts.append(
             f"Remove the decision now: `cscli decisions delete --ip {value}` (it locks out "
             "everyone behind this address)."

@@ -113,6 +113,23 @@ def test_rows_give_back_what_was_stored_and_are_found_by_key(
         assert like == {
             k for k, m in model.items() if (m.scope, m.value, m.type) == (d.scope, d.value, d.type)
         }
+    ranges = sorted(table.key(r) for r in table.range_rows())
+    assert ranges == sorted(k for k, m in model.items() if "/" in m.value)
+
+
+def test_range_rows_find_every_network_across_blocks_and_forget_removed_ones() -> None:
+    """A range hidden among a block and more of plain addresses is found (the lookup that a
+    ban on a range covering a suspected hop needs); a removed one is not."""
+    table = DecisionTable()
+    for i in range(BLOCK + 10):
+        table.add(dec(f"1.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", i + 1), 0, None)
+    v4 = table.add(dec("203.0.113.0/24", 900_001, scope="Range"), 0, None)
+    v6 = table.add(dec("2001:db8::/32", 900_002, scope="Range"), 0, None)
+    text = table.add(dec("2001:DB8:1::/48", 900_003, scope="Range"), 0, None)
+    assert sorted(table.range_rows()) == sorted([v4, v6, text])
+    table.remove(v6)
+    assert sorted(table.range_rows()) == sorted([v4, text])
+    assert {table.value(r) for r in table.range_rows()} == {"203.0.113.0/24", "2001:DB8:1::/48"}
 
 
 def test_expiry_is_kept_exactly_and_the_duration_is_the_time_left() -> None:

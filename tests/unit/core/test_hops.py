@@ -152,8 +152,30 @@ def test_live_a_ban_arriving_later_raises_it_to_critical() -> None:
     assert e.finding.severity is Severity.CRITICAL
 
 
-def test_bans_on_finds_decisions_by_address() -> None:
+def test_bans_on_finds_decisions_on_the_address_and_on_ranges_covering_it() -> None:
     engine, _ = make_engine()
-    engine.apply(new(ban(HOP, 1), ban(HOP, 2, type_="captcha"), ban("198.51.100.0/24", 3)))
-    assert sorted(d.id or 0 for d in engine.bans_on(HOP)) == [1, 2]
-    assert engine.bans_on("198.51.100.9") == []
+    engine.apply(
+        new(
+            ban(HOP, 1),
+            ban(HOP, 2, type_="captcha"),
+            ban("198.51.100.0/24", 3, scope="Range"),
+            ban("198.51.0.0/16", 4, scope="Range", type_="custom-log"),  # not a ban type
+            ban("203.0.113.0/24", 5, scope="Range"),
+            ban("2001:db8::/32", 6, scope="Range"),
+        )
+    )
+    assert sorted(d.id or 0 for d in engine.bans_on(HOP)) == [1, 2, 3]
+    assert [d.id for d in engine.bans_on("198.51.100.9")] == [3]
+    assert [d.id for d in engine.bans_on("2001:db8::7")] == [6]
+    assert engine.bans_on("192.0.2.1") == []
+
+
+def test_a_ban_on_a_range_covering_a_suspected_hop_is_critical_with_the_range_fix() -> None:
+    engine, _ = replay(run(20))
+    engine.apply(new(ban("198.51.100.0/24", 88, scope="Range")))
+    f = only(engine, Kind.SUSPECTED_HOP)
+    assert f.severity is Severity.CRITICAL
+    assert f.evidence["lockout"] is True
+    assert f.evidence["decision"]["value"] == "198.51.100.0/24"
+    assert "cscli decisions delete --range 198.51.100.0/24" in f.fix
+    assert f"--ip {HOP}" not in f.fix
