@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from pipeline import __version__
+import pipeline
 from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 COMMANDS: tuple[str, ...] = (
@@ -28,6 +28,17 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+class _Version(argparse.Action):
+    """``--version``, reading the version only when asked (see ``pipeline.__getattr__``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"{parser.prog} {pipeline.__version__}")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -39,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="auditor",
         description="Flags CrowdSec bans on internal cluster addresses and client-IP masking.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
