@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 import logging
 import math
-import signal
 from pathlib import Path
 
 from pipeline.cli.args import add_cluster_args
 from pipeline.errors import EXIT_OK, UsageError
+from pipeline.listen import host_port
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The manifests ship this ConfigMap (deploy/kustomize/base/networks-configmap.yaml).
@@ -90,14 +90,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=main_discover)
 
 
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        msg = f"--metrics-listen: expected HOST:PORT, got {text!r}"
-        raise UsageError(msg)
-    return host.strip("[]"), int(port)
-
-
 def _namespace(args: argparse.Namespace) -> str:
     if args.namespace:
         return str(args.namespace)
@@ -116,7 +108,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if not (math.isfinite(args.refresh_interval) and low <= args.refresh_interval <= high):
         msg = f"--refresh-interval: must be a number from {low:g} to {high:g}"
         raise UsageError(msg)
-    _listen(args.metrics_listen)
+    if host_port(args.metrics_listen) is None:
+        msg = f"--metrics-listen: expected HOST:PORT, got {args.metrics_listen!r}"
+        raise UsageError(msg)
     if args.output_file and not Path(args.output_file).parent.is_dir():
         msg = f"--output-file {args.output_file}: its directory does not exist"
         raise UsageError(msg)
@@ -138,7 +132,7 @@ async def _discover(args: argparse.Namespace) -> int:
     from pipeline.kube.client import connect
     from pipeline.kube.discovery import Discovery, DiscoveryOptions
     from pipeline.kube.publish import ConfigMapTarget, FileTarget, Target, Watcher, WatcherOptions
-    from sinks.http import MetricsServer
+    from pipeline.live.lifecycle import Lifecycle
     from sinks.prometheus import kube_gauges
 
     api = await connect(args.kubeconfig, args.context)  # UsageError: bad kubeconfig
@@ -165,24 +159,18 @@ async def _discover(args: argparse.Namespace) -> int:
                 synced.set(status.last_sync)
             return generate_latest(registry)
 
-        host, port = _listen(args.metrics_listen)
-        server = MetricsServer(host, port, exposition, watcher.ready)
-        try:
-            await server.start()
-        except (OSError, OverflowError) as exc:
-            msg = f"--metrics-listen: cannot listen on {args.metrics_listen}: {exc}"
-            raise UsageError(msg) from None
+        stop = asyncio.Event()
+        lifecycle = Lifecycle.at(
+            args.metrics_listen, "--metrics-listen", exposition, watcher.ready, stop
+        )
+        await lifecycle.start()
         log.info(
             "watching %s; publishing to %s; metrics on %s:%d",
             api.description,
             target.description,
-            host,
-            server.port,
+            lifecycle.host,
+            lifecycle.port,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         task = asyncio.create_task(discovery.run(), name="kube-discovery")
         try:
             await watcher.run(stop)
@@ -190,9 +178,8 @@ async def _discover(args: argparse.Namespace) -> int:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await server.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            await lifecycle.close()
+            lifecycle.release()
     finally:
         await api.close()
     return EXIT_OK

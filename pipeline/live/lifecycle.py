@@ -16,8 +16,9 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from pipeline.config import RunConfig, listen_address
+from pipeline.config import RunConfig
 from pipeline.errors import FatalSourceError, UsageError
+from pipeline.listen import host_port
 from sinks.http import MetricsServer
 from sinks.jsonl import JsonlFindings
 from sinks.prometheus import SourceHealth
@@ -40,11 +41,40 @@ class Lifecycle:
         ready: Callable[[], tuple[bool, str]],
         stop: asyncio.Event,
     ) -> None:
-        self.config = config
+        self._init(config.metrics_listen, "config key 'metrics_listen'", exposition, ready, stop)
+
+    @classmethod
+    def at(
+        cls,
+        listen: str,
+        name: str,
+        exposition: Callable[[], bytes],
+        ready: Callable[[], tuple[bool, str]],
+        stop: asyncio.Event,
+    ) -> Lifecycle:
+        """For a command without a ``RunConfig`` (``auditor discover``): ``name`` is what a
+        usage error names (``--metrics-listen``)."""
+        self = cls.__new__(cls)
+        self._init(listen, name, exposition, ready, stop)
+        return self
+
+    def _init(
+        self,
+        listen: str,
+        name: str,
+        exposition: Callable[[], bytes],
+        ready: Callable[[], tuple[bool, str]],
+        stop: asyncio.Event,
+    ) -> None:
+        address = host_port(listen)
+        if address is None:
+            msg = f"{name}: expected HOST:PORT, got {listen!r}"
+            raise UsageError(msg)
+        self.listen = listen
+        self.name = name
         self.stop = stop
-        host, port = listen_address(config)
-        self.host = host
-        self.server = MetricsServer(host, port, exposition, ready)
+        self.host = address[0]
+        self.server = MetricsServer(*address, exposition, ready)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -56,9 +86,7 @@ class Lifecycle:
         try:
             await self.server.start()
         except (OSError, OverflowError) as exc:
-            msg = (
-                f"config key 'metrics_listen': cannot listen on {self.config.metrics_listen}: {exc}"
-            )
+            msg = f"{self.name}: cannot listen on {self.listen}: {exc}"
             raise UsageError(msg) from None
         self._loop = asyncio.get_running_loop()
         for sig in _SIGNALS:

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "pipeline.errors": 1,
     "pipeline.config": 1,
     "pipeline.secrets": 1,
+    "pipeline.listen": 1,
     "pipeline.core": 2,
     "pipeline.sources": 3,
     "sinks": 3,
@@ -47,7 +48,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-ROOT_MODULES = {"pipeline", "pipeline.errors", "pipeline.config", "pipeline.secrets"}
+ROOT_MODULES = {
+    "pipeline",
+    "pipeline.errors",
+    "pipeline.config",
+    "pipeline.secrets",
+    "pipeline.listen",
+}
 
 
 def group_of(layer: str) -> str:
