@@ -2,6 +2,11 @@
 
 Each check has a bounded code (``Finding.check``), a target ``namespace/name`` (or node name),
 evidence with the object names and field values it read, and a fix with concrete YAML or flags.
+Some fixes only work on some versions: those checks read the k3s version from the nodes'
+kubelet version and Traefik's from its image tag, and take the facts (and the sources the fix
+cites) from the table in ``versions.py``. A version that cannot be read never yields a guess:
+the check is skipped, or, when the configuration is wrong on some versions, reported as an
+info ``version_unknown`` finding naming what could not be read.
 """
 
 from __future__ import annotations
@@ -11,19 +16,24 @@ from typing import Any
 
 from pipeline.core.addresses import parse_network
 from pipeline.core.findings import Finding, Kind, Severity
-from pipeline.kube.model import ClusterFacts, NodeInfo, ServiceInfo, TraefikPod, Workload
+from pipeline.kube import versions
+from pipeline.kube.model import ClusterFacts, NodeInfo, PodInfo, ServiceInfo, TraefikPod, Workload
 from pipeline.kube.traefik_args import TraefikFlags, traefik_flags
 
 CHECKS = (
     "etp_cluster",
+    "servicelb_etp_ignored",
     "servicelb_masquerade",
     "traefik_deployment",
     "node_without_traefik",
     "etp_local_deployment",
+    "accesslog_generic_clf",
     "accesslog_not_json",
     "headers_dropped",
     "trusted_ips_too_broad",
     "servicelb_with_metallb",
+    "traefik_v3_api_group",
+    "version_unknown",
     "traefik_not_found",
 )
 # Trusting more than this lets any client on the internet set its own address.
@@ -199,11 +209,13 @@ def _check_etp(facts: ClusterFacts) -> list[Finding]:
 def _check_servicelb(facts: ClusterFacts) -> list[Finding]:
     out = []
     traefik = {s.ref: s for s in facts.traefik.services}
+    # Where servicelb ignores Local (servicelb_etp_ignored), it masquerades as under Cluster.
+    ignored = bool(facts.servicelb) and bool(_servicelb_old_servers(facts)[0])
     for lb in facts.servicelb:
         svc = traefik.get(lb.svc_ref)
         if svc is None:
             continue
-        local = svc.etp == "Local"
+        local = svc.etp == "Local" and not ignored
         pods = [{"pod": p.ref, "node": p.node_name, "ips": list(p.ips)} for p in lb.pods]
         ips = ", ".join(ip for p in lb.pods for ip in p.ips) or "its pod addresses"
         if local:
@@ -228,7 +240,12 @@ def _check_servicelb(facts: ClusterFacts) -> list[Finding]:
                 {
                     "daemonset": lb.ref,
                     "service": svc.ref,
-                    "externalTrafficPolicy": svc.etp,
+                    "externalTrafficPolicy": svc.etp
+                    + (
+                        " (ignored: see servicelb_etp_ignored)"
+                        if svc.etp == "Local" and ignored
+                        else ""
+                    ),
                     "svclbPods": pods,
                     "loadBalancerIngress": list(svc.lb_ingress_ips),
                 },
@@ -312,25 +329,31 @@ def _check_workloads(facts: ClusterFacts) -> list[Finding]:
     return out
 
 
-def _representative_flags(facts: ClusterFacts) -> list[tuple[Workload, TraefikFlags]]:
+def _representative_pods(facts: ClusterFacts) -> list[tuple[Workload, PodInfo]]:
     """One running (else any) pod per workload: pods of a workload share their spec."""
     out = []
     for w, tps in _workload_pods(facts).items():
-        pod = next((tp.pod for tp in tps if tp.pod.running), tps[0].pod)
-        out.append((w, traefik_flags(pod)))
+        out.append((w, next((tp.pod for tp in tps if tp.pod.running), tps[0].pod)))
     return out
+
+
+def _representative_flags(facts: ClusterFacts) -> list[tuple[Workload, TraefikFlags]]:
+    return [(w, traefik_flags(pod)) for w, pod in _representative_pods(facts)]
 
 
 def _check_accesslog(facts: ClusterFacts) -> list[Finding]:
     out = []
-    for w, flags in _representative_flags(facts):
+    for w, pod in _representative_pods(facts):
+        flags = traefik_flags(pod)
         if not flags.visible:
             continue
         enabled = flags.enabled("accesslog")
         if not enabled and flags.from_file:
             continue  # configured in a file we cannot see
         fmt = flags.get("accesslog.format", "common") if enabled else ""
-        if not enabled or fmt.lower() != "json":
+        # On Traefik >= 3.5.2 accesslog_generic_clf says more, with the same fix.
+        generic_clf = fmt == _GENERIC_CLF and _generic_clf_state(pod) is True
+        if (not enabled or fmt.lower() != "json") and not generic_clf:
             out.append(
                 _finding(
                     "accesslog_not_json",
@@ -466,15 +489,229 @@ def _check_found(facts: ClusterFacts) -> list[Finding]:
     ]
 
 
+# -- version-aware checks (facts and sources in versions.py) ------------------------------------
+# Traefik matches the format name exactly; any other spelling falls back to "common".
+_GENERIC_CLF = "genericCLF"
+_MAX_NAMED = 5
+
+
+def _sources(check: str) -> str:
+    return "Sources:\n" + "\n".join(f"  {u}" for u in versions.FACT[check].sources)
+
+
+def _named(names: list[str]) -> str:
+    """A bounded target naming nodes: a,b,c (+N more)."""
+    shown = ",".join(names[:_MAX_NAMED])
+    return shown + (f" (+{len(names) - _MAX_NAMED} more)" if len(names) > _MAX_NAMED else "")
+
+
+def _k3s_servers(facts: ClusterFacts) -> list[NodeInfo]:
+    """The servicelb controller runs in the k3s server: the control-plane nodes decide. Without
+    role labels every node could be one."""
+    return [n for n in facts.nodes if n.control_plane] or list(facts.nodes)
+
+
+def _servicelb_old_servers(
+    facts: ClusterFacts,
+) -> tuple[list[tuple[NodeInfo, versions.Version]], dict[str, str]]:
+    """k3s servers whose servicelb ignores externalTrafficPolicy Local, and the servers whose
+    version cannot tell (name -> kubeletVersion as read)."""
+    old: list[tuple[NodeInfo, versions.Version]] = []
+    unread: dict[str, str] = {}
+    for node in _k3s_servers(facts):
+        v = versions.k3s_version(node.kubelet_version)
+        state = None if v is None else versions.servicelb_ignores_etp_local(v)
+        if v is not None and state is True:
+            old.append((node, v))
+        elif state is None:
+            unread[node.name] = node.kubelet_version or "(empty)"
+    return old, unread
+
+
+def _version_unknown(target: str, what: str, read: dict[str, str], check: str) -> Finding:
+    fact = versions.FACT[check]
+    return _finding(
+        "version_unknown",
+        Severity.INFO,
+        target,
+        f"Could not read the version of {what}; it decides whether this applies: "
+        f"{fact.component}, {fact.affected}: {fact.breaks}",
+        {"check": check, "versions": read},
+        f"Check the version by hand. If it is affected:\n{fact.fix}.\n" + _sources(check),
+    )
+
+
+def _check_servicelb_etp(facts: ClusterFacts) -> list[Finding]:
+    traefik = {s.ref: s for s in facts.traefik.services}
+    local = [
+        (lb, traefik[lb.svc_ref])
+        for lb in facts.servicelb
+        if lb.svc_ref in traefik and traefik[lb.svc_ref].etp == "Local"
+    ]
+    if not local:
+        return []
+    old, unread = _servicelb_old_servers(facts)
+    out = []
+    for lb, svc in local:
+        if not old:
+            if unread:
+                out.append(
+                    _version_unknown(
+                        _named(sorted(unread)),
+                        f"the k3s server(s) running servicelb for {svc.ref}",
+                        unread,
+                        "servicelb_etp_ignored",
+                    )
+                )
+            continue
+        listed = ", ".join(f"{n.name} {v}" for n, v in old)
+        fixed = sorted({versions.servicelb_fixed_in(v) for _, v in old})
+        out.append(
+            _finding(
+                "servicelb_etp_ignored",
+                Severity.HIGH,
+                svc.ref,
+                f"{svc.ref} has externalTrafficPolicy Local, but k3s servicelb ({lb.ref}) on "
+                f"{listed} ignores it (honoured from {', '.join(fixed)}): every node keeps "
+                "forwarding to all endpoints through the svclb pod, which masquerades the client "
+                "address, so the usual fix does nothing here",
+                {
+                    "service": svc.ref,
+                    "externalTrafficPolicy": svc.etp,
+                    "servicelb": lb.ref,
+                    "nodes": [
+                        {
+                            "node": n.name,
+                            "kubeletVersion": n.kubelet_version,
+                            "fixedIn": versions.servicelb_fixed_in(v),
+                        }
+                        for n, v in old
+                    ],
+                    **({"unreadVersions": unread} if unread else {}),
+                },
+                f"Upgrade the k3s servers to {' / '.join(fixed)} or later, servers first\n"
+                "(the servicelb controller runs there), and keep externalTrafficPolicy: Local;\n"
+                "or replace servicelb with MetalLB (see servicelb_masquerade).\n"
+                + _sources("servicelb_etp_ignored"),
+            )
+        )
+    return out
+
+
+def _traefik_version(pod: PodInfo) -> versions.Version | None:
+    return versions.traefik_image_version(pod.images)
+
+
+def _generic_clf_state(pod: PodInfo) -> bool | None:
+    """Whether this pod's Traefik writes genericCLF (>= 3.5.2), from its image tag."""
+    v = _traefik_version(pod)
+    return None if v is None else versions.generic_clf_active(v)
+
+
+def _images(pod: PodInfo) -> dict[str, str]:
+    return {"image": next((i for i in pod.images if "traefik" in versions.image_name(i)), "")}
+
+
+def _check_generic_clf(facts: ClusterFacts) -> list[Finding]:
+    out = []
+    for w, pod in _representative_pods(facts):
+        flags = traefik_flags(pod)
+        if not flags.enabled("accesslog") or flags.get("accesslog.format") != _GENERIC_CLF:
+            continue
+        v = _traefik_version(pod)
+        active = _generic_clf_state(pod)
+        if v is None or active is None:
+            out.append(
+                _version_unknown(
+                    w.ref, f"Traefik ({w.ref}, image tag)", _images(pod), "accesslog_generic_clf"
+                )
+            )
+            continue
+        evidence = {
+            "workload": w.ref,
+            "image": _images(pod)["image"],
+            "traefikVersion": str(v),
+            "accesslog.format": _GENERIC_CLF,
+        }
+        fix = _fix_accesslog(w.namespace) + "\n" + _sources("accesslog_generic_clf")
+        if active:
+            summary = (
+                f"Traefik {v} ({w.ref}) writes its access log as genericCLF, which lacks the "
+                "request count, router, server URL and duration that CrowdSec's traefik-logs "
+                "parser requires: CrowdSec parses none of these lines and bans nobody"
+            )
+        else:
+            summary = (
+                f"Traefik {v} ({w.ref}) does not know --accesslog.format=genericCLF and writes "
+                "the common format, which CrowdSec parses; from Traefik 3.5.2 on it writes "
+                "genericCLF and CrowdSec's traefik-logs parser matches no line"
+            )
+        out.append(
+            _finding(
+                "accesslog_generic_clf",
+                Severity.HIGH if active else Severity.LOW,
+                w.ref,
+                summary,
+                evidence,
+                fix,
+            )
+        )
+    return out
+
+
+def _check_traefik_v3(facts: ClusterFacts) -> list[Finding]:
+    k3s = [
+        (n, v)
+        for n in facts.nodes
+        if (v := versions.k3s_version(n.kubelet_version)) is not None
+        and versions.k3s_bundles_traefik_v3(v) is True
+    ]
+    if not k3s:
+        return []
+    out = []
+    for w, pod in _representative_pods(facts):
+        v = _traefik_version(pod)
+        if v is None or versions.traefik_v3(v) is not True:
+            continue  # v2 (pinned), or unknown: nothing changed that we can name
+        out.append(
+            _finding(
+                "traefik_v3_api_group",
+                Severity.INFO,
+                w.ref,
+                f"Traefik {v} ({w.ref}) on k3s {k3s[0][1]}: since k3s v1.32.2 the packaged "
+                "Traefik is v3, which ignores Middleware and IngressRoute objects of the v2 API "
+                "group traefik.containo.us (a CrowdSec bouncer Middleware written for v2 is not "
+                "applied, and routes that use it fail)",
+                {
+                    "workload": w.ref,
+                    "image": _images(pod)["image"],
+                    "traefikVersion": str(v),
+                    "k3sNodes": {n.name: n.kubelet_version for n, _ in k3s[:_MAX_NAMED]},
+                },
+                "List what Traefik v3 no longer reads:\n"
+                "  kubectl get -A \\\n"
+                "    middlewares.traefik.containo.us,ingressroutes.traefik.containo.us\n"
+                "and re-create each with apiVersion: traefik.io/v1alpha1 (same spec).\n"
+                'If kubectl answers "doesn\'t have a resource type", the v2 CRDs (and every\n'
+                "object in them) are gone: apply your manifests again with the new apiVersion.\n"
+                + _sources("traefik_v3_api_group"),
+            )
+        )
+    return out
+
+
 def check_cluster(facts: ClusterFacts) -> list[Finding]:
     """Every config finding for one snapshot, most severe first."""
     findings = [
         *_check_etp(facts),
+        *_check_servicelb_etp(facts),
         *_check_servicelb(facts),
         *_check_workloads(facts),
+        *_check_generic_clf(facts),
         *_check_accesslog(facts),
         *_check_trust(facts),
         *_check_metallb(facts),
+        *_check_traefik_v3(facts),
         *_check_found(facts),
     ]
     return sorted(findings, key=lambda f: (-f.severity.rank, CHECKS.index(f.check), f.target))

@@ -47,6 +47,10 @@ _SERVICE_MAX = {4: 12, 6: 108}
 # range: widen the guess to at least a k3s-sized network.
 _SERVICE_MIN = {4: 16, 6: 112}
 _MAX_EVIDENCE = 5
+# Versions and image references are short; anything longer is not one (and not kept).
+_MAX_VERSION = 64
+_MAX_IMAGE = 256
+_CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +129,15 @@ def node_from_obj(obj: Mapping[str, Any]) -> NodeInfo:
             internal.append(_str(a, "address"))
         elif kind == "ExternalIP":
             external.append(_str(a, "address"))
+    kubelet = _str(_map(status, "nodeInfo"), "kubeletVersion")
+    labels = _map(meta, "labels")
     return NodeInfo(
         name=_str(meta, "name"),
         pod_cidrs=tuple(c for c in cidrs if parse_network(c) is not None),
         internal_ips=_addresses(internal),
         external_ips=_addresses(external),
+        kubelet_version=kubelet if len(kubelet) <= _MAX_VERSION else "",
+        control_plane=any(k in labels for k in _CONTROL_PLANE_LABELS),
     )
 
 
@@ -167,7 +175,10 @@ def pod_from_obj(obj: Mapping[str, Any]) -> PodInfo:
         ips = [_str(status, "podIP")]
     args: list[str] = []
     env: list[tuple[str, str]] = []
+    images: list[str] = []
     for c in _list(spec, "containers"):
+        image = _str(c, "image")
+        images.append(image if len(image) <= _MAX_IMAGE else "")
         args += [a for a in (*_list(c, "command"), *_list(c, "args")) if isinstance(a, str)]
         for e in _list(c, "env"):
             name = _str(e, "name")
@@ -184,6 +195,7 @@ def pod_from_obj(obj: Mapping[str, Any]) -> PodInfo:
         owners=_owners(meta),
         args=tuple(args),
         env=tuple(env),
+        images=tuple(images),
     )
 
 

@@ -28,6 +28,8 @@ class NodeInfo:
     pod_cidrs: tuple[str, ...]
     internal_ips: tuple[str, ...]
     external_ips: tuple[str, ...]
+    kubelet_version: str = ""  # status.nodeInfo.kubeletVersion, e.g. v1.29.5+k3s1 (k3s release)
+    control_plane: bool = False  # labelled node-role.kubernetes.io/control-plane (or master)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -73,6 +75,7 @@ class PodInfo:
     owners: tuple[OwnerRef, ...]
     args: tuple[str, ...]  # command + args of every container, in order
     env: tuple[tuple[str, str], ...]  # literal TRAEFIK_* variables only
+    images: tuple[str, ...] = ()  # image of every container, in order (versions come from tags)
 
     @property
     def ref(self) -> str:

@@ -18,6 +18,12 @@ KUBE_DATA = DATA / "kube"
 BAD = "k3s-servicelb"  # servicelb, a Traefik Deployment, externalTrafficPolicy Cluster
 GOOD = "k3s-metallb"  # MetalLB, a Traefik DaemonSet, externalTrafficPolicy Local
 
+# Derived from GOOD (tests/data/kube/README.md): k3s v1.25.6 servers with servicelb and
+# externalTrafficPolicy Local (ignored before v1.25.7); k3s v1.33 with its Traefik v3 logging
+# genericCLF.
+OLD_K3S = "k3s-v1.25-servicelb-local"
+TRAEFIK_V3 = "k3s-v1.33-traefik-v3"
+
 # The config findings the bad cluster raises: check -> (severity, target).
 EXPECTED_BAD = {
     "etp_cluster": (Severity.HIGH, "kube-system/traefik"),
@@ -27,6 +33,16 @@ EXPECTED_BAD = {
     "node_without_traefik": (Severity.MEDIUM, "k3s-agent-1"),
     "accesslog_not_json": (Severity.MEDIUM, "kube-system/traefik"),
     "headers_dropped": (Severity.LOW, "kube-system/traefik"),
+}
+
+EXPECTED_OLD_K3S = {
+    "servicelb_etp_ignored": (Severity.HIGH, "kube-system/traefik"),
+    # servicelb ignores Local there, so it masquerades everything, as under Cluster.
+    "servicelb_masquerade": (Severity.HIGH, "kube-system/svclb-traefik-fe02f068"),
+}
+EXPECTED_TRAEFIK_V3 = {
+    "accesslog_generic_clf": (Severity.HIGH, "kube-system/traefik"),
+    "traefik_v3_api_group": (Severity.INFO, "kube-system/traefik"),
 }
 
 

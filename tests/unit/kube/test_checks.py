@@ -14,7 +14,18 @@ from pipeline.kube.checks import CHECKS, check_cluster
 from pipeline.kube.model import ClusterFacts, PodInfo
 from pipeline.kube.networks import cluster_networks
 from pipeline.kube.traefik_args import traefik_flags
-from tests.support.kube_facts import BAD, EXPECTED_BAD, GOOD, facts_from_files, items
+from pipeline.kube.versions import FACT
+from tests.support.kube_facts import (
+    BAD,
+    EXPECTED_BAD,
+    EXPECTED_OLD_K3S,
+    EXPECTED_TRAEFIK_V3,
+    GOOD,
+    OLD_K3S,
+    TRAEFIK_V3,
+    facts_from_files,
+    items,
+)
 
 
 @pytest.fixture(name="bad", scope="module")
@@ -302,3 +313,175 @@ def test_legit_cdn_trust_is_not_too_broad(good: ClusterFacts) -> None:
     assert f.evidence["problems"] == [
         {"entryPoint": "web", "option": "proxyprotocol.trustedIPs", "value": ["::/0"]}
     ]
+
+
+# -- version-aware findings (facts in pipeline/kube/versions.py) ---------------------------------
+@pytest.fixture(name="old_k3s", scope="module")
+def _old_k3s() -> ClusterFacts:
+    return facts_from_files(OLD_K3S)
+
+
+@pytest.fixture(name="traefik_v3", scope="module")
+def _traefik_v3() -> ClusterFacts:
+    return facts_from_files(TRAEFIK_V3)
+
+
+def with_versions(facts: ClusterFacts, **by_node: str) -> ClusterFacts:
+    """The same cluster with these nodes' kubelet versions (others unchanged)."""
+    nodes = tuple(
+        replace(n, kubelet_version=by_node.get(n.name, n.kubelet_version)) for n in facts.nodes
+    )
+    return replace(facts, nodes=nodes)
+
+
+def with_traefik(facts: ClusterFacts, image: str, *swap: tuple[str, str]) -> ClusterFacts:
+    """Every Traefik pod with this image and the args in ``swap`` (old, new) replaced."""
+    pods = []
+    for tp in facts.traefik.pods:
+        args = tuple(dict(swap).get(a, a) for a in tp.pod.args)
+        pods.append(replace(tp, pod=replace(tp.pod, images=(image,), args=args)))
+    return replace(facts, traefik=replace(facts.traefik, pods=tuple(pods)))
+
+
+def test_version_fixtures_raise_exactly_their_findings(
+    old_k3s: ClusterFacts, traefik_v3: ClusterFacts
+) -> None:
+    for facts, expected in ((old_k3s, EXPECTED_OLD_K3S), (traefik_v3, EXPECTED_TRAEFIK_V3)):
+        found = by_check(facts)
+        assert set(found) == set(expected)
+        for check, (severity, target) in expected.items():
+            (f,) = found[check]
+            assert (f.kind, f.severity, f.target) == (Kind.CONFIG, severity, target), check
+            assert f.key == f"config:{check}:{target}"
+            assert ("Sources:\n  https://" in f.fix) is (check in FACT), check
+
+
+def test_servicelb_ignoring_local_names_nodes_versions_and_the_fix(old_k3s: ClusterFacts) -> None:
+    (f,) = by_check(old_k3s)["servicelb_etp_ignored"]
+    assert f.evidence["nodes"] == [
+        {"node": "k3s-a", "kubeletVersion": "v1.25.6+k3s1", "fixedIn": "v1.25.7+k3s1"}
+    ]
+    assert f.evidence["externalTrafficPolicy"] == "Local"
+    assert "k3s-a v1.25.6+k3s1" in f.summary and "usual fix does nothing" in f.summary
+    assert "v1.25.7+k3s1" in f.fix and "https://github.com/k3s-io/k3s/pull/6907" in f.fix
+    (lb,) = by_check(old_k3s)["servicelb_masquerade"]
+    assert lb.evidence["externalTrafficPolicy"].startswith("Local (ignored")
+
+
+def test_servicelb_honours_local_from_the_fixed_patch(old_k3s: ClusterFacts) -> None:
+    # The server decides (the servicelb controller runs there); an older agent does not matter.
+    fixed = with_versions(old_k3s, **{"k3s-a": "v1.25.7+k3s1", "k3s-b": "v1.25.6+k3s1"})
+    found = by_check(fixed)
+    assert "servicelb_etp_ignored" not in found and "version_unknown" not in found
+    assert found["servicelb_masquerade"][0].severity is Severity.MEDIUM  # as before this check
+    for newer in ("v1.26.2+k3s1", "v1.29.5+k3s1", "v1.24.11+k3s1", "v1.23.17+k3s1"):
+        assert "servicelb_etp_ignored" not in by_check(with_versions(old_k3s, **{"k3s-a": newer}))
+
+
+def test_servicelb_without_role_labels_checks_every_node(old_k3s: ClusterFacts) -> None:
+    nodes = tuple(replace(n, control_plane=False) for n in old_k3s.nodes)
+    facts = with_versions(replace(old_k3s, nodes=nodes), **{"k3s-a": "v1.26.2+k3s1"})
+    (f,) = by_check(facts)["servicelb_etp_ignored"]
+    assert [n["node"] for n in f.evidence["nodes"]] == ["k3s-b"]
+
+
+def test_servicelb_version_check_needs_local(bad: ClusterFacts) -> None:
+    # Cluster policy on an old k3s: servicelb_masquerade already says it all.
+    old = with_versions(bad, **{n.name: "v1.25.6+k3s1" for n in bad.nodes})
+    assert set(by_check(old)) == set(EXPECTED_BAD)
+
+
+@pytest.mark.parametrize("kubelet", ["", "v1.29.5", "garbage", "v1.25+k3s1", "v" + "9" * 200])
+def test_unreadable_server_version_is_info_not_a_guess(old_k3s: ClusterFacts, kubelet: str) -> None:
+    found = by_check(with_versions(old_k3s, **{"k3s-a": kubelet}))
+    assert "servicelb_etp_ignored" not in found
+    (f,) = found["version_unknown"]
+    assert f.severity is Severity.INFO and f.target == "k3s-a"
+    assert f.evidence == {
+        "check": "servicelb_etp_ignored",
+        "versions": {"k3s-a": kubelet or "(empty)"},
+    }
+
+
+def test_generic_clf_on_traefik_3_5_2_replaces_the_json_finding(traefik_v3: ClusterFacts) -> None:
+    (f,) = by_check(traefik_v3)["accesslog_generic_clf"]
+    assert f.evidence == {
+        "workload": "kube-system/traefik",
+        "image": "rancher/mirrored-library-traefik:3.5.3",
+        "traefikVersion": "3.5.3",
+        "accesslog.format": "genericCLF",
+    }
+    assert "format: json" in f.fix and "crowdsecurity/hub" in f.fix
+    assert "accesslog_not_json" not in by_check(traefik_v3)
+    exact = with_traefik(traefik_v3, "traefik:v3.5.2")
+    assert by_check(exact)["accesslog_generic_clf"][0].severity is Severity.HIGH
+
+
+def test_generic_clf_before_3_5_2_is_latent(traefik_v3: ClusterFacts) -> None:
+    found = by_check(with_traefik(traefik_v3, "traefik:v3.5.1"))
+    (f,) = found["accesslog_generic_clf"]
+    assert f.severity is Severity.LOW and "from Traefik 3.5.2 on" in f.summary
+    assert found["accesslog_not_json"][0].evidence["accesslog.format"] == "genericCLF"
+
+
+@pytest.mark.parametrize(
+    "image", ["traefik:latest", "traefik@sha256:abcd", "traefik:v3.5", "traefik"]
+)
+def test_generic_clf_with_an_unreadable_tag(traefik_v3: ClusterFacts, image: str) -> None:
+    found = by_check(with_traefik(traefik_v3, image))
+    assert "accesslog_generic_clf" not in found
+    (f,) = found["version_unknown"]
+    assert f.severity is Severity.INFO and f.evidence["check"] == "accesslog_generic_clf"
+    assert "accesslog_not_json" in found  # still not JSON, whatever the version
+
+
+def test_other_spellings_are_not_generic_clf(traefik_v3: ClusterFacts) -> None:
+    # Traefik matches "genericCLF" exactly; anything else falls back to the common format.
+    facts = with_traefik(
+        traefik_v3,
+        "traefik:v3.6.7",
+        ("--accesslog.format=genericCLF", "--accesslog.format=genericclf"),
+    )
+    found = by_check(facts)
+    assert "accesslog_generic_clf" not in found and "accesslog_not_json" in found
+    json_log = with_traefik(
+        traefik_v3, "traefik:v3.6.7", ("--accesslog.format=genericCLF", "--accesslog.format=json")
+    )
+    assert set(by_check(json_log)) == {"traefik_v3_api_group"}
+
+
+def test_traefik_v3_on_k3s_1_32_2_and_later(traefik_v3: ClusterFacts) -> None:
+    json_log = with_traefik(
+        traefik_v3,
+        "rancher/mirrored-library-traefik:3.3.2",
+        ("--accesslog.format=genericCLF", "--accesslog.format=json"),
+    )
+    (f,) = by_check(with_versions(json_log, **{"k3s-a": "v1.32.2+k3s1", "k3s-b": "v1.32.2+k3s1"}))[
+        "traefik_v3_api_group"
+    ]
+    assert f.evidence["traefikVersion"] == "3.3.2"
+    assert "traefik.containo.us" in f.summary and "traefik.io/v1alpha1" in f.fix
+    # v1.32.1 still shipped Traefik v2.11: a v3 there is the user's own, not the upgrade.
+    older = with_versions(json_log, **{"k3s-a": "v1.32.1+k3s1", "k3s-b": "v1.32.1+k3s1"})
+    assert by_check(older) == {}
+    # Traefik pinned to v2 on a new k3s, or a version we cannot read: nothing to say.
+    for image in ("rancher/mirrored-library-traefik:2.11.18", "traefik:latest"):
+        assert by_check(with_traefik(json_log, image)) == {}
+
+
+def test_version_checks_survive_hostile_objects() -> None:
+    node = extract.node_from_obj(
+        {
+            "metadata": {"name": "n", "labels": {"node-role.kubernetes.io/master": "true"}},
+            "status": {"nodeInfo": {"kubeletVersion": "v1.25.6+k3s1" + "x" * 100}},
+        }
+    )
+    assert node.kubelet_version == "" and node.control_plane
+    assert extract.node_from_obj({"status": {"nodeInfo": "v1.25.6+k3s1"}}).kubelet_version == ""
+    assert (
+        extract.node_from_obj({"status": {"nodeInfo": {"kubeletVersion": 7}}}).kubelet_version == ""
+    )
+    pod = extract.pod_from_obj(
+        {"spec": {"containers": [{"image": 3}, {"image": "traefik:" + "9" * 300}, {}, "x"]}}
+    )
+    assert pod.images == ("", "", "", "")  # one per entry, none kept
