@@ -3,14 +3,25 @@
 Kept apart from the checks (``pipeline.crowdsec.health``) because it is a format, not a policy:
 it reads any CrowdSec version's ``/metrics`` and ignores what it does not know, so the checks
 can be tested on captured text alone.
+
+Whitelist parsers show up in two ways. CrowdSec >= 1.6.1 counts them in ``cs_node_wl_hits_total``
+(events a whitelist node checked) and ``cs_node_wl_hits_ok_total`` (events it whitelisted), both
+labelled with the node's ``name`` and ``reason``. Every version also counts a whitelist node in
+``cs_node_hits_total`` like any other node, where only its name tells it apart (the hub's is
+``crowdsecurity/whitelists``); before 1.6.1 that is all there is: it says the node ran, not what
+it whitelisted. Whitelisted events are dropped before the buckets, so they never reach
+``cs_bucket_poured_total``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
+
+K = TypeVar("K", str, tuple[str, str])
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +37,33 @@ class CrowdSecMetrics:
     bouncer_requests: Mapping[str, float] = field(default_factory=dict)  # by bouncer name
     version: str = ""
     crowdsec: bool = False  # any cs_* series at all
+    # Events poured into a scenario's buckets, by (source, scenario).
+    poured: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    # Whitelist nodes, by (source, node name): events checked and events whitelisted
+    # (CrowdSec >= 1.6.1), and, any version, the hits of nodes whose name says "whitelist".
+    wl_checked: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    wl_whitelisted: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    wl_node_hits: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    wl_reasons: Mapping[str, str] = field(default_factory=dict)  # node name -> its reason
 
     @property
     def overflow_total(self) -> float:
         return sum(self.overflowed.values())
+
+    @property
+    def wl_counted(self) -> bool:
+        """This CrowdSec counts what its whitelists whitelist (>= 1.6.1, some node ran)."""
+        return bool(self.wl_checked)
+
+    def whitelist_nodes(self, sources: Iterable[str] | None = None) -> set[str]:
+        """Whitelist nodes that checked events (of ``sources`` when given)."""
+        wanted = None if sources is None else set(sources)
+        return {
+            node
+            for series in (self.wl_checked, self.wl_node_hits)
+            for (source, node), n in series.items()
+            if n > 0 and (wanted is None or source in wanted)
+        }
 
     def counters(self) -> dict[tuple[str, str], float]:
         """Every monotonic value by series and key, to notice a CrowdSec restart."""
@@ -43,6 +77,14 @@ class CrowdSecMetrics:
         ):
             for key, value in values.items():
                 out[(series, key)] = value
+        for series, pairs in (
+            ("poured", self.poured),
+            ("wl_checked", self.wl_checked),
+            ("wl_whitelisted", self.wl_whitelisted),
+            ("wl_node_hits", self.wl_node_hits),
+        ):
+            for (source, name), value in pairs.items():
+                out[(series, f"{source}\x00{name}")] = value
         return out
 
     def restarted_since(self, earlier: CrowdSecMetrics) -> bool:
@@ -56,7 +98,14 @@ def _is_traefik_node(name: str) -> bool:
     return "traefik" in name and not name.startswith("child-")
 
 
-def _add(target: dict[str, float], key: str, value: float) -> None:
+def _is_whitelist_node(name: str) -> bool:
+    # Before 1.6.1 a whitelist node is told apart by its name only: the hub's
+    # crowdsecurity/whitelists, and custom ones that keep the word (as `auditor allowlist`'s does).
+    low = name.lower()
+    return not low.startswith("child-") and ("whitelist" in low or "allowlist" in low)
+
+
+def _add(target: dict[K, float], key: K, value: float) -> None:
     target[key] = target.get(key, 0.0) + value
 
 
@@ -72,6 +121,11 @@ def parse_metrics(text: str) -> CrowdSecMetrics:
     traefik_ko: dict[str, float] = {}
     overflowed: dict[str, float] = {}
     bouncers: dict[str, float] = {}
+    poured: dict[tuple[str, str], float] = {}
+    wl_checked: dict[tuple[str, str], float] = {}
+    wl_whitelisted: dict[tuple[str, str], float] = {}
+    wl_node_hits: dict[tuple[str, str], float] = {}
+    wl_reasons: dict[str, str] = {}
     active: float | None = None
     lapi = False
     version = ""
@@ -83,6 +137,15 @@ def parse_metrics(text: str) -> CrowdSecMetrics:
                 continue
             crowdsec = True
             source = labels.get("source", "")
+            node = labels.get("name", "")
+            if name in ("cs_node_wl_hits_total", "cs_node_wl_hits_ok_total"):
+                into = wl_checked if name == "cs_node_wl_hits_total" else wl_whitelisted
+                _add(into, (source, node), value)
+                wl_reasons.setdefault(node, labels.get("reason", ""))
+            elif name == "cs_node_hits_total" and _is_whitelist_node(node):
+                _add(wl_node_hits, (source, node), value)
+            elif name == "cs_bucket_poured_total":
+                _add(poured, (source, node), value)
             if name == "cs_parser_hits_ok_total":
                 _add(parser_ok, source, value)
             elif name == "cs_parser_hits_ko_total":
@@ -113,4 +176,9 @@ def parse_metrics(text: str) -> CrowdSecMetrics:
         bouncer_requests=bouncers,
         version=version,
         crowdsec=crowdsec,
+        poured=poured,
+        wl_checked=wl_checked,
+        wl_whitelisted=wl_whitelisted,
+        wl_node_hits=wl_node_hits,
+        wl_reasons=wl_reasons,
     )

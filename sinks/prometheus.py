@@ -18,8 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+import pipeline
 from parsers.records import SkipReason
-from pipeline import __version__
 from pipeline.core.addresses import INTERNAL_CLASSES, AddrClass
 from pipeline.core.engine import BAN_TYPES, Engine
 from pipeline.core.findings import Kind, Severity
@@ -81,7 +81,7 @@ class Metrics:
         self.build_info = Gauge(
             "auditor_build_info", "Build of the running auditor", ["version"], registry=r
         )
-        self.build_info.labels(__version__).set(1)
+        self.build_info.labels(pipeline.__version__).set(1)
         self.lines = Counter(
             "auditor_lines",
             "Log lines read, by source kind and parse result",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Iterable
@@ -14,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.cli.args import add_cluster_args, cluster_from_args
 from pipeline.core.addresses import AddrClass, Network, make_network
-from pipeline.core.allowlist import DEFAULT_ENTRYPOINTS, SECTIONS, Allowlist, build_allowlist
+from pipeline.core.allowlist import (
+    DEFAULT_ENTRYPOINTS,
+    SECTIONS,
+    Allowlist,
+    build_allowlist,
+    check_expiration,
+)
 from pipeline.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -61,9 +68,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "allowlist",
         help="print a CrowdSec whitelist and Traefik/bouncer trusted-IP settings",
-        description="Render the internal networks as a CrowdSec whitelist parser, the Traefik "
-        "bouncer plugin's trusted IPs and Traefik entry point trust. With --kubeconfig or "
-        "--context the networks are discovered from the cluster; otherwise k3s defaults plus "
+        description="Render the internal networks as a CrowdSec whitelist parser (and, for "
+        "CrowdSec >= 1.6.6, the cscli allowlists commands of a centralized allowlist), the "
+        "Traefik bouncer plugin's trusted IPs and Traefik entry point trust. With --kubeconfig "
+        "or --context the networks are discovered from the cluster; otherwise k3s defaults plus "
         "--internal-cidr.",
     )
     add_cluster_args(p)
@@ -87,13 +95,29 @@ def register(subparsers: Any) -> None:
         help="output format (default: %(default)s)",
     )
     p.add_argument(
-        "--only", choices=SECTIONS, help="print one artefact (a file you can apply as is)"
+        "--only",
+        choices=SECTIONS,
+        help="print one artefact (a file you can apply as is; allowlists: a shell script of "
+        "cscli commands)",
+    )
+    p.add_argument(
+        "--expiration",
+        metavar="DURATION",
+        help="let the centralized allowlist's entries expire after DURATION, as cscli reads it "
+        "(e.g. 30d, 12h, 1d12h; default: never)",
     )
     p.set_defaults(func=run_allowlist)
 
 
 def run_allowlist(args: argparse.Namespace) -> int:
     extra = parse_cidrs(args.internal_cidr)
+    expiration = ""
+    if args.expiration is not None:
+        try:
+            expiration = check_expiration(args.expiration)
+        except ValueError as exc:
+            msg = f"--expiration: {exc}"
+            raise UsageError(msg) from None
     defaults = not args.no_defaults
     if args.kubeconfig or args.context:
         facts, nets, where = asyncio.run(cluster_from_args(args))
@@ -102,6 +126,7 @@ def run_allowlist(args: argparse.Namespace) -> int:
         )
     else:
         allow = build_allowlist(extra, defaults=defaults)
+    allow = dataclasses.replace(allow, expiration=expiration)
     if args.format == "json":
         doc = allow.as_dict()
         if args.only:
@@ -109,6 +134,7 @@ def run_allowlist(args: argparse.Namespace) -> int:
                 "whitelist": doc["crowdsec_whitelist"],
                 "middleware": doc["bouncer_middleware"],
                 "entrypoints": doc["traefik_entrypoints"],
+                "allowlists": doc["crowdsec_allowlist"],
             }[args.only]
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:

@@ -2,7 +2,10 @@
 
 Three artefacts from one list of internal networks:
 (a) a CrowdSec s02-enrich whitelist parser (shape of the hub's crowdsecurity/whitelists) so
-    events from internal addresses never feed a scenario;
+    events from internal addresses never feed a scenario; for CrowdSec >= 1.6.6 also the
+    ``cscli allowlists create/add`` commands of a centralized allowlist, which the LAPI applies
+    to every agent's alerts (after the scenarios, so it complements the parser, it does not
+    replace it);
 (b) the maxlerebourg bouncer plugin's ``forwardedHeadersTrustedIPs`` (the forwarding hops) and
     ``clientTrustedIPs`` (never block these), as a Traefik Middleware;
 (c) Traefik entry point ``forwardedHeaders.trustedIPs`` / ``proxyProtocol.trustedIPs`` flags.
@@ -12,11 +15,12 @@ Pure: ``auditor allowlist`` and ``auditor check`` decide where the networks come
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import __version__
+import pipeline
 from pipeline.core.addresses import INTERNAL_CLASSES, WELL_KNOWN, AddrClass, Network
 from pipeline.core.networks import with_k3s_defaults
 from pipeline.errors import UsageError
@@ -26,7 +30,32 @@ WHITELIST_PATH = "/etc/crowdsec/parsers/s02-enrich/ban-auditor-cluster-whitelist
 PLUGIN_NAME = "bouncer"  # the name under --experimental.plugins.<name> in Traefik's static config
 DEFAULT_ENTRYPOINTS = ("web", "websecure")
 HOP_CLASSES = frozenset({AddrClass.POD, AddrClass.NODE})
-SECTIONS = ("whitelist", "middleware", "entrypoints")
+SECTIONS = ("whitelist", "middleware", "entrypoints", "allowlists")
+ALLOWLIST_NAME = "ban-auditor-cluster"  # the centralized allowlist (cscli allowlists, >= 1.6.6)
+ALLOWLIST_DESCRIPTION = "Internal cluster addresses (ban-auditor)"
+ALLOWLIST_MIN_VERSION = "1.6.6"
+# cscli parses --expiration with go-cs-lib's cstime.ParseDuration: an optional whole number of
+# days first, then a Go duration (units h, m, s, ms, us, ns; fractions allowed).
+_EXPIRATION = re.compile(r"(?:(\d+)d)?((?:\d+(?:\.\d+)?(?:h|m|s|ms|us|µs|ns))*)")
+_GO_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def check_expiration(text: str) -> str:
+    """An allowlist entry's lifetime as cscli accepts it (``30d``, ``12h``, ``1d12h``): the
+    text itself, stripped. ``ValueError`` when cscli would reject it or it is under a second."""
+    value = text.strip()
+    m = _EXPIRATION.fullmatch(value)
+    if not value or m is None:
+        msg = f"not a duration cscli accepts (e.g. 30d, 12h, 1d12h): {text!r}"
+        raise ValueError(msg)
+    seconds = int(m.group(1) or 0) * 86400.0
+    seconds += sum(float(n) * _UNIT_S[u] for n, u in _GO_PART.findall(m.group(2)))
+    if seconds < 1:
+        msg = f"an expiration must be at least one second: {text!r}"
+        raise ValueError(msg)
+    return value
+
 
 _HOP_CAVEAT = (
     "Trust these hops only if every connection from them carries a header set by a proxy you "
@@ -81,6 +110,7 @@ class Allowlist:
     entrypoints: tuple[str, ...]
     namespace: str  # where Traefik (and so its Middleware) lives
     source: str
+    expiration: str = ""  # of the centralized allowlist's entries; "" never expire
 
     # -- (a) CrowdSec whitelist ---------------------------------------------------------------
     def whitelist_doc(self) -> dict[str, Any]:
@@ -101,8 +131,10 @@ class Allowlist:
     def whitelist_yaml(self) -> str:
         doc = self.whitelist_doc()
         lines = [
-            f"# CrowdSec whitelist parser from ban-auditor {__version__} ({self.source}).",
+            f"# CrowdSec whitelist parser from ban-auditor {pipeline.__version__} ({self.source}).",
             f"# Save as {WHITELIST_PATH} and reload CrowdSec.",
+            f"# CrowdSec >= {ALLOWLIST_MIN_VERSION}: add the centralized allowlist too (--only "
+            "allowlists).",
             "# It stops events from these sources reaching scenarios; it does not remove existing",
             "# decisions nor filter those from CAPI, blocklists or cscli.",
             f"name: {doc['name']}",
@@ -115,6 +147,59 @@ class Allowlist:
             if entries:
                 lines.append(f"  {key}:")
                 lines += [f'    - "{e.value}"  # {e.comment}' for e in entries]
+        return "\n".join(lines) + "\n"
+
+    # -- (a') CrowdSec >= 1.6.6 centralized allowlist ----------------------------------------
+    def allowlist_values(self) -> list[str]:
+        return [e.value for e in self.internal]
+
+    def allowlist_options(self) -> list[str]:
+        """``add``'s options: the entries' comment and, when asked, their expiration. Our
+        own text, which needs no shell quoting beyond the double quotes."""
+        out = ["-d", f'"{ALLOWLIST_DESCRIPTION}"']
+        if self.expiration:
+            out += ["--expiration", self.expiration]
+        return out
+
+    def allowlist_commands(self) -> list[str]:
+        """``cscli allowlists create`` then one ``add`` with every value (cscli skips values
+        already listed, so rerunning ``add`` is harmless)."""
+        add = ["cscli", "allowlists", "add", ALLOWLIST_NAME, *self.allowlist_values()]
+        return [
+            f'cscli allowlists create {ALLOWLIST_NAME} -d "{ALLOWLIST_DESCRIPTION}"',
+            " ".join([*add, *self.allowlist_options()]),
+        ]
+
+    def allowlist_doc(self) -> dict[str, Any]:
+        return {
+            "name": ALLOWLIST_NAME,
+            "description": ALLOWLIST_DESCRIPTION,
+            "values": self.allowlist_values(),
+            "expiration": self.expiration or None,
+            "min_crowdsec_version": ALLOWLIST_MIN_VERSION,
+            "commands": self.allowlist_commands(),
+        }
+
+    def allowlist_script(self, *, commented: bool = False) -> str:
+        """The commands as a shell script; ``commented`` turns them into comments as well, for
+        the YAML stream (where they ride as a document of comments only)."""
+        cmd = "# " if commented else ""
+        about = (
+            f"CrowdSec >= {ALLOWLIST_MIN_VERSION}: a centralized allowlist on the LAPI "
+            f"(ban-auditor {pipeline.__version__}, {self.source}). Run where cscli reaches the "
+            "LAPI's database (the LAPI pod). The LAPI drops alerts on these addresses from every "
+            "agent, so none becomes a decision; the agents' scenarios still count the events: "
+            "keep the whitelist parser on each agent too. `create` fails when the allowlist "
+            "exists: then run `add` alone."
+        )
+        lines = [
+            *(f"# {ln}" for ln in _wrap(about, 76)),
+            f"{cmd}cscli allowlists create {ALLOWLIST_NAME} \\",
+            f'{cmd}  -d "{ALLOWLIST_DESCRIPTION}"',
+            f"{cmd}cscli allowlists add {ALLOWLIST_NAME} \\",
+            *(f"{cmd}  {v} \\" for v in self.allowlist_values()),
+            f"{cmd}  {' '.join(self.allowlist_options())}",
+        ]
         return "\n".join(lines) + "\n"
 
     # -- (b) bouncer plugin -------------------------------------------------------------------
@@ -211,6 +296,7 @@ class Allowlist:
         return {
             "source": self.source,
             "crowdsec_whitelist": self.whitelist_doc(),
+            "crowdsec_allowlist": self.allowlist_doc(),
             "bouncer_middleware": self.middleware_doc(),
             "traefik_entrypoints": self.entrypoints_doc(),
         }
@@ -220,10 +306,12 @@ class Allowlist:
             "whitelist": self.whitelist_yaml,
             "middleware": self.middleware_yaml,
             "entrypoints": self.entrypoints_yaml,
+            "allowlists": self.allowlist_script,
         }
         if only is not None:
             return parts[only]()
-        return "---\n".join(render() for render in parts.values())
+        docs = [render() for name, render in parts.items() if name != "allowlists"]
+        return "---\n".join([*docs, self.allowlist_script(commented=True)])
 
 
 def _wrap(text: str, width: int) -> list[str]:

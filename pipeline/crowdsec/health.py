@@ -12,6 +12,11 @@ auditor polls them and raises ``crowdsec_health`` findings:
   none), e.g. simulation mode or a profile without ``decisions``;
 - ``metrics_unreachable`` (low): the endpoint does not answer, or is not CrowdSec's.
 
+The same polls feed the ``whitelist_gap`` findings (``pipeline.crowdsec.whitelists``): internal
+traffic the agent does not whitelist, most lines whitelisted (masking seen from CrowdSec), and,
+when ``crowdsec_metrics_url`` lists several agents (comma-separated), an agent lacking a
+whitelist parser the others run. All of them share the group, so one poll replaces them all.
+
 Judgements use increases over a sliding window, never totals since CrowdSec started, so a problem
 fixed hours ago does not keep a finding up. Fetching runs in the service (through the shared
 CrowdSec client; the text format is ``parsers.crowdsec_metrics``); judging runs in the runner's
@@ -28,12 +33,20 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from parsers.crowdsec_metrics import CrowdSecMetrics, parse_metrics
 from pipeline.core.findings import Finding, Kind, Severity
 from pipeline.crowdsec.client import CrowdSecClient, CrowdSecError
+from pipeline.crowdsec.whitelists import (
+    Agent,
+    Traffic,
+    WhitelistConfig,
+    WhitelistJudge,
+    compare_agents,
+    traffic_from,
+)
 from pipeline.secrets import redact_url
 
 if TYPE_CHECKING:
@@ -72,6 +85,7 @@ class HealthConfig:
     min_failed_lines: int = 10  # fewer failures than this in the window are noise
     failed_share: float = 0.5  # ... and at least this share of the source's lines failed
     overflow_grace_s: float = 120.0  # overflows without any decision for this long
+    whitelist: WhitelistConfig = field(default_factory=WhitelistConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,7 @@ class AuditorView:
     decisions_active: int = 0
     decisions_seen: int = 0
     lapi_configured: bool = False
+    traffic: Traffic = field(default_factory=Traffic)  # requests read, cumulative
 
 
 def _delta(now: Mapping[str, float], base: Mapping[str, float], key: str) -> float:
@@ -96,8 +111,12 @@ class HealthChecker:
         self.url = url
         self.shown_url = redact_url(url)  # what findings and logs say: no user:password@
         self.config = config or HealthConfig()
+        self.access_logs = tuple(access_logs)
         self._own_sources = {p for a in access_logs for p in (a, os.path.realpath(a))}
-        self._history: deque[tuple[float, CrowdSecMetrics]] = deque(maxlen=HISTORY_MAX)
+        self._history: deque[tuple[float, CrowdSecMetrics, Traffic]] = deque(maxlen=HISTORY_MAX)
+        self._whitelists = WhitelistJudge(self.shown_url, self.config.whitelist)
+        self._gaps: list[Finding] = []
+        self.latest: CrowdSecMetrics | None = None  # the last good poll's metrics
         self._parse: dict[str, Finding] = {}
         self._undecided_since: float | None = None  # first overflow not followed by a decision
         self._undecided_last = 0.0  # latest such overflow
@@ -113,17 +132,22 @@ class HealthChecker:
         if not m.crowdsec:
             return self.failed(now, "it answers, but exposes no CrowdSec (cs_*) metrics")
         self._unreachable = None
+        self.latest = m
         prev = self._history[-1][1] if self._history else None
         if prev is not None and m.restarted_since(prev):
             self._history.clear()
+            self._whitelists.reset()
             prev = None
         while self._history and self._history[0][0] < now - self.config.window_s:
             self._history.popleft()
         if self._history:
-            base_t, base = self._history[0]
+            base_t, base, base_traffic = self._history[0]
             self._check_parsing(now - base_t, m, base)
+            self._gaps = self._whitelists.judge(
+                now, now - base_t, m, base, view.traffic, base_traffic, self._traefik_sources(m)
+            )
         self._check_decisions(now, m, prev, view)
-        self._history.append((now, m))
+        self._history.append((now, m, view.traffic))
         return self.findings()
 
     def failed(self, now: float, error: str) -> list[Finding]:
@@ -140,7 +164,7 @@ class HealthChecker:
         return self.findings()
 
     def findings(self) -> list[Finding]:
-        out = list(self._parse.values())
+        out = [*self._parse.values(), *self._gaps]
         undecided = self._undecided_finding()
         if undecided is not None:
             out.append(undecided)
@@ -260,8 +284,18 @@ class HealthChecker:
 
 
 # -- the service ------------------------------------------------------------------------------
+def split_urls(value: str) -> list[str]:
+    """``crowdsec_metrics_url`` may list several agents, comma-separated (as kafka_bootstrap)."""
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
 class HealthService:
-    """Polls the endpoint every ``interval`` seconds and posts the verdicts to the consumer."""
+    """Polls each endpoint every ``interval`` seconds and posts the verdicts to the consumer.
+
+    A checker whose URL lists several endpoints is split into one checker per endpoint (same
+    settings); all of them are polled together and posted as one replacement of the group, so
+    the comparison across agents sees one round.
+    """
 
     def __init__(
         self,
@@ -271,49 +305,124 @@ class HealthService:
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.checker = checker
+        urls = split_urls(checker.url)
+        if len(urls) > 1:
+            self.checkers = [
+                HealthChecker(u, checker.config, access_logs=checker.access_logs) for u in urls
+            ]
+        else:
+            self.checkers = [checker]
+        self.checker = self.checkers[0]
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
-        self.client = CrowdSecClient(checker.url, timeout=timeout)
+        self.clients = [CrowdSecClient(c.url, timeout=timeout) for c in self.checkers]
+        self.client = self.clients[0]
         self.polls_ok = 0
         self.polls_failed = 0
-        self._last_ok = False
+        self._last_ok = [False] * len(self.checkers)
+        self._failed_once = [False] * len(self.checkers)
 
     async def run(self, stop: asyncio.Event, post: Post) -> None:
         try:
             while not stop.is_set():
                 now = self.clock()
-                try:
-                    metrics = parse_metrics(await self.fetch())
-                except (CrowdSecError, ValueError) as exc:
-                    error = str(exc) if isinstance(exc, CrowdSecError) else f"bad text: {exc}"
-                    if self.polls_failed == 0 or self._last_ok:
-                        log.warning("CrowdSec metrics %s: %s", self.checker.url, error)
-                    self.polls_failed += 1
-                    self._last_ok = False
-                    await post(functools.partial(self._apply_failure, now, error))
-                else:
-                    self.polls_ok += 1
-                    self._last_ok = True
-                    await post(functools.partial(self._apply, now, metrics))
+                texts = await asyncio.gather(
+                    *(self._fetch(c) for c in self.clients), return_exceptions=True
+                )
+                results: list[CrowdSecMetrics | str] = []
+                for i, got in enumerate(texts):
+                    results.append(self._read(i, got))
+                await post(functools.partial(self._apply_round, now, results))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.interval)
         finally:
-            await self.client.aclose()  # the session belongs to this loop's task
+            for client in self.clients:
+                await client.aclose()  # the sessions belong to this loop's task
+
+    def _read(self, i: int, got: str | BaseException) -> CrowdSecMetrics | str:
+        """Metrics, or the error (a string) that says why there are none."""
+        error = ""
+        if isinstance(got, CrowdSecError):
+            error = str(got)
+        elif isinstance(got, BaseException):
+            raise got
+        else:
+            try:
+                metrics = parse_metrics(got)
+            except ValueError as exc:
+                error = f"bad text: {exc}"
+        if error:
+            if not self._failed_once[i] or self._last_ok[i]:
+                log.warning("CrowdSec metrics %s: %s", self.checkers[i].shown_url, error)
+            self._failed_once[i] = True
+            self.polls_failed += 1
+            self._last_ok[i] = False
+            return error
+        self.polls_ok += 1
+        self._last_ok[i] = True
+        return metrics
+
+    async def _fetch(self, client: CrowdSecClient) -> str:
+        return await client.metrics_text()
 
     async def fetch(self) -> str:
-        """The endpoint's text; ``CrowdSecError`` says why there is none."""
+        """The first endpoint's text; ``CrowdSecError`` says why there is none."""
         return await self.client.metrics_text()
 
-    def _apply(self, now: float, m: CrowdSecMetrics, state: LiveState) -> None:
+    def verdicts(
+        self, now: float, results: Sequence[CrowdSecMetrics | str], view: AuditorView
+    ) -> list[Finding]:
+        """Every checker's findings for one round, plus the comparison across agents."""
+        out: list[Finding] = []
+        for checker, got in zip(self.checkers, results, strict=True):
+            if isinstance(got, str):
+                out += checker.failed(now, got)
+            else:
+                out += checker.observe(now, got, view)
+        if len(self.checkers) > 1:
+            agents = [Agent(c.shown_url, c.latest) for c in self.checkers if c.latest is not None]
+            out += compare_agents(agents)
+        return out
+
+    def _apply_round(
+        self, now: float, results: Sequence[CrowdSecMetrics | str], state: LiveState
+    ) -> None:
         engine = state.engine
         view = AuditorView(
             decisions_active=engine.decisions_active,
             decisions_seen=engine.decisions_seen,
             lapi_configured=state.lapi_configured,
+            traffic=traffic_from(engine.request_classes()),
         )
-        engine.replace_findings(GROUP, self.checker.observe(now, m, view))
+        engine.replace_findings(GROUP, self.verdicts(now, results, view))
 
-    def _apply_failure(self, now: float, error: str, state: LiveState) -> None:
-        state.engine.replace_findings(GROUP, self.checker.failed(now, error))
+
+# -- one look (auditor check) -----------------------------------------------------------------
+async def look_once(urls: Sequence[str], *, call_timeout: float = 5.0) -> list[Finding]:
+    """Scrape each agent once and judge what totals can tell (``whitelists.one_look``); an
+    endpoint that does not answer is a ``metrics_unreachable`` finding, as in ``run``."""
+    from pipeline.crowdsec.whitelists import one_look
+
+    async def scrape(url: str) -> CrowdSecMetrics | str:
+        client = CrowdSecClient(url, timeout=call_timeout)
+        try:
+            metrics = parse_metrics(await client.metrics_text())
+        except CrowdSecError as exc:
+            return str(exc)
+        except ValueError as exc:
+            return f"bad text: {exc}"
+        finally:
+            await client.aclose()
+        return metrics if metrics.crowdsec else "it answers, but exposes no CrowdSec metrics"
+
+    got = await asyncio.gather(*(scrape(u) for u in urls))
+    out: list[Finding] = []
+    agents: list[Agent] = []
+    now = time.time()
+    for url, result in zip(urls, got, strict=True):
+        if isinstance(result, str):
+            out += HealthChecker(url).failed(now, result)
+        else:
+            agents.append(Agent(redact_url(url), result))
+    return out + one_look(agents)

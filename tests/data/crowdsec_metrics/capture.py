@@ -1,6 +1,7 @@
 """Regenerate the CrowdSec 1.4.6 metrics captures in this directory from a real agent.
 
-Run from the repository root: ``.venv/bin/python tests/data/crowdsec_metrics/capture.py``.
+Run from the repository root: ``.venv/bin/python tests/data/crowdsec_metrics/capture.py`` (add
+``whitelists`` to write only the ``wl-*`` files).
 The temp access-log path in the ``source`` labels is rewritten to ``SOURCE`` so the files are
 stable; everything else is CrowdSec's own exposition text.
 """
@@ -88,5 +89,42 @@ def main() -> None:
         sim.stop()
 
 
+HOP = "10.42.0.7"  # the servicelb hop: the client address of every masked line
+NARROW = """name: local/narrow-whitelist
+description: "A custom whitelist that covers the LAN, not the pod network"
+whitelist:
+  reason: "home LAN only"
+  cidr:
+    - "192.168.0.0/16"
+"""
+
+
+def whitelists(root: Path) -> None:
+    """The wl-* captures: an agent with no whitelist, the hub's, and a custom one that misses
+    the hop, each before and after 30 lines from the internal hop. The pages are distinct and
+    not static, so crowdsecurity/http-crawl-non_statics (distinct on the file name) takes every
+    line that is not whitelisted."""
+    log = root / "wl-access.log"
+    for name, hub, custom in (("none", False, ""), ("hub", True, ""), ("narrow", False, NARROW)):
+        inst = CrowdSecInstance(root / f"wl-{name}", whitelists=hub)
+        if custom:
+            enrich = inst.config_dir / "parsers" / "s02-enrich"
+            enrich.mkdir(parents=True, exist_ok=True)
+            (enrich / "narrow-whitelist.yaml").write_text(custom)
+        log.write_text("")
+        inst.start_agent([log])
+        append(log, [traefik_json_line(ip, "/feed/popular") for ip in PUBLIC])
+        save(f"wl-{name}-before.prom", settle(inst, "cs_parser_hits_ok_total", 10), log)
+        append(log, [traefik_json_line(HOP, f"/videos/{i}-clip") for i in range(30)])
+        save(f"wl-{name}-internal.prom", settle(inst, "cs_parser_hits_ok_total", 40), log)
+        inst.stop()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["whitelists"]:  # only the wl-* files
+        with tempfile.TemporaryDirectory() as tmp:
+            whitelists(Path(tmp))
+    else:
+        main()
+        with tempfile.TemporaryDirectory() as tmp:
+            whitelists(Path(tmp))

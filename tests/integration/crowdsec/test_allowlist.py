@@ -6,6 +6,8 @@ The whitelist is checked against the hub's own whitelists parser and loaded by a
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +98,13 @@ def test_json_format(auditor: Run) -> None:
     code, out, _ = auditor("allowlist", "--format", "json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"source", "crowdsec_whitelist", "bouncer_middleware", "traefik_entrypoints"}
+    assert set(doc) == {
+        "source",
+        "crowdsec_whitelist",
+        "crowdsec_allowlist",
+        "bouncer_middleware",
+        "traefik_entrypoints",
+    }
     assert doc["source"] == "k3s defaults"
     ep = doc["traefik_entrypoints"]
     assert ep["trustedIPs"] == ["10.42.0.0/16"] and ep["entryPoints"] == ["web", "websecure"]
@@ -199,5 +207,42 @@ def test_crowdsec_does_not_ban_whitelisted_cluster_addresses(tmp_path: Path) -> 
         banned = {d["value"] for d in cs.active_decisions()}
         assert banned == {"198.51.100.7"}
         assert "ban-auditor/cluster-whitelist" in cs.metrics_text()
+    finally:
+        cs.stop()
+
+
+def _cscli_version(cs: CrowdSecInstance) -> tuple[int, ...]:
+    done = cs.cscli("version")
+    out = done.stdout + done.stderr
+    found = re.search(r"version: v(\d+)\.(\d+)\.(\d+)", out)
+    assert found, out
+    return tuple(int(g) for g in found.groups())
+
+
+def test_cscli_allowlists_commands_on_the_real_cscli(auditor: Run, tmp_path: Path) -> None:
+    """The emitted `cscli allowlists` commands, run by the installed cscli when it has them
+    (>= 1.6.6: the allowlist then holds every value, with its expiration); an older cscli must
+    not know the command, as the output's "CrowdSec >= 1.6.6" says."""
+    cs = CrowdSecInstance(tmp_path / "cs")
+    code, out, err = auditor(
+        "allowlist", "-o", "json", "--only", "allowlists", "--expiration", "7d"
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    if _cscli_version(cs) < (1, 6, 6):
+        old = cs.cscli("allowlists", "--help", check=False)
+        assert old.returncode != 0
+        assert "unknown command" in old.stdout + old.stderr and "allowlists" in old.stderr
+        return
+    cs.start_lapi()
+    try:
+        for command in doc["commands"]:
+            argv = shlex.split(command)
+            assert argv[0] == "cscli"
+            cs.cscli(*argv[1:])
+        listed = json.loads(cs.cscli("allowlists", "inspect", doc["name"], "-o", "json").stdout)
+        items = listed.get("items") or []
+        assert sorted(i["value"] for i in items) == sorted(doc["values"])
+        assert all(i.get("expiration") for i in items)
     finally:
         cs.stop()

@@ -88,10 +88,15 @@ def test_bad_cluster_json(auditor: Run, bad_cluster: Path) -> None:
     assert set(allow) == {
         "source",
         "crowdsec_whitelist",
+        "crowdsec_allowlist",
         "bouncer_middleware",
         "traefik_entrypoints",
     }
     assert allow["crowdsec_whitelist"]["name"] == "ban-auditor/cluster-whitelist"
+    wl = allow["crowdsec_whitelist"]["whitelist"]
+    assert sorted(allow["crowdsec_allowlist"]["values"]) == sorted(
+        wl.get("ip", []) + wl.get("cidr", [])
+    )
     plugin = allow["bouncer_middleware"]["spec"]["plugin"]["bouncer"]
     assert "10.42.0.0/24" in plugin["forwardedHeadersTrustedIPs"]
     assert "10.0.0.0/8" in plugin["clientTrustedIPs"]

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from parsers.crowdsec_metrics import CrowdSecMetrics, parse_metrics
 from pipeline.config import RunConfig
-from pipeline.core.addresses import Classifier
+from pipeline.core.addresses import AddrClass, Classifier
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, Severity, State
 from pipeline.crowdsec.health import (
@@ -24,6 +24,7 @@ from pipeline.crowdsec.health import (
     HealthConfig,
     HealthService,
 )
+from pipeline.crowdsec.whitelists import traffic_from
 from pipeline.live.runner import Runner
 from tests.support.crowdsec import free_port, traefik_json_line
 from tests.support.crowdsec_fixtures import CrowdSecFactory, start_or_fail
@@ -264,3 +265,27 @@ async def test_live_agent_parse_failures(crowdsec_factory: CrowdSecFactory, tmp_
     assert f.evidence["lines_parsed"] == 10
     assert f.evidence["crowdsec_version"].startswith("v1.4.6")
     assert "metrics_unreachable" not in health(runner)
+
+
+# -- whitelist_gap through the checker ------------------------------------------------------------
+def test_checker_judges_whitelists_with_the_auditor_traffic() -> None:
+    """The window's CrowdSec increases against the auditor's own internal requests (engine
+    classes), in the same group as the health checks."""
+
+    def view(pod: int) -> AuditorView:
+        return AuditorView(traffic=traffic_from({("websecure", AddrClass.POD): pod}))
+
+    checker = HealthChecker(URL)
+    assert checker.observe(T0, capture("wl-none-before"), view(0)) == []
+    (gap,) = checker.observe(T0 + 30, capture("wl-none-internal"), view(30))
+    assert (gap.kind, gap.check, gap.target) == (Kind.WHITELIST_GAP, "internal_unwhitelisted", URL)
+    assert gap.evidence["internal_requests"] == 30
+    assert gap.evidence["window_s"] == 30.0
+    # Same CrowdSec increases, but the auditor read no internal request: nothing to whitelist.
+    quiet = HealthChecker(URL)
+    quiet.observe(T0, capture("wl-none-before"), view(500))
+    assert quiet.observe(T0 + 30, capture("wl-none-internal"), view(500)) == []
+    # With the hub whitelist on the agent, the same traffic raises nothing.
+    hub = HealthChecker(URL)
+    hub.observe(T0, capture("wl-hub-before"), view(0))
+    assert hub.observe(T0 + 30, capture("wl-hub-internal"), view(30)) == []
