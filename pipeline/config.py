@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import ConfigError
+from pipeline.listen import host_port
 from pipeline.secrets import redact_url
 
 ENV_PREFIX = "AUDITOR_"
@@ -148,6 +149,11 @@ class RunConfig:
     kafka_ssl_keyfile: str | None = None
     node_name: str | None = None
     log_level: str = "info"
+    # The Traefik bouncer plugin's settings, for ban_mismatch (none set: not judged).
+    plugin_config: str | None = None
+    plugin_forwarded_headers_trusted_ips: tuple[str, ...] = ()
+    plugin_client_trusted_ips: tuple[str, ...] = ()
+    plugin_forwarded_headers_custom_name: str | None = None
 
     def redacted(self) -> dict[str, Any]:
         """For ``--print-config``: every value, secrets shown only by where they come from."""
@@ -212,7 +218,10 @@ DOCS: dict[str, tuple[str, str]] = {
     "lapi_credentials_file": ("machine credentials remediation logs in with", "PATH"),
     "remediate_max_per_minute": ("deletions per minute at most", "N"),
     "remediate_origins": ("decision origin remediation may delete (repeatable)", "ORIGIN"),
-    "crowdsec_metrics_url": ("CrowdSec's Prometheus endpoint, for health findings", "URL"),
+    "crowdsec_metrics_url": (
+        "CrowdSec agents' Prometheus endpoints, comma-separated, for health and whitelist findings",
+        "URL",
+    ),
     "kafka_bootstrap": ("Kafka bootstrap servers, comma-separated (default: none)", "HOST:PORT"),
     "kafka_events_topic": ("topic of the access events sidecars publish", "TOPIC"),
     "kafka_totals_topic": ("topic of the per-node traffic totals", "TOPIC"),
@@ -233,6 +242,22 @@ DOCS: dict[str, tuple[str, str]] = {
     "kafka_ssl_keyfile": ("client key for TLS", "PATH"),
     "node_name": ("this node's name in events and findings (default: the host name)", "NAME"),
     "log_level": ("log level", "LEVEL"),
+    "plugin_config": (
+        "the bouncer plugin's Middleware or option block (YAML/JSON), for ban_mismatch",
+        "PATH",
+    ),
+    "plugin_forwarded_headers_trusted_ips": (
+        "the bouncer's forwardedHeadersTrustedIPs (repeatable; replaces the file's)",
+        "CIDR",
+    ),
+    "plugin_client_trusted_ips": (
+        "the bouncer's clientTrustedIPs (repeatable; replaces the file's)",
+        "CIDR",
+    ),
+    "plugin_forwarded_headers_custom_name": (
+        "the bouncer's forwardedHeadersCustomName (X-Forwarded-For or X-Real-Ip)",
+        "NAME",
+    ),
 }
 # Keys only ``auditor run`` uses (reading files, the cluster, remediation, GeoIP): ``aggregate``
 # has no flag for them (a shared config file may still set them).
@@ -258,6 +283,10 @@ RUN_ONLY: frozenset[str] = frozenset(
         "remediate_origins",
         "crowdsec_metrics_url",
         "kafka_local_audit",
+        "plugin_config",
+        "plugin_forwarded_headers_trusted_ips",
+        "plugin_client_trusted_ips",
+        "plugin_forwarded_headers_custom_name",
     }
 )
 
@@ -467,8 +496,7 @@ def validate(config: RunConfig) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"config key {key!r}: {why}")
 
-    host, sep, port = config.metrics_listen.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not host or int(port) > 65535:
+    if host_port(config.metrics_listen) is None:
         raise bad("metrics_listen", f"expected HOST:PORT, got {config.metrics_listen!r}")
     for key, bounds in LIMITS.items():
         value = getattr(config, key)
@@ -536,8 +564,3 @@ def to_toml(config: RunConfig) -> str:
 def print_config(config: RunConfig) -> None:
     """``--print-config``: the effective config as TOML (``to_toml``)."""
     sys.stdout.write(to_toml(config))
-
-
-def listen_address(config: RunConfig) -> tuple[str, int]:
-    host, _, port = config.metrics_listen.rpartition(":")
-    return host.strip("[]"), int(port)

@@ -9,6 +9,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from pipeline.core.addresses import Network
+from pipeline.core.bouncer import BouncerSettings
 from pipeline.core.networks import NETWORK_KEYS, build_networks
 
 if TYPE_CHECKING:
@@ -84,3 +85,58 @@ async def cluster_from_args(args: argparse.Namespace) -> tuple[ClusterFacts, lis
 
     facts, where = await discover_once(args.kubeconfig, args.context, args.traefik_selector)
     return facts, cluster_networks(facts), where
+
+
+# -- the bouncer plugin's settings (replay; ``run`` has config keys) ------------------------------
+BOUNCER_FLAGS = (
+    "--plugin-config",
+    "--plugin-forwarded-headers-trusted-ips",
+    "--plugin-client-trusted-ips",
+    "--plugin-forwarded-headers-custom-name",
+)
+
+
+def add_bouncer_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "Traefik bouncer plugin (ban_mismatch: does it check the address CrowdSec bans?)"
+    )
+    g.add_argument(
+        "--plugin-config",
+        metavar="FILE",
+        help="the plugin's Middleware (YAML/JSON, spec.plugin.<name>, as `kubectl get "
+        "middleware -o yaml` prints it) or its bare option block",
+    )
+    g.add_argument(
+        "--plugin-forwarded-headers-trusted-ips",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="forwardedHeadersTrustedIPs (repeatable; replaces the file's list)",
+    )
+    g.add_argument(
+        "--plugin-client-trusted-ips",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="clientTrustedIPs (repeatable; replaces the file's list)",
+    )
+    g.add_argument(
+        "--plugin-forwarded-headers-custom-name",
+        metavar="NAME",
+        help="forwardedHeadersCustomName: X-Forwarded-For (the plugin's default) or X-Real-Ip",
+    )
+
+
+def bouncer_from_args(args: argparse.Namespace) -> BouncerSettings | None:
+    """None when no bouncer flag is given (then nothing is judged, nothing is tallied)."""
+    values = (
+        args.plugin_config,
+        args.plugin_forwarded_headers_trusted_ips,
+        args.plugin_client_trusted_ips,
+        args.plugin_forwarded_headers_custom_name,
+    )
+    if values == (None, None, None, None):
+        return None
+    from pipeline.live.wiring import bouncer_settings  # reads the file, exits 2 on bad input
+
+    return bouncer_settings(*values, names=BOUNCER_FLAGS)

@@ -18,9 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from parsers.crowdsec import DecisionDelta
 from pipeline.cli.allowlist import allowlist_from_facts
-from pipeline.cli.args import add_cluster_args, cluster_from_args
+from pipeline.cli.args import (
+    add_bouncer_args,
+    add_cluster_args,
+    bouncer_from_args,
+    cluster_from_args,
+)
 from pipeline.core.addresses import Classifier, Network
 from pipeline.core.allowlist import Allowlist
+from pipeline.core.bouncer import BouncerSettings
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, Severity, at_or_above
 from pipeline.core.networks import missing_k3s_defaults
@@ -28,10 +34,12 @@ from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from parsers.crowdsec import Decision
+    from pipeline.kube.middleware import BouncerMiddleware
     from pipeline.kube.model import ClusterFacts
 
 # The JSON contract's version (docs/schema/check-report.schema.json), as for replay.
 CHECK_SCHEMA_VERSION = 1
+NO_PLUGIN = "no Middleware configures the CrowdSec bouncer plugin (or its CRD is not installed)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +50,10 @@ class CheckResult:
     findings: tuple[Finding, ...]
     allowlist: Allowlist
     decisions: int | None  # active decisions read from the LAPI, None without --lapi-url
+    bouncer: BouncerView | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": CHECK_SCHEMA_VERSION,
             "networks": [
                 {"cidr": n.cidr, "class": n.cls.value, "provenance": n.provenance}
@@ -52,6 +61,32 @@ class CheckResult:
             ],
             "findings": [f.as_dict() for f in self.findings],
             "allowlist": self.allowlist.as_dict(),
+        }
+        if self.bouncer is not None and self.bouncer.present:
+            out["bouncer"] = self.bouncer.as_dict()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BouncerView:
+    """The bouncer plugin as ``check`` found it: its Middlewares, the settings in effect (the
+    flags', else the one Middleware's), and notes on what could not be read."""
+
+    middlewares: tuple[BouncerMiddleware, ...]
+    effective: BouncerSettings | None
+    notes: tuple[str, ...]
+
+    @property
+    def present(self) -> bool:
+        """Something to say: a Middleware, flags, or a list that failed. A cluster without
+        the plugin's CRD keeps the JSON report it always had (the table still notes it)."""
+        return bool(self.middlewares or self.effective or self.notes != (NO_PLUGIN,))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "middlewares": [m.as_dict() for m in self.middlewares],
+            "effective": self.effective.as_dict() if self.effective is not None else None,
+            "notes": list(self.notes),
         }
 
 
@@ -89,6 +124,15 @@ def register(subparsers: Any) -> None:
         help="exit 1 when a finding has this severity or more; never (or none): report only "
         "(default: %(default)s)",
     )
+    p.add_argument(
+        "--crowdsec-metrics-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a CrowdSec agent's Prometheus endpoint (repeatable or comma-separated): "
+        "whitelist_gap findings from one scrape of each",
+    )
+    add_bouncer_args(p)
     p.set_defaults(func=run_check)
 
 
@@ -102,6 +146,56 @@ def internal_bans(decisions: Sequence[Decision], networks: Iterable[Network]) ->
     return [f for f in engine.findings.values() if f.kind is Kind.INTERNAL_BAN]
 
 
+def unseen_bans(
+    decisions: Sequence[Decision], networks: Iterable[Network], settings: BouncerSettings
+) -> list[Finding]:
+    """Live bans the bouncer never looks up (their address is in clientTrustedIPs), judged by
+    the engine as ``run`` judges them. Without traffic nothing else can be said."""
+    config = EngineConfig(blast_scope="span", bouncer=settings)
+    engine = Engine(config, Classifier(networks), time.time)
+    engine.apply(DecisionDelta(new=tuple(decisions), deleted=(), startup=True))
+    engine.finish()
+    return [f for f in engine.findings.values() if f.kind is Kind.BAN_MISMATCH]
+
+
+async def _bouncer_view(args: argparse.Namespace, flags: BouncerSettings | None) -> BouncerView:
+    """The Middlewares in the cluster; a missing CRD or RBAC that hides them is a note."""
+    from pipeline.kube.api import KubeApiError
+    from pipeline.kube.client import connect
+    from pipeline.kube.middleware import list_bouncer_middlewares
+
+    api = await connect(args.kubeconfig, args.context)
+    try:
+        scan = await list_bouncer_middlewares(api)
+    except KubeApiError as exc:
+        return BouncerView((), flags, (f"middlewares: cannot list them ({exc})",))
+    finally:
+        await api.close()
+    notes = list(scan.notes)
+    if not scan.found and all("not served" in n or n.startswith("no Middleware") for n in notes):
+        notes = [NO_PLUGIN]
+    effective = flags
+    distinct = {
+        (m.settings.trusted, m.settings.client_trusted, m.settings.header) for m in scan.found
+    }
+    if flags is not None:
+        notes.append(f"the bouncer settings in effect are the flags' ({flags.source})")
+    elif len(distinct) == 1:
+        effective = scan.found[0].settings
+    elif distinct:
+        refs = ", ".join(m.ref for m in scan.found[:5])
+        notes.append(
+            f"{len(scan.found)} bouncer Middlewares with different settings ({refs}): each is "
+            "shown; give --plugin-config to judge decisions against one"
+        )
+    if effective is not None and not effective.judgeable:
+        notes.append(
+            f"forwardedHeadersCustomName {effective.header!r}: the access log does not carry "
+            "it, so replay and run cannot judge requests against these settings"
+        )
+    return BouncerView(scan.found, effective, tuple(notes))
+
+
 # -- run ------------------------------------------------------------------------------------------
 async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
     # Lazy: Kubernetes costs ~60 MB; `import pipeline.cli.check` must stay light for the CLI.
@@ -112,11 +206,19 @@ async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
     # Guesses first, then what the cluster says (the order `auditor check` has always shown).
     networks = (*missing_k3s_defaults(discovered), *discovered)
     findings = check_cluster(facts)
+    bouncer = await _bouncer_view(args, bouncer_from_args(args))
     decisions: int | None = None
     if args.lapi_url and lapi_key is not None:
         active = await fetch_decisions(args.lapi_url, lapi_key)
         decisions = len(active)
         findings += internal_bans(active, networks)
+        if bouncer.effective is not None:
+            findings += unseen_bans(active, networks, bouncer.effective)
+    if args.crowdsec_metrics_url:
+        from pipeline.crowdsec.health import look_once, split_urls
+
+        urls = [u for value in args.crowdsec_metrics_url for u in split_urls(value)]
+        findings += await look_once(urls)
     findings.sort(key=lambda f: -f.severity.rank)
     return CheckResult(
         source=where,
@@ -125,6 +227,7 @@ async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
         findings=tuple(findings),
         allowlist=allowlist_from_facts(facts, networks, source=f"discovered from {where}"),
         decisions=decisions,
+        bouncer=bouncer,
     )
 
 
@@ -222,6 +325,7 @@ def render_table(result: CheckResult) -> str:
             "  fix:",
             _indent(f.fix, "    "),
         ]
+    out += _bouncer_lines(result.bouncer, "BOUNCER PLUGIN (the address it checks)")
     a = result.allowlist
     out += [
         "",
@@ -235,6 +339,24 @@ def render_table(result: CheckResult) -> str:
         a.entrypoints_yaml().rstrip("\n"),
     ]
     return "\n".join(out) + "\n"
+
+
+def _bouncer_lines(view: BouncerView | None, title: str, bullet: str = "") -> list[str]:
+    if view is None:
+        return []
+    out = ["", title]
+    for m in view.middlewares:
+        out.append(f"{bullet}Middleware {m.ref} ({m.api}), plugin {m.plugin}")
+    if view.effective is not None:
+        s = view.effective
+        out += [
+            f"{bullet}in effect ({s.source}):",
+            f"{bullet}  forwardedHeadersTrustedIPs: {', '.join(s.trusted) or '(none)'}",
+            f"{bullet}  clientTrustedIPs: {', '.join(s.client_trusted) or '(none)'}",
+            f"{bullet}  forwardedHeadersCustomName: {s.header}",
+        ]
+    out += [f"{bullet}note: {n}" for n in view.notes]
+    return out
 
 
 def _md_cell(text: str) -> str:
@@ -269,6 +391,10 @@ def render_markdown(result: CheckResult) -> str:
             f.fix,
             "```",
         ]
+    view = result.bouncer
+    if view is not None:
+        lines = _bouncer_lines(view, "## Bouncer plugin (the address it checks)", "- ")
+        out += [*lines[:2], "", *lines[2:]]
     a = result.allowlist
     out += ["", "## Allowlist", ""]
     for title, text in (

@@ -18,7 +18,12 @@ from pathlib import Path
 from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
 from parsers.envelope import Envelope, EnvelopeDecoder
 from parsers.records import ParseStats, SkipReason
-from pipeline.cli.args import add_network_args, networks_from_args
+from pipeline.cli.args import (
+    add_bouncer_args,
+    add_network_args,
+    bouncer_from_args,
+    networks_from_args,
+)
 from pipeline.cli.progress import Progress
 from pipeline.config import LIMITS
 from pipeline.core.addresses import Classifier
@@ -122,6 +127,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_network_args(p)
+    add_bouncer_args(p)
     p.set_defaults(func=run_replay)
 
 
@@ -210,6 +216,7 @@ def build_engine(args: argparse.Namespace, timeline: Timeline | None = None) -> 
         masked_share=args.masked_share,
         masked_min_requests=args.masked_min_requests,
         clear_recovered=False,
+        bouncer=bouncer_from_args(args),
     )
     return Engine(config, Classifier(networks_from_args(args)), time.time, timeline)
 

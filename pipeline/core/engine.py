@@ -17,7 +17,7 @@ from typing import Any, Literal
 from parsers.crowdsec import Decision, DecisionDelta
 from parsers.crowdsec_stream import DeltaPart
 from parsers.records import AccessRecord, ParseStats
-from pipeline.core import drift, fixes
+from pipeline.core import bouncer, drift, fixes
 from pipeline.core.addresses import (
     CRITICAL_CLASSES,
     INTERNAL_CLASSES,
@@ -82,6 +82,9 @@ class EngineConfig:
     # Live: data stamped further ahead of the clock than this is placed at the clock's edge,
     # so one line from a skewed node cannot freeze the window. Replay: None (no clock to trust).
     max_future_s: float | None = None
+    # ban_mismatch: the bouncer plugin's settings (core/bouncer.py); None: not judged, and the
+    # per-batch tally is not even made.
+    bouncer: bouncer.BouncerSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,15 @@ class Engine:
         self.decisions_seen = 0
         # (scope, type, target class) -> active decisions, kept current for the metrics.
         self._decision_counts: dict[tuple[str, str, AddrClass], int] = {}
+        self._bouncer: bouncer.MismatchTally | None = None
+        self._exempt: dict[str, Decision] | None = None  # bans in clientTrustedIPs, by key
+        self._exempt_total = 0
+        if config.bouncer is not None:
+            keep = None if config.blast_scope == "span" else config.window_s // config.bucket_s + 2
+            model = bouncer.BouncerModel(config.bouncer)
+            self._bouncer = bouncer.MismatchTally(model, config.bucket_s, keep)
+            if config.bouncer.client_trusted:
+                self._exempt = {}
 
     # -- read-only views ------------------------------------------------------------------
     @property
@@ -218,7 +230,14 @@ class Engine:
     # -- inputs ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[AccessRecord], stats: ParseStats, source: str) -> None:
         """Fold a parsed batch in. Evaluation happens when a data-time bucket closes."""
+        if self._bouncer is not None:
+            self._bouncer.add(records)
         self.ingest_runs(count_runs(records, self.config.bucket_s), stats, source)
+
+    def ingest_mismatch(self, counts: bouncer.ModeCounts) -> None:
+        """Fold the whole-input bouncer verdicts a parallel replay worker counted."""
+        if self._bouncer is not None:
+            self._bouncer.span.merge(counts)
 
     def ingest_runs(self, runs: Sequence[Run], stats: ParseStats, source: str) -> None:
         """Fold pre-counted runs in (``count_runs`` output, possibly from another process)."""
@@ -337,6 +356,8 @@ class Engine:
         label = (d.scope, d.type, target.cls)
         counts = self._decision_counts
         counts[label] = counts.get(label, 0) + 1
+        if self._exempt is not None:
+            self._note_exempt(d)
         if cls in _INTERNAL_IX:  # target.internal
             key = d.key
             self._full[key] = ActiveDecision(d, target, expires)
@@ -376,6 +397,7 @@ class Engine:
         self._evaluate_hops()
         for source in self._format_sources:
             self._evaluate_format(source)
+        self._evaluate_mismatch()
         # Only internal targets have a finding (and a blast radius) to keep current; CAPI
         # lists bring tens of thousands of external ones.
         for key in list(self._full):
@@ -393,6 +415,7 @@ class Engine:
             if self._drift.note(*newest):
                 self._evaluate_drift()
         self._evaluate_hops()
+        self._evaluate_mismatch()
         for key in list(self._full):
             self._evaluate_decision(key)
 
@@ -513,6 +536,8 @@ class Engine:
     def _drop_row(self, row: int) -> None:
         table = self._table
         self._uncount(row)
+        if self._exempt is not None and self._exempt.pop(table.key(row), None) is not None:
+            self._exempt_total -= 1
         if table.cls(row) in _INTERNAL_IX:
             key = table.key(row)
             self._full.pop(key, None)
@@ -685,6 +710,64 @@ class Engine:
         if cfg.clear_recovered:
             for key in open_keys:  # its address left the window
                 self._clear(key)
+
+    # -- ban mismatch (the bouncer checks another address than CrowdSec bans) ---------------
+    def _note_exempt(self, d: Decision) -> None:
+        """A ban on an address in clientTrustedIPs: the bouncer never looks it up."""
+        assert self._bouncer is not None
+        assert self._exempt is not None
+        if d.scope != "Ip" or "/" in d.value or d.type.lower() not in BAN_TYPES:
+            return
+        if not self._bouncer.model.client_trusted(d.value):
+            return
+        if d.key not in self._exempt:
+            self._exempt_total += 1
+            if len(self._exempt) >= bouncer.ADDRESSES_CAP:
+                return  # counted, not kept
+        self._exempt[d.key] = d
+
+    def _evaluate_mismatch(self) -> None:
+        tally = self._bouncer
+        if tally is None:
+            return
+        cfg = self.config
+        if cfg.blast_scope == "span":
+            counts = tally.span
+            scope: dict[str, Any] = {"scope": "span", "window_s": None}
+        else:
+            counts = tally.window(self._timeline.last_ts, cfg.window_s)
+            scope = {"scope": "window", "window_s": cfg.window_s}
+        settings = tally.model.settings
+        for mode in bouncer.PROBLEMS:
+            key = f"ban_mismatch:{mode.value}"
+            active = key in self._findings
+            if bouncer.over_threshold(counts, mode, clearing=active and cfg.clear_recovered):
+                bans: list[Decision] = []
+                if mode is bouncer.Mode.HOP:
+                    for addr in bouncer.top_checked(counts, mode)[:10]:
+                        bans += [d for d in self.bans_on(addr) if not d.simulated]
+                f = bouncer.mismatch_finding(mode, counts, settings, scope, bans)
+                pct = round(100 * f.evidence["share"])
+                self._emit(f, material=(pct // 10, bool(bans)))
+            elif active and cfg.clear_recovered:
+                self._clear(key)
+        unchecked: list[Decision] = []
+        for addr in counts.never_checked()[:256]:
+            unchecked += [d for d in self.bans_on(addr) if not d.simulated]
+        self._unseen("unchecked", unchecked, len(unchecked), settings)
+        exempt = [d for d in (self._exempt or {}).values() if not d.simulated]
+        self._unseen("exempt", exempt, max(len(exempt), self._exempt_total), settings)
+
+    def _unseen(
+        self, reason: str, found: list[Decision], total: int, settings: bouncer.BouncerSettings
+    ) -> None:
+        key = f"ban_mismatch:decisions:{reason}"
+        if not found:
+            self._clear(key)
+            return
+        found.sort(key=lambda d: (d.value, d.key))
+        f = bouncer.unseen_finding(reason, found, total, settings)
+        self._emit(f, material=total)
 
     # -- masked client IP -------------------------------------------------------------------
     def _evaluate_masked(self) -> None:

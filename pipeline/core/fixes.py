@@ -107,3 +107,58 @@ def masked_fix(
         parts.append(KEEP_HEADERS)
     parts.append(ALLOWLIST)
     return " ".join(parts)
+
+
+def ban_mismatch_fix(mode: str, checked: Sequence[str] = ()) -> str:
+    """How to make the bouncer check the address CrowdSec bans (``core/bouncer.py`` modes).
+
+    ``checked``: the addresses the bouncer checks instead (hops, trusted proxies), busiest first.
+    """
+    listed = ", ".join(checked[:3])
+    if mode == "hop":
+        first = (
+            "The bouncer checks the TCP peer"
+            + (f" ({listed})" if listed else "")
+            + " because every X-Forwarded-For element is in its forwardedHeadersTrustedIPs (or "
+            "the header it reads is missing), while CrowdSec bans the client named in "
+            "X-Forwarded-For: bans on clients never apply, and a ban on the hop locks everyone "
+            "out. Remove the client ranges from forwardedHeadersTrustedIPs (list only your "
+            "proxies), or set forwardedHeadersCustomName to a header the hop always sets."
+        )
+    elif mode == "forwarded":
+        first = (
+            "CrowdSec's traefik-logs parser bans the last X-Forwarded-For element (the end of "
+            "ClientHost)"
+            + (f", here {listed}," if listed else "")
+            + " but the bouncer skips it as a trusted proxy and checks the element left of it: "
+            "the bans never match a request. Make the last element the client: have the proxy "
+            "in front of Traefik set X-Forwarded-For to the client instead of appending its "
+            "peer (nginx `real_ip_header CF-Connecting-IP` with `set_real_ip_from` the CDN's "
+            "ranges, then `proxy_set_header X-Forwarded-For $remote_addr`), or use PROXY "
+            "protocol. Dropping those proxies from forwardedHeadersTrustedIPs only makes both "
+            "sides agree on the proxy: a ban then locks out everyone behind it."
+        )
+    elif mode == "exempt":
+        first = (
+            "The bouncer's clientTrustedIPs covers the address it checks"
+            + (f" ({listed})" if listed else "")
+            + " while CrowdSec bans another, untrusted address: those requests pass whatever is "
+            "banned. List only addresses you trust in clientTrustedIPs (LAN, VPN), never a hop "
+            "that carries other clients."
+        )
+    elif mode == "refused":
+        first = (
+            "The bouncer derives an address that is not an IP"
+            + (f" ({listed})" if listed else "")
+            + " (a port, `unknown`, a hostname in X-Forwarded-For) and refuses the request. Fix "
+            "the proxy that writes the header, or trust it in forwardedHeadersTrustedIPs only if "
+            "the element left of it is the client."
+        )
+    else:  # live decisions the bouncer never sees
+        first = (
+            "These decisions never apply: the bouncer never checks their address (it checks "
+            "another one for the same requests, or clientTrustedIPs exempts it). Fix the "
+            "bouncer's forwarded-header settings as the traffic findings say, or whitelist the "
+            "addresses in CrowdSec if they are trusted."
+        )
+    return first + " `auditor check` shows the bouncer's effective settings."

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from parsers.records import ParseStats
 from parsers.traefik import MAX_LINE_BYTES, TraefikParser
 from pipeline.core.addresses import Classifier, Network
+from pipeline.core.bouncer import BouncerModel, BouncerSettings, MismatchTally, ModeCounts
 from pipeline.core.engine import Engine
 from pipeline.core.traffic import Classify, Run, RunTally
 from pipeline.errors import UsageError
@@ -34,7 +35,8 @@ if TYPE_CHECKING:  # multiprocessing is imported when a replay runs in parallel,
 CHUNK = 8 * CHUNK_BYTES
 
 Task = tuple[str, int, int, int, int]  # path, start, end, bucket_s, max_line_bytes
-Result = tuple[list[Run], ParseStats, int]  # folded runs (one per bucket), stats, bytes read
+# folded runs (one per bucket), stats, bytes read, bouncer verdicts (None: not judged)
+Result = tuple[list[Run], ParseStats, int, ModeCounts | None]
 
 
 def plan(path: str, chunk: int | None = None) -> list[tuple[int, int]]:
@@ -91,8 +93,11 @@ class _Chunk:
         return data
 
 
-def count_chunk(task: Task) -> tuple[RunTally, ParseStats, int]:
-    """Parse one chunk and count its keys per time bucket (the per-line work)."""
+def count_chunk(
+    task: Task, mismatch: MismatchTally | None = None
+) -> tuple[RunTally, ParseStats, int]:
+    """Parse one chunk and count its keys per time bucket (the per-line work), and the
+    bouncer's verdicts into ``mismatch`` when given (``replay --bouncer-*``)."""
     path, start, end, bucket_s, max_line_bytes = task
     stats = ParseStats()
     parser = TraefikParser(max_line_bytes)
@@ -100,26 +105,32 @@ def count_chunk(task: Task) -> tuple[RunTally, ParseStats, int]:
     with open(path, "rb") as fh:
         chunk = _Chunk(fh, start, end, max_line_bytes)
         for batch in line_batches(chunk, max_line_bytes=max_line_bytes):
-            tally.add(parser.parse(batch, stats))
+            records = parser.parse(batch, stats)
+            tally.add(records)
+            if mismatch is not None:
+                mismatch.add(records)
     return tally, stats, end - start
 
 
 # The worker's classifier, set once per process by ``_start_worker``: its cache of client
 # classes lives as long as the worker, like the engine's in a single-process replay.
 _classify: Classify | None = None
+_model: BouncerModel | None = None
 
 
-def _start_worker(networks: tuple[Network, ...]) -> None:
-    global _classify  # noqa: PLW0603 - one per worker process, set before any task
+def _start_worker(networks: tuple[Network, ...], bouncer: BouncerSettings | None = None) -> None:
+    global _classify, _model  # noqa: PLW0603 - one per worker process, set before any task
     _classify = Classifier(networks).classify
+    _model = BouncerModel(bouncer) if bouncer is not None else None
 
 
 def work(task: Task) -> Result:
     """One chunk's buckets, each folded into a Summary (``Summary.add_counts``)."""
     if _classify is None:  # classes from the wrong networks would be a silently wrong report
         raise RuntimeError("parallel replay worker started without the engine's networks")
-    tally, stats, nbytes = count_chunk(task)
-    return tally.fold(_classify), stats, nbytes
+    mismatch = MismatchTally(_model, task[3], None) if _model is not None else None
+    tally, stats, nbytes = count_chunk(task, mismatch)
+    return tally.fold(_classify), stats, nbytes, mismatch.span if mismatch is not None else None
 
 
 def _context() -> ForkContext | ForkServerContext:
@@ -144,12 +155,13 @@ def _serve(
     room: Semaphore,
     out: Connection,
     networks: tuple[Network, ...],
+    bouncer: BouncerSettings | None = None,
 ) -> None:
     """A worker process: take the next task, send back its index and result, until none is
     left. A permit of ``room`` is held from taking a task until the parent has used its result,
     so results waiting for an earlier, slower chunk stay few."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
-    _start_worker(networks)
+    _start_worker(networks, bouncer)
     try:
         while True:
             room.acquire()
@@ -191,7 +203,7 @@ def audit_parallel(
     try:
         for _ in range(jobs):
             reader, writer = ctx.Pipe(duplex=False)
-            args = (tasks, taken, room, writer, engine.classifier.networks)
+            args = (tasks, taken, room, writer, engine.classifier.networks, engine.config.bouncer)
             proc = ctx.Process(target=_serve, args=args, daemon=True)
             proc.start()
             writer.close()
@@ -203,8 +215,10 @@ def audit_parallel(
             if result is None:
                 _receive(results, watched, done, path)
                 continue
-            runs, stats, nbytes = result
+            runs, stats, nbytes, mismatch = result
             engine.ingest_runs(runs, stats, path)
+            if mismatch is not None:
+                engine.ingest_mismatch(mismatch)
             room.release()
             want += 1
             if on_bytes is not None:

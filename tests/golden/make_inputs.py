@@ -366,6 +366,62 @@ def masking_after_upgrade() -> None:
     write("masking-after-upgrade", "args.txt", "\n")
 
 
+CF_EDGES = ("104.16.3.7", "104.16.9.21", "172.64.40.2", "172.64.41.9", "104.23.8.30", "172.71.2.4")
+
+
+def cdn_bouncer_mismatch() -> None:
+    """Cloudflare in front of an nginx on the node (203.0.113.10) that appends the edge to
+    X-Forwarded-For; Traefik trusts the nginx, so ClientHost is ``client, edge`` and CrowdSec
+    bans the Cloudflare edge. The bouncer's forwardedHeadersTrustedIPs lists Cloudflare's ranges
+    (as the plugin's README suggests), so it checks the client: the bans never match. A quarter
+    of the requests reach nginx directly (X-Forwarded-For is the client): both sides agree."""
+    hosts = [(f"{name}.example.com", f"websecure-{name}@kubernetes") for name in SITES[:3]]
+    lines = []
+    for i in range(300):
+        host, router = hosts[i % 3]
+        client = f"81.2.{69 + i % 7}.{160 + i % 31}"
+        if i % 4 == 3:
+            xff = client
+        else:
+            xff = f"{client}, {CF_EDGES[i % len(CF_EDGES)]}"
+        peer = f"203.0.113.10:{41000 + i}"
+        extra = {"request_X-Forwarded-For": xff, "request_X-Real-Ip": client}
+        lines.append(
+            access(i, xff.replace(" ", ""), peer, host=host, router=router, step_s=2.0, extra=extra)
+        )
+    case = "cdn-bouncer-mismatch"
+    write(case, "input.log", "\n".join(lines) + "\n")
+    body = {
+        "new": [
+            decision("104.16.3.7", 8101, "crowdsecurity/http-probing"),
+            decision("81.2.69.160", 8102, "crowdsecurity/http-bad-user-agent"),
+        ],
+        "deleted": None,
+    }
+    write(case, "decisions.json", json.dumps(body) + "\n")
+    middleware = """apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata:
+  name: crowdsec
+  namespace: traefik
+spec:
+  plugin:
+    crowdsec-bouncer-traefik-plugin:
+      enabled: true
+      crowdsecMode: stream
+      crowdsecLapiHost: crowdsec-service.crowdsec:8080
+      crowdsecLapiKeyFile: /etc/traefik/lapi-key
+      forwardedHeadersTrustedIPs:
+        - 104.16.0.0/13
+        - 104.24.0.0/14
+        - 172.64.0.0/13
+      clientTrustedIPs:
+        - 192.168.0.0/16
+"""
+    write(case, "bouncer.yaml", middleware)
+    write(case, "args.txt", "--plugin-config bouncer.yaml\n")
+
+
 if __name__ == "__main__":
     masking_after_upgrade()
     public_node_hop()
@@ -374,3 +430,4 @@ if __name__ == "__main__":
     mixed_corpus()
     common_only()
     cri_node_agent()
+    cdn_bouncer_mismatch()

@@ -50,6 +50,9 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "configmaps": ("/api/v1", "ConfigMap", True),
 }
 KIND_TO_RESOURCE = {kind: res for res, (_, kind, _) in RESOURCES.items()}
+# Traefik's Middleware CRD, under both API groups it has had; served only once ``add_crd``
+# installed the group (else 404, as on a cluster without the CRD).
+MIDDLEWARE_GROUPS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
 _CLOSE = object()
 _DROP = object()
 
@@ -144,6 +147,7 @@ class FakeKubeApi:
         self.forbidden: set[tuple[str, str]] = set()  # (method, path) answered with 403
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []
         self.requests: list[Request] = []
+        self.crds: dict[str, dict[str, dict[str, Any]]] = {}  # API group -> Middlewares by key
         self._watches: list[_Watch] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -181,6 +185,11 @@ class FakeKubeApi:
             one = prefix + "/namespaces/{namespace}/{resource}/{name}"
             app.router.add_get(one, self._handle_one)
             app.router.add_put(one, self._handle_one)
+        for group in MIDDLEWARE_GROUPS:
+            app.router.add_get(f"/apis/{group}/middlewares", self._handle_middlewares)
+            app.router.add_get(
+                f"/apis/{group}/namespaces/{{namespace}}/middlewares", self._handle_middlewares
+            )
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -272,6 +281,24 @@ class FakeKubeApi:
 
         self._call(run)
 
+    def add_crd(self, group: str = MIDDLEWARE_GROUPS[0]) -> None:
+        """Install Traefik's Middleware CRD under ``group`` (``traefik.io/v1alpha1``...)."""
+        self._call(lambda: self.crds.setdefault(group, {}))
+
+    def add_middleware(self, obj: dict[str, Any]) -> None:
+        """Store a Middleware under its ``apiVersion`` (the CRD is installed with it)."""
+
+        def run() -> None:
+            meta = obj["metadata"]
+            key = f"{meta.get('namespace', 'default')}/{meta['name']}"
+            self.rv += 1
+            stored = copy.deepcopy(obj)
+            stored["metadata"].setdefault("uid", f"uid-middleware-{key}")
+            stored["metadata"]["resourceVersion"] = str(self.rv)
+            self.crds.setdefault(obj["apiVersion"], {})[key] = stored
+
+        self._call(run)
+
     # -- faults ---------------------------------------------------------------------------------
     def forbid(self, method: str, path: str, *, allowed: bool = False) -> None:
         """Answer ``method`` on ``path`` with 403 (RBAC without that verb), or allow it again."""
@@ -359,6 +386,32 @@ class FakeKubeApi:
             message = f"{request.method} {request.path} is forbidden (fake RBAC)"
             return web.json_response(_status(403, "Forbidden", message), status=403)
         return None
+
+    async def _handle_middlewares(self, request: web.Request) -> web.Response:
+        """The custom-objects list of Middlewares (cluster-wide or one namespace)."""
+        self.requests.append(Request(request.path, dict(request.query)))
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        group = request.path.removeprefix("/apis/").split("/namespaces/")[0]
+        group = group.removesuffix("/middlewares")
+        stored = self.crds.get(group)
+        if stored is None:
+            message = "the server could not find the requested resource"
+            return web.json_response(_status(404, "NotFound", message), status=404)
+        namespace = request.match_info.get("namespace")
+        items = [
+            copy.deepcopy(o)
+            for o in stored.values()
+            if namespace is None or o["metadata"].get("namespace") == namespace
+        ]
+        body = {
+            "kind": "MiddlewareList",
+            "apiVersion": group,
+            "metadata": {"resourceVersion": str(self.rv)},
+            "items": items,
+        }
+        return web.json_response(body)
 
     async def _handle_one(self, request: web.Request) -> web.Response:
         """GET or PUT of one namespaced object."""
