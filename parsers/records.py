@@ -13,10 +13,10 @@ from itertools import compress
 from typing import Final
 
 # The engine's grouping key is the contiguous slice
-# (entrypoint, client, host, router, xff, real_ip), taken with one C-level slice instead of
-# field-by-field indexing. The decoded JSON object is not kept: holding a batch of them alive cost
-# more than extracting every field (bench/).
-AccessRecord = tuple[float, str, str, str, str, str, str, str, str, int, str, int]
+# (entrypoint, client, host, router, xff, real_ip, user_agent), taken with one C-level slice
+# instead of field-by-field indexing. The decoded JSON object is not kept: holding a batch of them
+# alive cost more than extracting every field (bench/).
+AccessRecord = tuple[float, str, str, str, str, str, str, str, str, str, int, int]
 
 TS: Final = 0  # epoch seconds from StartUTC (or time/StartLocal); 0.0 when the line carries none
 ENTRYPOINT: Final = 1  # entryPointName, "-" when absent (common format never has it)
@@ -25,12 +25,12 @@ HOST: Final = 3  # RequestHost, "-" when absent
 ROUTER: Final = 4  # RouterName, "-" when absent
 XFF: Final = 5  # request_X-Forwarded-For, "" when dropped/absent
 REAL_IP: Final = 6  # request_X-Real-Ip, "" when dropped/absent
-CLIENT_HOST_RAW: Final = 7  # ClientHost as written (may be an X-Forwarded-For list), "" when absent
-PEER: Final = 8  # ClientAddr as written (the TCP peer, ``ip:port``), "" when absent
-STATUS: Final = 9  # DownstreamStatus, 0 when absent
-USER_AGENT: Final = 10  # request_User-Agent, "" when dropped/absent
+USER_AGENT: Final = 7  # request_User-Agent, "" when dropped/absent (suspected_hop's diversity)
+CLIENT_HOST_RAW: Final = 8  # ClientHost as written (may be an X-Forwarded-For list), "" when absent
+PEER: Final = 9  # ClientAddr as written (the TCP peer, ``ip:port``), "" when absent
+STATUS: Final = 10  # DownstreamStatus, 0 when absent
 DURATION_NS: Final = 11  # Duration in nanoseconds (common format: its ms, converted), 0 when absent
-KEY = slice(ENTRYPOINT, REAL_IP + 1)
+KEY = slice(ENTRYPOINT, USER_AGENT + 1)
 
 
 class SkipReason(StrEnum):

@@ -258,7 +258,7 @@ class TraefikParser:
                     client = ch.rpartition(",")[2].strip() if "," in ch else ch.strip()
                 else:
                     client = _host_of(peer)
-                append((ts, ep, client, host, router, xff, rip, ch, peer, status, ua, dur))
+                append((ts, ep, client, host, router, xff, rip, ua, ch, peer, status, dur))
             else:
                 break
             kept, blank = non_blank(todo)
@@ -314,7 +314,7 @@ class TraefikParser:
         ):
             stats.skip(SkipReason.BAD_FIELD)
             return None
-        return (ts, ep, client_of(ch, peer), host, router, xff, rip, ch, peer, status, ua, dur)
+        return (ts, ep, client_of(ch, peer), host, router, xff, rip, ua, ch, peer, status, dur)
 
     def _fallback_time(self, d: dict[str, object]) -> float:
         for key in ("time", "StartLocal"):
@@ -384,9 +384,9 @@ class TraefikParser:
             router,
             "",
             "",
+            "" if ua == "-" else ua,
             ch,
             "",
             int(status_raw) if status_raw.isdigit() else 0,
-            "" if ua == "-" else ua,
             int(dur_raw) * 1_000_000 if dur_raw is not None else 0,
         )

@@ -5,7 +5,8 @@ single client by its diversity. Keeping distinct-value sets per public client wo
 client per minute bucket; a 63-bit mask per client costs one int, merges with ``|`` and travels in
 a Kafka snapshot as a number. Each distinct value sets one bit chosen by its CRC-32, so a mask's
 popcount is a lower bound of the distinct values (exact for a few, saturating at 21), which is all
-the thresholds ask ("at least 3 sites", "most of the sites seen").
+the thresholds ask ("at least 3 sites", "most of the sites seen"). User-Agents, when the log
+keeps them, get a mask of their own per client (``ua_bit``), with the same 21-bit field.
 
 Bit positions must be the same in every process (parallel replay workers, Kafka writers), so they
 come from ``zlib.crc32``, not ``hash()`` (salted per process).
@@ -36,6 +37,21 @@ def bit(value: str) -> int:
         if len(_bits) >= _BIT_CACHE_CAP:
             _bits.clear()
         b = _bits[value] = 0 if value in ("", "-") else 1 << (crc32(value.encode()) % FIELD_BITS)
+    return b
+
+
+UA_BITS: dict[str, int] = {}  # ua_bit's cache (traffic.py reads it inline)
+_UA_CACHE_CAP = 4096  # User-Agents run to hundreds of characters: a smaller cache than ``bit``'s
+
+
+def ua_bit(value: str) -> int:
+    """The bit of a User-Agent, for a client's separate User-Agent mask (``Summary.pub_ua``):
+    the three fields of ``key_mask`` fill a 63-bit mask already. "" (not logged) sets none."""
+    b = UA_BITS.get(value)
+    if b is None:
+        if len(UA_BITS) >= _UA_CACHE_CAP:
+            UA_BITS.clear()
+        b = UA_BITS[value] = 0 if value in ("", "-") else 1 << (crc32(value.encode()) % FIELD_BITS)
     return b
 
 

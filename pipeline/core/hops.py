@@ -20,6 +20,13 @@ Why these thresholds (``EngineConfig.hop_*``; README "How findings are decided")
   or a probe aimed at one or two sites does not, however much it sends.
 - ``hop_min_forwarded`` 5: distinct X-Forwarded-For clients behind it (headers kept): a client
   writing its own header repeats one value.
+- ``hop_min_user_agents`` 3: when the log keeps User-Agents, an address that shows fewer than
+  three is one client (a crawler, a probe, one person's browser and app), however many sites it
+  reaches, unless it forwards ``hop_min_forwarded`` clients. A hop for a public service carries
+  dozens of browsers; the cost is a hop that carries one or two people's traffic, which is not
+  told from one heavy client. Traefik drops request headers unless told to keep them: without
+  User-Agents the test is skipped (``user_agents`` is null in the evidence), and a single client
+  reaching most sites at a fifth of all traffic is reported.
 
 A CDN or load balancer given as internal (``--lb-ip``, ``--internal-cidr``) is not public, so
 it is never a candidate here (``masked_client_ip`` covers it).
@@ -56,6 +63,8 @@ class HopConfig(Protocol):
     def hop_site_coverage(self) -> float: ...
     @property
     def hop_min_forwarded(self) -> int: ...
+    @property
+    def hop_min_user_agents(self) -> int: ...
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -73,6 +82,7 @@ class Verdict:
     routers: int
     all_routers: int
     forwarded: int
+    user_agents: int  # distinct User-Agents (a lower bound); 0 when the log keeps none
     first_seen: float
     last_seen: float
     buckets: int
@@ -97,6 +107,7 @@ class Verdict:
             "routers": self.routers,
             "router_share": _ratio(self.routers, self.all_routers),
             "forwarded_clients": self.forwarded,
+            "user_agents": self.user_agents or None,
             "heavy_minutes": self.buckets,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
@@ -112,7 +123,8 @@ class HopTracker:
     def __init__(self, cfg: HopConfig) -> None:
         self._cfg = cfg
         self._buckets: deque[tuple[int, int, int]] = deque()  # bucket, total, sites mask
-        self._seen: dict[str, deque[tuple[int, int, int]]] = {}  # bucket, requests, mask
+        # bucket, requests, diversity mask, User-Agent mask
+        self._seen: dict[str, deque[tuple[int, int, int, int]]] = {}
         self._first: dict[str, float] = {}
         self._peak: dict[str, Verdict] = {}
         self._last_noted = -1
@@ -138,7 +150,7 @@ class HopTracker:
         for client, n in s.pub_count.items():
             if n >= floor:
                 self._seen.setdefault(client, deque()).append(
-                    (bucket, n, s.pub_mask.get(client, 0))
+                    (bucket, n, s.pub_mask.get(client, 0), s.pub_ua.get(client, 0))
                 )
                 self._first.setdefault(client, start)
         self._expire(bucket)
@@ -171,16 +183,18 @@ class HopTracker:
         all_hosts, all_routers = field_count(sites, HOST_SHIFT), field_count(sites, ROUTER_SHIFT)
         out: list[Verdict] = []
         for client, rows in self._seen.items():
-            mask = 0
-            for _, _, m in rows:
+            mask = ua_mask = 0
+            for _, _, m, u in rows:
                 mask |= m
-            requests = sum(n for _, n, _ in rows)
+                ua_mask |= u
+            requests = sum(n for _, n, _, _ in rows)
             hosts, routers = field_count(mask, HOST_SHIFT), field_count(mask, ROUTER_SHIFT)
             forwarded = field_count(mask, XFF_SHIFT)
+            user_agents = field_count(ua_mask, 0)
             wide = any(
                 n >= cfg.hop_min_sites and _ratio(n, whole) >= cfg.hop_site_coverage
                 for n, whole in ((hosts, all_hosts), (routers, all_routers))
-            )
+            ) and not (0 < user_agents < cfg.hop_min_user_agents)
             suspected = (
                 requests >= cfg.hop_min_requests
                 and total > 0
@@ -198,6 +212,7 @@ class HopTracker:
                 routers=routers,
                 all_routers=all_routers,
                 forwarded=forwarded,
+                user_agents=user_agents,
                 first_seen=self._first.get(client, 0.0),
                 last_seen=min(float((last_bucket + 1) * cfg.bucket_s), last_ts or 0.0)
                 or float((last_bucket + 1) * cfg.bucket_s),

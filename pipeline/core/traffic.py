@@ -15,7 +15,7 @@ from typing import Protocol
 
 from parsers.records import KEY, TS, AccessRecord
 from pipeline.core.addresses import INTERNAL_CLASSES, AddrClass, Classification
-from pipeline.core.diversity import PUBLIC_CAP, key_mask
+from pipeline.core.diversity import PUBLIC_CAP, UA_BITS, key_mask, ua_bit
 
 SET_CAP = 4096
 # Distinct internal addresses tracked per summary; a whole /16 of pods fits with room to spare.
@@ -27,7 +27,7 @@ _ts = itemgetter(TS)
 _host = itemgetter(2)  # of a Key
 _router = itemgetter(3)
 
-Key = tuple[str, str, str, str, str, str]  # entrypoint, client, host, router, xff, real_ip
+Key = tuple[str, str, str, str, str, str, str]  # entrypoint, client, host, router, xff, real_ip, ua
 
 Classify = Callable[[str], Classification]
 
@@ -97,6 +97,7 @@ class Summary:
         "internal_overflow",
         "pub_count",
         "pub_mask",
+        "pub_ua",
         "routers",
         "total",
     )
@@ -119,6 +120,7 @@ class Summary:
         # Public clients (first PUBLIC_CAP): requests, and a diversity mask (core/diversity).
         self.pub_count: dict[str, int] = {}
         self.pub_mask: dict[str, int] = {}
+        self.pub_ua: dict[str, int] = {}  # their User-Agents' mask, when the log keeps them
 
     def add_counts(self, counts: Mapping[Key, int], classify: Classify) -> None:
         """Fold counted keys in; the loop runs once per distinct key, and does per key only
@@ -142,6 +144,8 @@ class Summary:
         pub_count = self.pub_count
         pub_mask = self.pub_mask
         pub_mask_get = pub_mask.get
+        pub_ua = self.pub_ua
+        ua_bits_get = UA_BITS.get
         masks_get = _MASKS.get
         for key, n in counts.items():
             ep, client = key[0], key[1]
@@ -167,6 +171,10 @@ class Summary:
                 if mask is None:
                     mask = _mask_of(tail)
                 pub_mask[client] = pub_mask_get(client, 0) | mask
+                ua = key[6]
+                if ua:  # not logged: "" (Traefik drops headers unless told to keep them)
+                    b = ua_bits_get(ua)
+                    pub_ua[client] = pub_ua.get(client, 0) | (ua_bit(ua) if b is None else b)
             elif cls in internal_classes:
                 self._add_internal(key, n, cls, classify)
         by_class = self.by_class
@@ -194,7 +202,7 @@ class Summary:
 
     def _add_internal(self, key: Key, n: int, cls: AddrClass, classify: Classify) -> None:
         """The rest of a key whose client is internal: hops, forwarding headers, its table."""
-        ep, client, host, router, xff, rip = key
+        ep, client, host, router, xff, rip, _ = key
         self.ep_internal[ep] = self.ep_internal.get(ep, 0) + n
         hops = self.ep_hops.get(ep)
         if hops is None:
@@ -229,7 +237,7 @@ class Summary:
             ic.visible += n
 
     def _merge_public(self, other: Summary) -> None:
-        counts, masks = self.pub_count, self.pub_mask
+        counts, masks, uas = self.pub_count, self.pub_mask, self.pub_ua
         for client, n in other.pub_count.items():
             if client in counts:
                 counts[client] += n
@@ -238,6 +246,9 @@ class Summary:
             else:
                 continue
             masks[client] = masks.get(client, 0) | other.pub_mask.get(client, 0)
+            ua = other.pub_ua.get(client)
+            if ua:
+                uas[client] = uas.get(client, 0) | ua
 
     def _prune_clients(self) -> None:
         keep = sorted(self.clients.items(), key=itemgetter(1), reverse=True)[: CLIENTS_CAP // 2]

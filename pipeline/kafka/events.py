@@ -197,8 +197,9 @@ def _bad_row(events: list[Any], row: Any, last: int) -> NoReturn:
 
 
 def record_of(row: Row) -> tuple[Any, ...]:
-    """The access-record prefix ``traffic.count_runs`` reads (TS and the KEY slice)."""
-    return tuple(row[TS:])
+    """The access-record prefix ``traffic.count_runs`` reads (TS and the KEY slice). Rows carry
+    no User-Agent: the aggregator judges suspected hops without it, as when the log drops it."""
+    return (*row[TS:], "")
 
 
 def chunk_stats(events: Sequence[Row], skips: Sequence[Skip]) -> ParseStats:

@@ -216,6 +216,7 @@ SUMMARY_FIELDS: dict[str, Decode] = {
     "ep_example": _texts,
     "pub_count": _counts,
     "pub_mask": _masks,
+    "pub_ua": _masks,  # absent from an older writer's snapshot: no User-Agents known
 }
 INTERNAL_FIELDS = frozenset({"cls", *_INTERNAL_FIELDS})
 

@@ -36,6 +36,7 @@ def rec(
     ch: str | None = None,
     xff: str = "",
     rip: str = "",
+    ua: str = "",
 ) -> AccessRecord:
     out: list[object] = [None] * 12
     out[R.TS], out[R.ENTRYPOINT], out[R.CLIENT], out[R.HOST], out[R.ROUTER] = (
@@ -48,7 +49,7 @@ def rec(
     out[R.CLIENT_HOST_RAW] = client if ch is None else ch
     out[R.PEER] = f"[{client}]:40000" if ":" in client else f"{client}:40000"
     out[R.STATUS], out[R.XFF], out[R.REAL_IP] = 200, xff, rip
-    out[R.USER_AGENT], out[R.DURATION_NS] = "curl/8", 1_000_000
+    out[R.USER_AGENT], out[R.DURATION_NS] = ua, 1_000_000
     return tuple(out)  # type: ignore[return-value]
 
 

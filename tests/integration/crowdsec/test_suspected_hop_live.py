@@ -30,7 +30,8 @@ MINUTES = 15
 
 def traffic(now: dt.datetime) -> list[str]:
     """``MINUTES`` minutes ending a minute ago: per minute, 50 requests from 50 public
-    visitors over every site, 40 from the hop over every site, 12 from the crawler on one."""
+    visitors over every site, 40 from the hop over every site (15 browsers behind it), 12 from
+    the crawler on one site with one User-Agent."""
     lines = []
     start = now - dt.timedelta(minutes=MINUTES + 1)
     for m in range(MINUTES):
@@ -43,7 +44,10 @@ def traffic(now: dt.datetime) -> list[str]:
         for i in range(40):
             host, router = SITES[i % len(SITES)]
             when = t0 + dt.timedelta(seconds=i + 0.5)
-            lines.append(traefik_json_line(HOP, "/feed", host=host, router=router, when=when))
+            ua = f"Mozilla/5.0 (visitor {i % 15})"  # everyone behind the hop
+            lines.append(
+                traefik_json_line(HOP, "/feed", host=host, router=router, when=when, user_agent=ua)
+            )
         for i in range(12):
             when = t0 + dt.timedelta(seconds=i + 0.25)
             host, router = SITES[0]
@@ -88,6 +92,7 @@ def test_a_range_ban_on_a_suspected_hop_goes_critical_live_and_back(
         assert high["severity"] == "high"
         assert high["evidence"]["lockout"] is False
         assert 0.3 < high["evidence"]["request_share"] < 0.5
+        assert high["evidence"]["user_agents"] >= 3
         wait_for(lambda: active_gauge(auditor, "high"), "the high gauge", auditor.diag)
 
         lapi.add_decision(range=HOP_RANGE, reason="a list that bans the /24")

@@ -24,9 +24,11 @@ def minute(
     heavy_sites: int = 6,
     xff: bool = False,
     others: int = 60,
+    heavy_uas: int = 0,
 ) -> list[AccessRecord]:
     """One minute: ``others`` requests from 60 distinct public clients over every site, and
-    ``heavy_n`` from ``heavy`` over its first ``heavy_sites`` sites."""
+    ``heavy_n`` from ``heavy`` over its first ``heavy_sites`` sites, with ``heavy_uas``
+    distinct User-Agents (0: the log keeps none)."""
     t = T0 + m * 60
     out = []
     for i in range(others):
@@ -35,7 +37,8 @@ def minute(
     for i in range(heavy_n):
         host, router = SITES[i % heavy_sites]
         behind = f"81.2.{m % 200}.{i % 20 + 1}" if xff else ""
-        out.append(rec(heavy, t + i * 0.5 + 0.25, host=host, router=router, xff=behind))
+        ua = f"Mozilla/5.0 (client {i % heavy_uas})" if heavy_uas else ""
+        out.append(rec(heavy, t + i * 0.5 + 0.25, host=host, router=router, xff=behind, ua=ua))
     out.sort(key=lambda r: r[0])
     return out
 
@@ -71,6 +74,7 @@ def test_a_public_address_carrying_every_site_is_a_suspected_hop() -> None:
     assert 4 <= ev["routers"] <= 6  # a lower bound: two values may share a mask bit
     assert ev["router_share"] == 1.0
     assert ev["lockout"] is False
+    assert ev["user_agents"] is None  # the log keeps no User-Agent
     assert ev["first_seen"] == T0
     assert ev["last_seen"] > ev["first_seen"]
     assert f.fix == fixes.suspected_hop_fix(HOP, banned=False)
@@ -179,3 +183,30 @@ def test_a_ban_on_a_range_covering_a_suspected_hop_is_critical_with_the_range_fi
     assert f.evidence["decision"]["value"] == "198.51.100.0/24"
     assert "cscli decisions delete --range 198.51.100.0/24" in f.fix
     assert f"--ip {HOP}" not in f.fix
+
+
+def test_a_hop_with_many_user_agents_is_flagged_and_says_how_many() -> None:
+    engine, _ = replay(run(20, heavy_uas=20))
+    f = only(engine, Kind.SUSPECTED_HOP)
+    assert f.target == HOP
+    assert 3 <= f.evidence["user_agents"] <= 20  # a lower bound: two may share a mask bit
+
+
+def test_a_crawler_on_every_site_with_one_user_agent_is_not_a_hop() -> None:
+    """Same share and sites as a hop, but the log keeps User-Agents and it shows one (two):
+    one client. Without User-Agents in the log it cannot be told from a hop (next test)."""
+    for uas in (1, 2):
+        engine, _ = replay(run(20, heavy_uas=uas))
+        engine.apply(new(ban(HOP, 5)))
+        assert hops(engine) == [], uas
+
+
+def test_without_user_agents_a_crawler_on_every_site_still_looks_like_a_hop() -> None:
+    engine, _ = replay(run(20, heavy_uas=0))
+    assert only(engine, Kind.SUSPECTED_HOP).evidence["user_agents"] is None
+
+
+def test_forwarded_clients_make_a_hop_even_with_one_user_agent() -> None:
+    """An app (one User-Agent) behind a proxy that forwards many clients is still a hop."""
+    engine, _ = replay(run(20, heavy_uas=1, heavy_sites=1, xff=True))
+    assert only(engine, Kind.SUSPECTED_HOP).evidence["forwarded_clients"] >= 5

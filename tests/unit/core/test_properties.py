@@ -487,7 +487,7 @@ def test_engine_never_raises(
     now = [1_700_000_000.0]
     engine = Engine(EngineConfig(masked_min_requests=1), Classifier(k3s_defaults()), lambda: now[0])
     records = [
-        (1_700_000_000.0 + i, "websecure", c, "h", "r", "", "", c, c, 200, "", 0)
+        (1_700_000_000.0 + i, "websecure", c, "h", "r", "", "", "", c, c, 200, 0)
         for i, c in enumerate(clients)
     ]
     engine.ingest(records, ParseStats(), "s")

@@ -16,7 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parsers.records import CLIENT, ENTRYPOINT, HOST, REAL_IP, ROUTER, TS, XFF, AccessRecord
+from parsers.records import (
+    CLIENT,
+    ENTRYPOINT,
+    HOST,
+    REAL_IP,
+    ROUTER,
+    TS,
+    USER_AGENT,
+    XFF,
+    AccessRecord,
+)
 from pipeline.core import traffic
 from pipeline.core.addresses import Classifier, k3s_defaults
 from pipeline.core.traffic import (
@@ -34,7 +44,7 @@ BUCKET_S = 60
 
 
 def key_of(r: AccessRecord) -> Key:
-    return (r[ENTRYPOINT], r[CLIENT], r[HOST], r[ROUTER], r[XFF], r[REAL_IP])
+    return (r[ENTRYPOINT], r[CLIENT], r[HOST], r[ROUTER], r[XFF], r[REAL_IP], r[USER_AGENT])
 
 
 def reference_runs(records: list[AccessRecord], bucket_s: int) -> list[Run]:
@@ -80,6 +90,7 @@ def traffic_lines(draw: st.DrawFn, max_size: int = 300) -> list[AccessRecord]:
                 host=draw(st.sampled_from(["a.example", "b.example", "-"])),
                 router=draw(st.sampled_from(["r1@k8s", "r2@k8s"])),
                 xff=draw(st.sampled_from(["", "", "192.0.2.4", "10.0.0.3, 192.0.2.4"])),
+                ua=draw(st.sampled_from(["", "curl/8", "Mozilla/5.0 (X11)"])),
             )
         )
     return out

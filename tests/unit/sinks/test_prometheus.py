@@ -10,11 +10,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from parsers.crowdsec import parse_decisions
-from parsers.records import ParseStats
+from parsers.records import AccessRecord, ParseStats
 from pipeline.core.addresses import Classifier, k3s_defaults
 from pipeline.core.engine import Engine, EngineConfig
 from sinks.http import MetricsServer
 from sinks.prometheus import Metrics, SourceHealth
+from tests.support.engine import rec
 from tests.support.metric_names import METRICS, allowed_values
 
 
@@ -26,23 +27,8 @@ class Clock:
         return self.now
 
 
-def _rec(
-    ts: float, ep: str, client: str
-) -> tuple[float, str, str, str, str, str, str, int, str, str, str, int]:
-    return (
-        ts,
-        ep,
-        client,
-        "video.example",
-        "invidious@kubernetes",
-        client,
-        client + ":1",
-        200,
-        "",
-        "",
-        "",
-        1,
-    )
+def _rec(ts: float, ep: str, client: str) -> AccessRecord:
+    return rec(client, ts, ep=ep, host="video.example", router="invidious@kubernetes")
 
 
 def _engine() -> Engine:
