@@ -1,4 +1,5 @@
-"""Masking that starts mid-stream: a step up in an entrypoint's internal share, and when.
+"""Masking that starts mid-stream: a step up in an entrypoint's internal share, or in a
+suspected hop's share, and when.
 
 Users report the client IP turning into the svclb address half an hour after a start, or after
 an upgrade (Traefik 3.5 with Cilium 1.18; k3s servicelb changes across 1.26-1.31).
@@ -26,12 +27,45 @@ Live, it clears when the share of the last ``drift_min_buckets`` buckets
 falls back below the midpoint of the step (before + step/2), and looking starts afresh from
 those buckets; replay keeps it and notes when the share came back (``returned_at``).
 Cost: one pass over at most ``drift_history_s / bucket_s`` rows per entrypoint per closed bucket.
+
+**Suspected hops.** When k3s nodes begin to SNAT to their own *public* address (an upgrade), or
+Traefik is rescheduled to a node whose address is then in front of everyone, the internal share
+does not move: the new hop is public. ``suspected_hop`` (core/hops.py) tells such an address
+from a heavy client; this finds *when* it began to carry everyone. Per closed bucket the tracker
+keeps the bucket's total and each public client's requests (``Summary.pub_count``) at or above
+half of ``hop_share`` of that total: at most ``2 / hop_share`` (10) addresses a bucket, over
+``drift_history_s``. At each close the engine passes the addresses judged suspected hops now
+(their ``suspected_hop`` findings; replay keeps a hop's peak), and the same search runs on each
+one's share of *all* requests, back over the whole history: ``changed_at`` is when its share
+stepped up, not when it was first judged a hop. It is raised per address
+(``masking_started:hop:<address>``, target the address). Differences from the internal step,
+and why:
+
+- the share after the step must be at least ``hop_share`` (0.2), and the step at least
+  ``hop_share``, instead of ``drift_share``/``drift_step``: the internal share adds up every hop
+  of an entrypoint, so "most requests" is what masking looks like there; a node's public address
+  carries its own node's share, a third with three HA servers, and ``hop_share`` is the share
+  at which ``suspected_hop`` already calls it a hop. Everything else (``drift_min_buckets``,
+  ``drift_min_requests``, ``drift_z``, the doubling, the held buckets, the return) is the same;
+- minutes where the address sent less than the floor (``hop_share / 2`` of the bucket) count
+  as 0 requests from it: the before share is a lower bound, never more than the floor too low;
+- ``pub_count`` is not kept per entrypoint, so the share is of all requests and the
+  entrypoints it reached are unknown (the evidence says so); the hop's ``suspected_hop``
+  finding has its hosts and routers;
+- only an address suspected now is searched, so a crawler or a probe aimed at one site that
+  appears mid-stream (heavy, but no hop) gives no step; once raised, the step is followed until
+  its share returns even if the address stops being judged a hop.
+
+Cost: the floor filter is one pass over a closed bucket's public-client table (at most
+``diversity.PUBLIC_CAP``), and each suspected hop one pass over the history rows per closed
+bucket; nothing per line or per key.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -56,9 +90,12 @@ class DriftConfig(Protocol):
     def drift_step(self) -> float: ...
     @property
     def drift_z(self) -> float: ...
+    @property
+    def hop_share(self) -> float: ...
 
 
-Row = tuple[int, int, int]  # bucket, requests, internal requests
+Row = tuple[int, int, int]  # bucket, requests, internal (or the hop's) requests
+PubRow = tuple[int, int, dict[str, int]]  # bucket, requests, heavy public clients' requests
 
 
 def _share(part: int, whole: int) -> float:
@@ -71,9 +108,10 @@ def _iso(ts: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """A step up in one entrypoint's internal share."""
+    """A step up in one entrypoint's internal share, or (``address``) in a suspected hop's
+    share of all requests: then ``internal_*`` count the hop's requests."""
 
-    entrypoint: str
+    entrypoint: str  # "" for a hop (its requests are not tallied per entrypoint)
     changed_at: float  # start of the first bucket after the change
     requests_before: int
     internal_before: int
@@ -84,6 +122,8 @@ class Step:
     buckets_after: int
     detected_at: float  # end of the bucket that confirmed it
     returned_at: float | None = None  # replay: start of the buckets where the share came back
+    address: str | None = None  # a suspected hop's address
+    floor_share: float = 0.0  # hop: per-bucket share below which its requests count as 0
 
     @property
     def share_before(self) -> float:
@@ -93,7 +133,15 @@ class Step:
     def share_after(self) -> float:
         return _share(self.internal_after, self.requests_after)
 
+    @property
+    def key(self) -> str:
+        if self.address is not None:
+            return f"masking_started:hop:{self.address}"
+        return f"masking_started:{self.entrypoint}"
+
     def evidence(self, bucket_s: int) -> dict[str, Any]:
+        if self.address is not None:
+            return self._hop_evidence(self.address, bucket_s)
         return {
             "entrypoint": self.entrypoint,
             "changed_at": self.changed_at,
@@ -112,27 +160,75 @@ class Step:
             "returned_at": self.returned_at,
         }
 
+    def _hop_evidence(self, address: str, bucket_s: int) -> dict[str, Any]:
+        return {
+            "share_of": "suspected_hop",
+            "address": address,
+            "entrypoint": None,
+            "entrypoints_known": False,
+            "changed_at": self.changed_at,
+            "changed_at_utc": _iso(self.changed_at),
+            "bucket_s": bucket_s,
+            "share_before": self.share_before,
+            "share_after": self.share_after,
+            "requests_before": self.requests_before,
+            "hop_requests_before": self.internal_before,
+            "minutes_before": round(self.buckets_before * bucket_s / 60, 1),
+            "before_since": self.since,
+            "requests_after": self.requests_after,
+            "hop_requests_after": self.internal_after,
+            "minutes_after": round(self.buckets_after * bucket_s / 60, 1),
+            "detected_at": self.detected_at,
+            "returned_at": self.returned_at,
+            "floor_share": self.floor_share,
+            "note": (
+                "share of all requests: public clients are not tallied per entrypoint, so the "
+                "entrypoints it reached are unknown (its suspected_hop finding lists its hosts "
+                "and routers); minutes where it sent less than floor_share of the requests "
+                "count as 0"
+            ),
+        }
+
 
 def finding(step: Step, bucket_s: int) -> Finding:
-    ep = step.entrypoint
-    label = "(no entrypoint name)" if ep == "-" else ep
-    summary = (
-        f"the internal share on entrypoint {label} stepped from "
-        f"{round(step.share_before * 100)}% to {round(step.share_after * 100)}% at "
-        f"{_iso(step.changed_at)}: client IP masking started then (match it to a deploy or "
-        "an upgrade)"
-    )
+    when = _iso(step.changed_at)
+    before, after = round(step.share_before * 100), round(step.share_after * 100)
+    if step.address is not None:
+        target = step.address
+        summary = (
+            f"the share of all requests from {target}, a suspected hop (a public address "
+            f"carrying many clients), stepped from {before}% to {after}% at {when}: client IP "
+            "masking started then (a node began to SNAT to its public address, or Traefik moved "
+            "behind it; match it to a deploy or an upgrade)"
+        )
+        fix = fixes.masking_started_hop_fix(target, when)
+    else:
+        target = step.entrypoint
+        label = "(no entrypoint name)" if target == "-" else target
+        summary = (
+            f"the internal share on entrypoint {label} stepped from {before}% to {after}% at "
+            f"{when}: client IP masking started then (match it to a deploy or an upgrade)"
+        )
+        fix = fixes.masking_started_fix(when)
     if step.returned_at is not None:
         summary += f"; the share came back at {_iso(step.returned_at)}"
     return Finding(
         kind=Kind.MASKING_STARTED,
         severity=Severity.HIGH,
-        target=ep,
+        target=target,
         summary=summary,
         evidence=step.evidence(bucket_s),
-        fix=fixes.masking_started_fix(_iso(step.changed_at)),
-        key=f"masking_started:{ep}",
+        fix=fix,
+        key=step.key,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """What a qualifying step needs besides the shared rules (see the module docstring)."""
+
+    share: float  # the share after the step is at least this
+    step: float  # ... and this much above the share before it
 
 
 class DriftTracker:
@@ -140,17 +236,38 @@ class DriftTracker:
 
     ``keep``: replay; a step stays after the share returns (with ``returned_at``)."""
 
-    __slots__ = ("_cfg", "_hist", "_keep", "_last_noted", "steps")
+    __slots__ = (
+        "_cfg",
+        "_hist",
+        "_hop_from",
+        "_hop_rule",
+        "_internal_rule",
+        "_keep",
+        "_last_noted",
+        "_pub",
+        "hop_steps",
+        "steps",
+    )
 
     def __init__(self, cfg: DriftConfig, *, keep: bool) -> None:
         self._cfg = cfg
         self._keep = keep
         self._hist: dict[str, deque[Row]] = {}
+        self._pub: deque[PubRow] = deque()
+        self._hop_from: dict[str, int] = {}  # live: look for a hop's next step from here
         self._last_noted = -1
-        self.steps: dict[str, Step] = {}
+        self._internal_rule = _Rule(cfg.drift_share, cfg.drift_step)
+        self._hop_rule = _Rule(cfg.hop_share, cfg.hop_share)
+        self.steps: dict[str, Step] = {}  # by entrypoint
+        self.hop_steps: dict[str, Step] = {}  # by suspected hop address
 
-    def note(self, bucket: int, s: Summary) -> bool:
-        """A bucket closed; True when a step was found, returned or dropped."""
+    def all_steps(self) -> list[Step]:
+        return [*self.steps.values(), *self.hop_steps.values()]
+
+    def note(self, bucket: int, s: Summary, hops: Collection[str] = ()) -> bool:
+        """A bucket closed; True when a step was found, grew, returned or dropped.
+
+        ``hops``: the addresses judged suspected hops now; their share is searched for a step."""
         if bucket <= self._last_noted:
             return False
         self._last_noted = bucket
@@ -170,23 +287,63 @@ class DriftTracker:
                     changed = True  # its traffic left the history: nothing to judge any more
                 continue
             if rows[-1][0] == bucket:
-                changed |= self._judge(ep, rows)
+                changed |= self._judge(ep, rows, self.steps, self._internal_rule)
+        return self._note_hops(bucket, s, horizon, hops) or changed
+
+    def _note_hops(self, bucket: int, s: Summary, horizon: int, hops: Collection[str]) -> bool:
+        pub = self._pub
+        if s.total:
+            floor = self._cfg.hop_share / 2 * s.total
+            pub.append((bucket, s.total, {a: n for a, n in s.pub_count.items() if n >= floor}))
+        while pub and pub[0][0] <= horizon:
+            pub.popleft()
+        for addr in [a for a, b in self._hop_from.items() if b <= horizon]:
+            del self._hop_from[addr]
+        if not pub:
+            if not self._keep and self.hop_steps:
+                self.hop_steps.clear()  # no traffic left in the history
+                return True
+            return False
+        if pub[-1][0] != bucket:
+            return False
+        changed = False
+        for addr in sorted({*hops, *self.hop_steps}):
+            start = self._hop_from.get(addr, -1)
+            rows = [(b, t, heavy.get(addr, 0)) for b, t, heavy in pub if b >= start]
+            changed |= self._judge(addr, rows, self.hop_steps, self._hop_rule, hop=True)
         return changed
 
-    def _judge(self, ep: str, rows: deque[Row]) -> bool:
-        step = self.steps.get(ep)
+    def _judge(
+        self,
+        key: str,
+        rows: Sequence[Row],
+        steps: dict[str, Step],
+        rule: _Rule,
+        *,
+        hop: bool = False,
+    ) -> bool:
+        step = steps.get(key)
         if step is None:
-            found = self._find(ep, rows)
+            found = self._find(key, rows, rule, hop=hop)
             if found is not None:
-                self.steps[ep] = found
+                steps[key] = found
                 return True
             return False
         if step.returned_at is not None:
             return False
-        if self._returned(ep, step, rows):
+        back = self._returned(step, rows)
+        if back is not None:
+            if self._keep:
+                steps[key] = replace(step, returned_at=float(back * self._cfg.bucket_s))
+            else:
+                del steps[key]  # look for the next step from here
+                if hop:
+                    self._hop_from[key] = back
+                else:
+                    self._hist[key] = deque(r for r in self._hist[key] if r[0] >= back)
             return True
         _, t, i = rows[-1]  # still masked: the after part grows (evidence, not a new event)
-        self.steps[ep] = replace(
+        steps[key] = replace(
             step,
             requests_after=step.requests_after + t,
             internal_after=step.internal_after + i,
@@ -194,25 +351,21 @@ class DriftTracker:
         )
         return True
 
-    def _returned(self, ep: str, step: Step, rows: deque[Row]) -> bool:
+    def _returned(self, step: Step, rows: Sequence[Row]) -> int | None:
+        """The first of the last ``drift_min_buckets`` buckets when their share fell back below
+        the step's midpoint, else None."""
         cfg = self._cfg
         recent = list(rows)[-cfg.drift_min_buckets :]
         total = sum(t for _, t, _ in recent)
         internal = sum(i for _, _, i in recent)
         if len(recent) < cfg.drift_min_buckets or total < cfg.drift_min_requests:
-            return False
+            return None
         midpoint = (step.share_before + step.share_after) / 2
         if internal / total >= midpoint:
-            return False
-        start = float(recent[0][0] * cfg.bucket_s)
-        if self._keep:
-            self.steps[ep] = replace(step, returned_at=start)
-        else:
-            del self.steps[ep]
-            self._hist[ep] = deque(recent)  # look for the next step from here
-        return True
+            return None
+        return recent[0][0]
 
-    def _find(self, ep: str, rows: deque[Row]) -> Step | None:
+    def _find(self, key: str, rows: Sequence[Row], rule: _Rule, *, hop: bool) -> Step | None:
         cfg = self._cfg
         n, least = len(rows), cfg.drift_min_buckets
         if n < 2 * least:
@@ -224,7 +377,7 @@ class DriftTracker:
         for k, (_, t, i) in enumerate(rows):
             if k >= least and n - k >= least:
                 ta, ia = all_t - tb, all_i - ib
-                step = self._step(tb, ib, ta, ia, k, n - k)
+                step = self._step(tb, ib, ta, ia, k, n - k, rule)
                 if (
                     step is not None
                     and (best is None or step > best[0])
@@ -238,7 +391,7 @@ class DriftTracker:
         _, k, tb, ib = best
         bucket_s = cfg.bucket_s
         return Step(
-            entrypoint=ep,
+            entrypoint="" if hop else key,
             changed_at=float(rows[k][0] * bucket_s),
             requests_before=tb,
             internal_before=ib,
@@ -248,9 +401,11 @@ class DriftTracker:
             internal_after=all_i - ib,
             buckets_after=n - k,
             detected_at=float((rows[-1][0] + 1) * bucket_s),
+            address=key if hop else None,
+            floor_share=round(cfg.hop_share / 2, 4) if hop else 0.0,
         )
 
-    def _held(self, rows: deque[Row], k: int, midpoint: float) -> bool:
+    def _held(self, rows: Sequence[Row], k: int, midpoint: float) -> bool:
         """At least ``drift_min_buckets`` buckets after the split are above the step's midpoint
         on their own: a burst of a few minutes, averaged with the quiet ones after it, is not."""
         need = self._cfg.drift_min_buckets
@@ -262,14 +417,16 @@ class DriftTracker:
                     return True
         return False
 
-    def _step(self, tb: int, ib: int, ta: int, ia: int, kb: int, ka: int) -> float | None:
+    def _step(
+        self, tb: int, ib: int, ta: int, ia: int, kb: int, ka: int, rule: _Rule
+    ) -> float | None:
         """The step up between the two parts, or None when it does not qualify."""
         cfg = self._cfg
         if tb < cfg.drift_min_requests or ta < cfg.drift_min_requests:
             return None
         before, after = ib / tb, ia / ta
         step = after - before
-        if after < cfg.drift_share or step < cfg.drift_step:
+        if after < rule.share or step < rule.step:
             return None
         if ia / ka < 2 * ib / kb:  # internal requests per bucket did not double
             return None

@@ -72,7 +72,9 @@ class EngineConfig:
     hop_min_sites: int = 3  # distinct hosts (or routers) it reached
     hop_site_coverage: float = 0.5  # ... and this share of all hosts (or routers) in the window
     hop_min_forwarded: int = 5  # or: this many distinct X-Forwarded-For clients behind it
-    # masking_started (a step up in an entrypoint's internal share): see core/drift.py.
+    hop_min_user_agents: int = 3  # fewer distinct User-Agents (when logged): one client
+    # masking_started (a step up in an entrypoint's internal share, or in a suspected hop's
+    # share of all requests, with hop_share as its share and step): see core/drift.py.
     drift_history_s: int = 3600  # history searched for the step
     drift_min_buckets: int = 5  # each side of the step spans at least this many buckets
     drift_min_requests: int = 30  # ... and this many requests
@@ -411,9 +413,7 @@ class Engine:
         self._evaluate_masked()
         newest = self._timeline.newest()
         if newest is not None:  # the last bucket never closes in a replay
-            self._hops.note(*newest)
-            if self._drift.note(*newest):
-                self._evaluate_drift()
+            self._note_closed(*newest)
         self._evaluate_hops()
         self._evaluate_mismatch()
         for key in list(self._full):
@@ -631,16 +631,24 @@ class Engine:
         """A closed bucket's tallies: heavy public clients (hops), entrypoint shares (drift)."""
         self._hops.note(bucket, summary)
         self._evaluate_hops()
-        if self._drift.note(bucket, summary):
+        if self._drift.note(bucket, summary, self._suspected_hops()):
             self._evaluate_drift()
 
+    def _suspected_hops(self) -> list[str]:
+        """The addresses ``_evaluate_hops`` judges suspected hops now (replay: at their peak),
+        whose share of all requests drift searches for a step."""
+        if not self._hops.active:
+            return []
+        return [f.target for f in self._findings.values() if f.kind is Kind.SUSPECTED_HOP]
+
     def _evaluate_drift(self) -> None:
-        steps = self._drift.steps
-        for step in steps.values():
+        wanted = set()
+        for step in self._drift.all_steps():
             f = drift.finding(step, self.config.bucket_s)
+            wanted.add(f.key)
             self._emit(f, material=(step.changed_at, step.returned_at))
         for key, f in list(self._findings.items()):
-            if f.kind is Kind.MASKING_STARTED and f.target not in steps:
+            if f.kind is Kind.MASKING_STARTED and key.startswith("masking_") and key not in wanted:
                 self._clear(key)
 
     def bans_on(self, value: str) -> list[Decision]:

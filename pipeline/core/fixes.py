@@ -83,6 +83,25 @@ def masking_started_fix(changed_at: str) -> str:
     )
 
 
+def masking_started_hop_fix(value: str, changed_at: str) -> str:
+    """A public address (a suspected hop) began to carry everyone's requests at ``changed_at``
+    (UTC): what made it appear then is the lead."""
+    return " ".join(
+        (
+            f"Find what made {value} carry everyone's requests from {changed_at}: a k3s "
+            "upgrade after which the nodes SNAT to their own public address (servicelb, HA "
+            "servers), Traefik rescheduled to another node so traffic now crosses this one, the "
+            "Service's externalTrafficPolicy reset to Cluster, a new proxy or load balancer in "
+            "front; `kubectl get nodes -o wide` says whether it is a node's address, "
+            "`kubectl -n kube-system get events --sort-by=.lastTimestamp` and `kubectl -n "
+            "kube-system get pods -o wide -l app.kubernetes.io/name=traefik` what changed then. "
+            "Revert it; if the address stays a hop, list it (`--node-ip`/`--lb-ip`) so it is "
+            "judged as internal, and whitelist it in CrowdSec (`auditor allowlist`).",
+            PRESERVE_CLIENT_IP,
+        )
+    )
+
+
 def masked_fix(
     headers_kept: bool, forwarding: Sequence[str], *, client_written: bool = False
 ) -> str:

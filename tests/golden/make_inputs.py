@@ -366,6 +366,42 @@ def masking_after_upgrade() -> None:
     write("masking-after-upgrade", "args.txt", "\n")
 
 
+def public_hop_after_upgrade() -> None:
+    """k3s HA servers upgraded at 08:30: for 30 minutes Traefik saw its clients, then node A
+    began to SNAT to its own public address 203.0.113.21, which from then on carries 4 requests
+    in 10, to every site, with many User-Agents (CrowdSec then banned it). At 08:35 a crawler
+    with one User-Agent starts on one site (2 in 10, banned: a legitimate ban): heavy and
+    mid-stream, but no hop, so no step. A request every 2 s, 50 minutes."""
+    hosts = [(f"{name}.example.com", f"websecure-{name}@kubernetes") for name in SITES]
+    lines = []
+    for i in range(1500):
+        host, router = hosts[(i + i // 10) % len(hosts)]
+        slot = i % 10
+        if i >= 900 and slot < 4:  # 08:30:00
+            addr, ua = "203.0.113.21", f"Mozilla/5.0 client-{i % 37}"
+        elif i >= 1050 and slot >= 8:  # 08:35:00
+            addr, ua = "198.51.100.60", "Mozilla/5.0 (compatible; bingbot/2.0)"
+            host, router = hosts[0]
+        else:
+            addr, ua = f"198.51.100.{100 + i % 40}", f"Mozilla/5.0 visitor-{i % 40}"
+        lines.append(
+            access(
+                i, addr, f"{addr}:{30000 + i % 20000}", host=host, router=router, ua=ua, step_s=2.0
+            )
+        )
+    case = "public-hop-after-upgrade"
+    write(case, "input.log", "\n".join(lines) + "\n")
+    body = {
+        "new": [
+            decision("203.0.113.21", 21, "crowdsecurity/http-crawl-non_statics"),
+            decision("198.51.100.60", 22, "crowdsecurity/http-bad-user-agent"),
+        ],
+        "deleted": None,
+    }
+    write(case, "decisions.json", json.dumps(body) + "\n")
+    write(case, "args.txt", "\n")
+
+
 CF_EDGES = ("104.16.3.7", "104.16.9.21", "172.64.40.2", "172.64.41.9", "104.23.8.30", "172.71.2.4")
 
 
@@ -425,6 +461,7 @@ spec:
 if __name__ == "__main__":
     masking_after_upgrade()
     public_node_hop()
+    public_hop_after_upgrade()
     k3s_masked()
     ipv6_mapped()
     mixed_corpus()
