@@ -134,8 +134,9 @@ SYNC = textwrap.dedent(
 
     async def main():
         url, key = sys.argv[1], Path(sys.argv[2]).read_text().strip()
+        # Built before the idle reading: whatever the client loads (aiohttp, in trees before
+        # pipeline/crowdsec/http1.py) is not part of the sync.
         stream = LapiStream(LapiConfig(url=url, key=Secret(key), key_source="bench", timeout=120))
-        import aiohttp  # loaded by the client anyway; not part of the sync
         engine = Engine(EngineConfig(), Classifier(k3s_defaults()), time.time)
         idle = status()
         started = time.perf_counter()

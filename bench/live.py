@@ -1,7 +1,7 @@
 """The live path: what ``auditor run`` costs while a writer appends to the access log it tails.
 
     .venv/bin/python -m bench.live [--source FILE] [--rate 1000] [--duration 60] [--json OUT]
-                                   [--variant plain,lapi,sidecar] [--repeat N]
+                                   [--variant plain,lapi,sidecar] [--repeat N] [--before DIR]
 
 Starts ``auditor run --access-log PATH --metrics-listen 127.0.0.1:PORT --findings /dev/null
 --checkpoint-dir DIR --start-at beginning`` on an empty file in a temporary directory, in one
@@ -13,6 +13,11 @@ of these variants (several: measured one after the other, ``--repeat`` times, in
 - ``sidecar``: the shipped sidecar: the LAPI, the watcher's networks file (the test suite's k3s
   cluster, in a ConfigMap volume laid out as the kubelet does) and ``--echo-access-log``, its
   stdout a pipe drained as the container runtime drains it;
+
+``--before DIR`` measures another checkout too (e.g. ``git worktree add /tmp/before HEAD``), and
+``--after DIR`` replaces this one: each variant runs from both trees, interleaved, with
+``python -m pipeline.cli.main`` from the tree's directory (its own ``.venv`` if it has one, else
+this interpreter), so a change is measured against its base in one run on the same LAPI.
 
 ``--image REF`` runs the same command in the container image instead (``make image``; the
 engine from ``--engine``, e.g. ``"podman --runtime runc"``): read-only root, a tmpfs at /tmp,
@@ -40,6 +45,7 @@ import re
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +72,36 @@ class LiveError(RuntimeError):
 def auditor_argv() -> list[str]:
     script = Path(sys.executable).parent / "auditor"
     return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli.main"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """A checkout whose ``auditor run`` is measured (``--before``/``--after``)."""
+
+    label: str
+    root: Path
+
+    @property
+    def python(self) -> str:
+        own = self.root / ".venv/bin/python"
+        return str(own) if own.exists() else sys.executable
+
+    def argv(self) -> list[str]:
+        return [self.python, "-m", "pipeline.cli.main"]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.root)}
+
+    def describe(self) -> str:
+        def git(*argv: str) -> str:
+            r = subprocess.run(
+                ["git", *argv], capture_output=True, text=True, cwd=self.root, check=False
+            )
+            return r.stdout.strip()
+
+        dirty = len(git("status", "--porcelain").splitlines())
+        commit = git("rev-parse", "--short", "HEAD") + (f" +{dirty} changed" * bool(dirty))
+        return f"{self.label}: {self.root} ({commit}; {self.python})"
 
 
 def run_available() -> str | None:
@@ -129,6 +165,25 @@ def lines_seen(port: int) -> int | None:
         return None
     values = _LINES_RE.findall(text)
     return int(sum(float(v) for v in values)) if values else 0
+
+
+_GAUGES = ("auditor_lapi_up", "auditor_lapi_polls_total", "auditor_networks_file_age_seconds")
+
+
+def gauges(port: int) -> dict[str, float]:
+    """The LAPI and networks-file series (summed over labels): proof that a variant measured
+    a sidecar that talks to its LAPI and reads its file, not one failing cheaply."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for name in _GAUGES:
+        found = re.findall(rf"^{name}(?:{{[^}}]*}})?\s+([0-9.eE+-]+)", text, re.MULTILINE)
+        if found:
+            out[name] = sum(float(v) for v in found)
+    return out
 
 
 def source_lines(path: Path) -> Iterator[bytes]:
@@ -302,6 +357,7 @@ class Extras:
 
     argv: tuple[str, ...] = ()
     echo: bool = False
+    lapi: bool = False
 
 
 def _drain(stream: Any) -> None:
@@ -325,10 +381,11 @@ def variants(names: list[str], tmp: Path) -> Iterator[dict[str, Extras]]:
             key.chmod(0o644)  # readable by the image's uid too (the auditor warns; fine here)
             lapi.start_lapi()
             lapi_argv = ("--lapi-url", lapi.lapi_url, "--lapi-key-file", str(key))
-            out["lapi"] = Extras(lapi_argv)
+            out["lapi"] = Extras(lapi_argv, lapi=True)
             out["sidecar"] = Extras(
                 (*lapi_argv, "--networks-file", str(networks_file(tmp)), "--echo-access-log"),
                 echo=True,
+                lapi=True,
             )
         yield out
     finally:
@@ -394,7 +451,9 @@ def _container_pid(args: argparse.Namespace, name: str, client: subprocess.Popen
     raise LiveError(f"container {name} did not start (podman run exited {client.poll()})")
 
 
-def measure(args: argparse.Namespace, extras: Extras = Extras()) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, extras: Extras = Extras(), tree: Tree | None = None
+) -> dict[str, Any]:
     lines = source_lines(ensure_source(args.source, max(args.burst_lines, 100_000)))
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         log = Path(tmp) / "access.log"
@@ -404,7 +463,13 @@ def measure(args: argparse.Namespace, extras: Extras = Extras()) -> dict[str, An
         port = free_port()
         name = f"bench-live-{os.getpid()}-{port}"
         argv = [
-            *(_container(args, tmp, name) if args.image else auditor_argv()),
+            *(
+                _container(args, tmp, name)
+                if args.image
+                else tree.argv()
+                if tree is not None
+                else auditor_argv()
+            ),
             "run",
             "--access-log",
             str(log),
@@ -422,7 +487,12 @@ def measure(args: argparse.Namespace, extras: Extras = Extras()) -> dict[str, An
         stdout = subprocess.PIPE if extras.echo else subprocess.DEVNULL
         with errlog.open("wb") as err:
             client = subprocess.Popen(
-                argv, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT
+                argv,
+                stdout=stdout,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=tree.root if tree is not None else ROOT,
+                env=tree.env() if tree is not None else None,
             )
         if client.stdout is not None:
             threading.Thread(target=_drain, args=(client.stdout,), daemon=True).start()
@@ -433,6 +503,9 @@ def measure(args: argparse.Namespace, extras: Extras = Extras()) -> dict[str, An
             wait_for(lambda: lines_seen(port) is not None, 30, "the metrics endpoint", proc)
             idle_rss = status_kb(proc.pid, "VmRSS")
             st = steady(proc, port, log, lines, args.rate, args.warmup, args.duration)
+            seen = gauges(port)
+            if extras.lapi and seen.get("auditor_lapi_up") != 1:
+                raise LiveError(f"the LAPI is not up after the steady phase: {seen}")
             bu = burst(proc, port, log, lines, args.burst_lines, args.burst_timeout)
         except LiveError as exc:
             tail = errlog.read_text(errors="replace")[-1500:]
@@ -450,10 +523,40 @@ def measure(args: argparse.Namespace, extras: Extras = Extras()) -> dict[str, An
         return {
             "command": " ".join(argv[1:]).replace(tmp, "$TMP"),
             "idle_rss_mb": round(idle_rss / 1024, 1),
+            "gauges": seen,
             "steady": st,
             "burst": bu,
             "exit_code": client.returncode,
         }
+
+
+def summary(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Medians over the rounds, one row a variant (and tree), as a Markdown table."""
+
+    def med(results: list[dict[str, Any]], *path: str) -> float:
+        values = []
+        for res in results:
+            value: Any = res
+            for k in path:
+                value = value[k]
+            values.append(float(value))
+        return statistics.median(values)
+
+    rows = [
+        "| | steady CPU | steady RSS | idle RSS | steady peak RSS | burst | burst peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, results in runs.items():
+        rows.append(
+            f"| `{name}` (median of {len(results)}) "
+            f"| {med(results, 'steady', 'cpu_pct'):.2f} % "
+            f"| {med(results, 'steady', 'rss_mb'):.1f} MB "
+            f"| {med(results, 'idle_rss_mb'):.1f} MB "
+            f"| {med(results, 'steady', 'peak_rss_mb'):.1f} MB "
+            f"| {med(results, 'burst', 'lines_per_s') / 1000:.0f}k lines/s "
+            f"| {med(results, 'burst', 'peak_rss_mb'):.1f} MB |"
+        )
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         default="podman --runtime runc",
         help="container engine command for --image (default: %(default)s)",
     )
+    p.add_argument("--before", type=Path, help="also measure this checkout (see above)")
+    p.add_argument(
+        "--after", type=Path, help="with --before: the checkout to compare (default: this one)"
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.quick:
@@ -485,11 +592,30 @@ def main(argv: list[str] | None = None) -> int:
     names = [v.strip() for v in args.variant.split(",") if v.strip()]
     if not names or set(names) - set(VARIANTS) or args.repeat < 1:
         p.error(f"--variant: one or more of {', '.join(VARIANTS)}; --repeat: 1 or more")
+    if (args.before or args.after) and args.image:
+        p.error("--before/--after measure checkouts on the host, not --image")
+    if args.after and not args.before:
+        p.error("--after needs --before")
+    trees: list[Tree | None] = [None]
+    if args.before:
+        trees = [
+            Tree("before", args.before.resolve()),
+            Tree("after", (args.after or ROOT).resolve()),
+        ]
+        for t in trees:
+            assert t is not None
+            if not (t.root / "pipeline" / "cli" / "main.py").exists():
+                p.error(f"--{t.label}: {t.root} is not a checkout of this project")
+            print(t.describe(), flush=True)
     reason = run_available()
     if reason is not None:
         print(f"bench.live: {reason}; the live path was not measured", file=sys.stderr)
         return UNAVAILABLE
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+
+    def key(tree: Tree | None, name: str) -> str:
+        return name if tree is None else f"{tree.label}:{name}"
+
+    runs: dict[str, list[dict[str, Any]]] = {key(t, n): [] for n in names for t in trees}
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-live-variants-") as tmp,
@@ -498,24 +624,30 @@ def main(argv: list[str] | None = None) -> int:
             args.variants_dir = tmp
             for _ in range(args.repeat):
                 for name in names:  # interleaved: drift on a shared machine hits all alike
-                    runs[name].append(measure(args, extras[name]))
+                    for tree in trees:
+                        runs[key(tree, name)].append(measure(args, extras[name], tree))
     except LiveError as exc:
         print(f"bench.live: {exc}", file=sys.stderr)
         return 1
     for name, results in runs.items():
         for res in results:
             s, b = res["steady"], res["burst"]
-            label = f"{name}: " if names != ["plain"] else ""
+            label = f"{name}: " if list(runs) != ["plain"] else ""
             print(
                 f"{label}steady {s['rate_target']} lines/s: CPU {s['cpu_pct']:.2f}% of one core, "
                 f"RSS {s['rss_mb']} MB (peak {s['peak_rss_mb']} MB); burst "
                 f"{b['lines_per_s']:,.0f} lines/s ({b['mb_per_s']} MB/s), "
                 f"peak RSS {b['peak_rss_mb']} MB"
+                + (f"; {res['gauges']}" if res.get("gauges") else "")
             )
+    if len(runs) > 1 or args.repeat > 1:
+        print("\n" + summary(runs))
     # One plain run keeps the shape bench/run.py and bench/compare.py read.
     result: dict[str, Any] = (
-        runs["plain"][0] if names == ["plain"] and args.repeat == 1 else {"variants": runs}
+        runs["plain"][0] if list(runs) == ["plain"] and args.repeat == 1 else {"variants": runs}
     )
+    if args.before:
+        result["trees"] = [t.describe() for t in trees if t is not None]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")

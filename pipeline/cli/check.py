@@ -2,7 +2,7 @@
 
 Lists the cluster once (no watch), prints the internal networks it implies, the configuration
 findings, the internal addresses CrowdSec currently bans (when ``--lapi-url`` is given) and the
-allowlist to apply. Kubernetes and aiohttp are imported only when the command runs.
+allowlist to apply. Kubernetes (and with it aiohttp) is imported only when the command runs.
 """
 
 from __future__ import annotations

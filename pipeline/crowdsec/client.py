@@ -1,7 +1,7 @@
 """The one CrowdSec HTTP client: the LAPI as a bouncer and as a watcher, and CrowdSec's metrics.
 
 CrowdSec has one ``apiclient``; so does the auditor. Every request to CrowdSec goes through
-``CrowdSecClient``, so they all share one session, one User-Agent, one time budget per call, body
+``CrowdSecClient``, so they all share one User-Agent, one time budget per call, body
 caps, one reading of answers into errors and one retry policy, and a fix to any of them (a
 timeout, a cap, what counts as transient) reaches every caller at once.
 
@@ -10,17 +10,14 @@ message names where it came from, never its value), ``CrowdSecUnavailable`` (no 
 timeout, 5xx, 408/425/429, an oversized body: worth trying again later) and
 ``CrowdSecStatusError`` (any other answer, e.g. a wrong URL: retrying would not help).
 
-aiohttp is loaded when a client is built, not with this module: it costs ~10 MB RSS, and
-``auditor replay`` or a sidecar without a LAPI import this module's callers without ever talking
-to CrowdSec. Whoever builds a client has switched CrowdSec on, and a broken install then fails at
-start rather than at the first poll.
+Requests go through ``http1``, a small HTTP/1.1 client on asyncio streams, not aiohttp, which
+cost every sidecar with a LAPI ~9.5 MB of its 40 MB budget (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import random
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -32,11 +29,12 @@ import orjson
 import pipeline
 from parsers.crowdsec import Decision, DecisionDelta, DecisionFormatError, parse_decisions
 from parsers.crowdsec_stream import Batch, DeltaPart, StreamParser
+from pipeline.crowdsec import http1
 from pipeline.errors import UsageError
 from pipeline.secrets import Secret, redact_url
 
 if TYPE_CHECKING:
-    import aiohttp
+    import ssl
 
 log = logging.getLogger("auditor.crowdsec")
 
@@ -49,9 +47,10 @@ DECISIONS_PATH = "v1/decisions"
 LOGIN_PATH = "v1/watchers/login"
 ALERTS_PATH = "v1/alerts"
 
-# Caps on what is read (after decompression). A startup stream with the community blocklist
-# and a few subscriptions is tens of MB; anything far beyond that is not a LAPI. The stream is
-# parsed as it arrives, so its cap bounds time and the decisions kept, not a buffer.
+# Caps on what is read (bodies come uncompressed: see http1). A startup stream with the
+# community blocklist and a few subscriptions is tens of MB; anything far beyond that is not a
+# LAPI. The stream is parsed as it arrives, so its cap bounds time and the decisions kept, not a
+# buffer.
 DECISIONS_BODY_MAX = 64 * 1024 * 1024
 METRICS_BODY_MAX = 8 * 1024 * 1024
 SMALL_BODY_MAX = 1024 * 1024  # login and delete answers, and any error body
@@ -160,19 +159,29 @@ def _json_field(body: bytes, name: str) -> object:
     return doc.get(name) if isinstance(doc, dict) else None
 
 
-async def _read(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
-    """The body, or None once it is longer than ``cap`` bytes (counted after decompression)."""
+async def _read(resp: http1.Response, cap: int) -> bytes | None:
+    """The body, or None once it is longer than ``cap`` bytes."""
     length = resp.content_length
-    if length is not None and length > cap and not resp.headers.get("Content-Encoding"):
+    if length is not None and length > cap:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > cap:
-            return None
-        chunks.append(chunk)
+    async with contextlib.aclosing(resp.iter_body(_CHUNK)) as body:
+        async for chunk in body:
+            size += len(chunk)
+            if size > cap:
+                return None
+            chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _error_body(resp: http1.Response) -> bytes:
+    """The start of an error answer's body, to quote; empty when it is too big or broken (the
+    status says enough). A timeout still ends the call."""
+    try:
+        return await _read(resp, SMALL_BODY_MAX) or b""
+    except http1.HttpError:
+        return b""
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -181,8 +190,9 @@ class CrowdSecClient:
     with ``machine``), or CrowdSec's Prometheus listener when ``url`` is its ``/metrics``.
 
     ``timeout`` bounds a whole call, retries and backoff included, so a caller's worst case is
-    the same whether the LAPI hangs or refuses. The session is opened on the first request and
-    reopened after ``aclose``; close it from the task that used it.
+    the same whether the LAPI hangs or refuses. Each request has its own connection (see
+    ``http1``), so a client holds nothing between calls; ``tls`` verifies an https endpoint
+    (default: the system's CA store).
     """
 
     def __init__(
@@ -193,24 +203,22 @@ class CrowdSecClient:
         machine: MachineCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        importlib.import_module("aiohttp")  # see the module docstring
         self.url = url
         self.api_key = api_key
         self.machine = machine
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.rng = random.Random()
-        self._session: aiohttp.ClientSession | None = None
+        self.tls = tls
         self._token: Secret | None = None  # the watcher JWT, until the LAPI refuses it
 
     def endpoint(self, path: str) -> str:
         return self.url.rstrip("/") + "/" + path
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        """Nothing to release (no connection outlives a call); kept for ``async with``."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -511,29 +519,29 @@ class CrowdSecClient:
         max_body: int,
         budget: float,
     ) -> tuple[int, bytes]:
-        import aiohttp
-
+        deadline = asyncio.get_running_loop().time() + max(budget, 0.001)
         try:
-            async with self._get_session().request(
+            async with http1.request(
                 method,
                 url,
+                deadline=deadline,
                 params=params,
-                headers=headers,
-                json=json,
-                timeout=aiohttp.ClientTimeout(total=max(budget, 0.001)),
-                allow_redirects=False,
+                headers=self._headers(headers, json is not None),
+                body=None if json is None else orjson.dumps(json),
+                tls=self.tls,
             ) as resp:
                 status = resp.status
-                body = await _read(resp, max_body if status == 200 else SMALL_BODY_MAX)
+                if status == 200:
+                    body = await _read(resp, max_body)
+                else:
+                    body = await _error_body(resp)
         except TimeoutError as exc:
             raise self._no_answer(method, url, "no answer", exc) from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (http1.HttpError, OSError, ValueError) as exc:
             raise self._no_answer(method, url, "", exc) from None
         if body is None:
-            if status == 200:
-                msg = f"{method} {redact_url(url)}: body larger than {max_body} bytes"
-                raise ResponseTooLarge(msg)
-            body = b""  # an error page too big to quote: the status says enough
+            msg = f"{method} {redact_url(url)}: body larger than {max_body} bytes"
+            raise ResponseTooLarge(msg)
         return status, body
 
     async def _body_chunks(
@@ -546,46 +554,49 @@ class CrowdSecClient:
         max_body: int,
         rejected: AuthText,
     ) -> AsyncGenerator[bytes, None]:
-        """One try, a 200 answer's body as it arrives (at most ``max_body`` bytes after
-        decompression), within ``timeout`` for the whole body; errors as ``_call`` maps them."""
-        import aiohttp
-
+        """One try, a 200 answer's body as it arrives (at most ``max_body`` bytes), within
+        ``timeout`` for the whole body; errors as ``_call`` maps them."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            async with self._get_session().request(
+            async with http1.request(
                 method,
                 url,
+                deadline=deadline,
                 params=params,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                allow_redirects=False,
+                headers=self._headers(headers, False),
+                tls=self.tls,
             ) as resp:
                 if resp.status != 200:
-                    error = await _read(resp, SMALL_BODY_MAX) or b""
+                    error = await _error_body(resp)
                     raise self._failure(method, url, resp.status, error, None, rejected)
                 too_large = f"{method} {redact_url(url)}: body larger than {max_body} bytes"
                 length = resp.content_length
-                if (
-                    length is not None
-                    and length > max_body
-                    and not resp.headers.get("Content-Encoding")
-                ):
+                if length is not None and length > max_body:
                     raise ResponseTooLarge(too_large)
                 size = 0
-                async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
-                    size += len(chunk)
-                    if size > max_body:
-                        raise ResponseTooLarge(too_large)
-                    yield chunk
+                async with contextlib.aclosing(resp.iter_body(_STREAM_CHUNK)) as body:
+                    async for chunk in body:
+                        size += len(chunk)
+                        if size > max_body:
+                            raise ResponseTooLarge(too_large)
+                        yield chunk
         except TimeoutError as exc:
             raise self._no_answer(method, url, "no complete answer", exc) from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (http1.HttpError, OSError, ValueError) as exc:
             raise self._no_answer(method, url, "", exc) from None
+
+    @staticmethod
+    def _headers(headers: Mapping[str, str] | None, json: bool) -> dict[str, str]:
+        out = {"User-Agent": USER_AGENT, **(headers or {})}
+        if json:
+            out["Content-Type"] = "application/json"
+        return out
 
     def _no_answer(
         self, method: str, url: str, timed_out: str, exc: BaseException
     ) -> CrowdSecUnavailable:
         """A call that got no (complete) answer. ``timed_out``: how to word a timeout, empty
-        for any other failure. A URL aiohttp cannot use (InvalidURL is a ValueError) stays
+        for any other failure. A URL or header that cannot be sent (a ValueError) stays
         unusable, so it is not retried at once; a refused connection may not be."""
         reason = str(exc) or type(exc).__name__
         if timed_out:
@@ -593,13 +604,6 @@ class CrowdSecClient:
             return CrowdSecUnavailable(msg, reason=reason)
         msg = f"{method} {redact_url(url)}: {type(exc).__name__}: {exc}"
         return CrowdSecUnavailable(msg, reason=reason, retry_now=not isinstance(exc, ValueError))
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        import aiohttp
-
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        return self._session
 
 
 # -- `auditor check` ---------------------------------------------------------------------------

@@ -46,12 +46,15 @@ def test_license_changelog_and_urls() -> None:
 
 
 def test_runtime_dependencies_leave_out_the_heavy_features() -> None:
+    """aiohttp included: the sidecar reaches CrowdSec through pipeline/crowdsec/http1.py, and
+    only the Kubernetes client (the [kube] extra) uses aiohttp."""
     runtime = " ".join(PROJECT["dependencies"])
-    for heavy in ("aiokafka", "kubernetes-asyncio", "maxminddb"):
+    for heavy in ("aiohttp", "aiokafka", "kubernetes-asyncio", "maxminddb"):
         assert heavy not in runtime
     extras = PROJECT["optional-dependencies"]
     assert {"kafka", "kube", "geoip", "all"} <= set(extras)
     assert set(EXTRAS.values()) <= set(extras)
+    assert any(dep.startswith("aiohttp") for dep in extras["kube"])
 
 
 def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -405,7 +405,7 @@ async def test_lapi_down_is_an_error_and_retried(tmp_path: Path) -> None:
     note = h.notes[0].finding
     assert note.severity is Severity.MEDIUM
     assert "Could not delete" in note.summary
-    assert "ClientConnectorError" in note.evidence["error"]
+    assert "ConnectError: Cannot connect to host" in note.evidence["error"]
     assert h.counted("error") >= 1
 
 

@@ -236,7 +236,7 @@ async def test_timeout_bounds_the_whole_call(fake: FakeCrowdSec) -> None:
 async def test_nothing_listening() -> None:
     url = f"http://127.0.0.1:{free_port()}/"
     async with bouncer(url) as client:
-        with pytest.raises(CrowdSecUnavailable, match="ClientConnectorError") as info:
+        with pytest.raises(CrowdSecUnavailable, match="ConnectError: Cannot connect to") as info:
             await client.decisions()
     assert info.value.status is None
     assert str(info.value).startswith(f"GET {url}v1/decisions: ")
@@ -360,15 +360,22 @@ async def test_fetch_decisions_unreachable() -> None:
 
 
 # -- the import cost --------------------------------------------------------------------------
-def test_importing_the_crowdsec_modules_loads_no_aiohttp() -> None:
-    """aiohttp costs ~10 MB RSS: only a request may load it, never an import."""
+async def test_talking_to_crowdsec_loads_no_aiohttp(fake: FakeCrowdSec) -> None:
+    """aiohttp costs ~10 MB RSS: neither importing the CrowdSec modules nor a request loads it
+    (the requests go through ``http1``)."""
+    fake.on("GET", "/v1/decisions", Reply(200, decisions_body("10.42.0.7")))
     code = (
-        "import sys\n"
+        "import asyncio, sys\n"
         "import pipeline.crowdsec.client, pipeline.crowdsec.lapi\n"
         "import pipeline.crowdsec.health, pipeline.crowdsec.remediate\n"
+        "from pipeline.crowdsec.client import fetch_decisions\n"
+        f"found = asyncio.run(fetch_decisions({fake.url!r}, {KEY!r}))\n"
+        "assert [d.value for d in found] == ['10.42.0.7'], found\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    assert out.stdout.strip() == "[]"
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "[]"
