@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import ConfigError
-from pipeline.listen import host_port
+from pipeline.listen import host_port, url_problem
 from pipeline.secrets import redact_url
 
 ENV_PREFIX = "AUDITOR_"
@@ -283,10 +283,6 @@ RUN_ONLY: frozenset[str] = frozenset(
         "remediate_origins",
         "crowdsec_metrics_url",
         "kafka_local_audit",
-        "plugin_config",
-        "plugin_forwarded_headers_trusted_ips",
-        "plugin_client_trusted_ips",
-        "plugin_forwarded_headers_custom_name",
     }
 )
 
@@ -503,6 +499,12 @@ def validate(config: RunConfig) -> None:
         kinds = (int,) if _base_type(key) is int else (int, float)
         if not isinstance(value, kinds) or isinstance(value, bool) or not bounds.admits(value):
             raise bad(key, f"must be {bounds.describe(integer=kinds == (int,))}, got {value!r}")
+    urls = [("lapi_url", config.lapi_url or "")]
+    urls += [("crowdsec_metrics_url", u) for u in (config.crowdsec_metrics_url or "").split(",")]
+    for key, url in urls:
+        why = url_problem(url.strip()) if url.strip() else None
+        if why:
+            raise bad(key, why)
     if config.lapi_key_file and not config.lapi_url:
         raise bad("lapi_url", "lapi_key_file is set but lapi_url is not")
     if config.remediate and not config.lapi_credentials_file:

@@ -31,6 +31,7 @@ from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, Severity, at_or_above
 from pipeline.core.networks import missing_k3s_defaults
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
+from pipeline.listen import url_problem
 
 if TYPE_CHECKING:
     from parsers.crowdsec import Decision
@@ -232,6 +233,13 @@ async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    urls = [("--lapi-url", args.lapi_url)] if args.lapi_url else []
+    urls += [("--crowdsec-metrics-url", u) for v in args.crowdsec_metrics_url for u in v.split(",")]
+    for flag, url in urls:
+        why = url_problem(url.strip())
+        if why:
+            msg = f"{flag}: {why}"
+            raise UsageError(msg)
     if bool(args.lapi_url) != bool(args.lapi_key_file):
         msg = "--lapi-url and --lapi-key-file go together"
         raise UsageError(msg)

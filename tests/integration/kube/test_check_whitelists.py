@@ -103,3 +103,21 @@ def test_an_endpoint_that_does_not_answer_is_a_finding_not_a_crash(
     dead = f"http://127.0.0.1:{free_port()}/metrics"
     found = _gaps(auditor, kubeconfig, dead, agents.url("wl-hub-internal"))
     assert [(f["kind"], f["target"]) for f in found] == [("crowdsec_health", dead)]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--crowdsec-metrics-url", "nonsense"),
+        ("--crowdsec-metrics-url", "http://127.0.0.1:6060/metrics,ftp://x/metrics"),
+        ("--lapi-url", "crowdsec-service:8080"),
+    ],
+)
+def test_a_url_that_is_no_url_exits_2_naming_the_flag(
+    auditor: Run, setup: tuple[_Agents, Path], flag: str, value: str
+) -> None:
+    _, kubeconfig = setup
+    code, out, err = auditor("check", "--kubeconfig", str(kubeconfig), flag, value)
+    assert code == 2, (out, err)
+    assert flag in err and "http(s) URL" in err
+    assert out == ""

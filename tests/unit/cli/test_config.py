@@ -68,6 +68,10 @@ def test_secret_env_is_not_a_config_key() -> None:
         ("masked_share = 2.0", "masked_share"),
         ("k3s_defaults = 'maybe'", "k3s_defaults"),
         ("access_log = 5", "access_log"),
+        ("lapi_url = 'crowdsec:8080'", "lapi_url"),
+        ("lapi_url = 'ftp://crowdsec:8080'", "lapi_url"),
+        ("crowdsec_metrics_url = 'http://a:6060/metrics,nonsense'", "crowdsec_metrics_url"),
+        ("crowdsec_metrics_url = 'http://a:99999/metrics'", "crowdsec_metrics_url"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -75,6 +79,14 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     cfg.write_text(text + "\n")
     with pytest.raises(ConfigError, match=key):
         load_config(_args("--config", str(cfg)), {})
+
+
+def test_a_bad_url_is_named_with_its_password_redacted(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("crowdsec_metrics_url = 'gopher://user:hunter2@a:6060/metrics'\n")
+    with pytest.raises(ConfigError, match="crowdsec_metrics_url") as err:
+        load_config(_args("--config", str(cfg)), {})
+    assert "hunter2" not in str(err.value)
 
 
 def test_cli_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
