@@ -481,6 +481,23 @@ class MismatchTally:
                 example = ("", "", "", "")
             target.count(verdict, example, n)
 
+    def add_unjudged(self, records: Sequence[AccessRecord]) -> None:
+        """Requests whose input lacks what any verdict needs (a Kafka sidecar of event version
+        1 sends neither ClientHost nor the peer, so a hop cannot be told from a forwarded
+        element): counted as unknown, in the bucket ``add`` would put them in."""
+        if not records:
+            return
+        self._version += 1
+        target = self.span
+        if self.keep is not None:
+            bucket = int(max(map(_ts, records))) // self.bucket_s
+            mine = self.buckets.get(bucket)
+            if mine is None:
+                mine = self.buckets[bucket] = ModeCounts()
+                self._prune(bucket)
+            target = mine
+        target.unknown += len(records)
+
     def _prune(self, newest: int) -> None:
         keep = self.keep or 0
         for b in [b for b in self.buckets if b <= newest - keep]:

@@ -41,6 +41,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from pipeline.core.bouncer import BouncerModel
 from pipeline.kafka.client import KafkaSettings, KafkaUnavailable, bounded, stop_quietly
 from pipeline.kafka.events import decode_chunk
 from pipeline.kafka.totals import Classify, ClusterView, PartitionState
@@ -254,7 +255,9 @@ class EventsConsumer:
         flush_s: float = FLUSH_S,
         clock: Callable[[], float] = time.time,
         max_future_s: float | None = None,
+        bouncer: BouncerModel | None = None,
     ) -> None:
+        """``bouncer``: count ``ban_mismatch`` verdicts per partition (pipeline.kafka.mismatch)."""
         self.settings = settings
         self.events_topic = events_topic
         self.totals_topic = totals_topic
@@ -270,6 +273,7 @@ class EventsConsumer:
         self.flush_s = flush_s
         self.clock = clock
         self.max_future_s = max_future_s
+        self.bouncer = bouncer
         self.owned: dict[int, PartitionState] = {}
         self.on_gained: Callable[[set[int]], None] | None = None
         self.on_lost: Callable[[set[int]], None] | None = None
@@ -350,10 +354,14 @@ class EventsConsumer:
                 epoch = max(self.view.epoch(p) + 1, int(time.time() * 1000))
                 snap = self.view.restore_point(p)
                 if snap is not None:
-                    state = PartitionState.restore(snap, epoch, self.window_s, self.bucket_s)
+                    state = PartitionState.restore(
+                        snap, epoch, self.window_s, self.bucket_s, self.bouncer
+                    )
                     consumer.seek(tp, snap.offset)
                 else:
-                    state = PartitionState(p, epoch, self.window_s, self.bucket_s)
+                    state = PartitionState(
+                        p, epoch, self.window_s, self.bucket_s, bouncer=self.bouncer
+                    )
                 self.owned[p] = state
                 gained.add(p)
         finally:

@@ -20,6 +20,26 @@ re-reading after a restart yields the same ids whatever the batch boundaries. Wi
 (partition, node, file), first publications arrive in offset order (one batch in flight, one
 message per partition per batch, Kafka keeps partition order), so a per-key high watermark is an
 exact duplicate filter: an entry at or below it was seen before.
+
+**Versions.** A message's ``"v"`` fixes the shape of every row in it:
+
+* version 1 (9 fields): ``[end, fmt, ts, entrypoint, client, host, router, xff, real_ip]``;
+* version 2 (12 fields): version 1 then ``user_agent, client_host, peer`` (``ClientHost`` as
+  written, ``ClientAddr`` as written), so the aggregator judges ``suspected_hop``'s User-Agent
+  diversity and ``ban_mismatch`` (``pipeline.core.bouncer``) as ``run`` does. ``client_host`` is
+  sent as ``""`` when it equals ``xff`` (Traefik writes the whole X-Forwarded-For there, so it
+  would travel twice); the reader takes ``client_host or xff``, which is exact except for a
+  ``ClientHost`` absent beside a logged header, a case the bouncer model judges alike.
+
+A new version rather than optional trailing fields: the row length is then a property of the
+message, so the aggregator's per-row check stays one expression with a fixed length, and an
+aggregator that predates a version dead-letters it as ``unknown_version`` (a label that says
+"upgrade me") rather than as ``bad_schema``. Sidecars write version 2; aggregators read 1 and 2,
+so during a rolling upgrade **aggregators go first**, then sidecars (a version-2 message at an
+older aggregator is a dead letter: its lines are lost to the cluster view). Version 1 rows count
+as a log without those fields: no User-Agents (``suspected_hop`` skips its User-Agent test), and
+``ban_mismatch`` counts them unjudged (without the peer, a hop cannot be told from a forwarded
+element).
 """
 
 from __future__ import annotations
@@ -32,7 +52,10 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from parsers.envelope import Envelope, EnvelopeDecoder
-from parsers.records import ParseStats, SkipReason
+from parsers.records import CLIENT_HOST_RAW as R_CLIENT_HOST
+from parsers.records import PEER as R_PEER
+from parsers.records import XFF as R_XFF
+from parsers.records import AccessRecord, ParseStats, SkipReason
 from parsers.traefik import MAX_LINE_BYTES, TraefikParser
 from pipeline.kafka.validate import (
     MAX_FIELD_CHARS,
@@ -49,15 +72,18 @@ from pipeline.kafka.validate import (
     need_str,
     need_ts,
     need_tuple,
-    version_of,
+    version_in,
 )
 
-VERSION = 1
+VERSION = 2  # what this build writes
+VERSIONS = (1, 2)  # what it reads
 JSON = 0
 COMMON = 1
-# Row layout of an event: end offset, format, then the record fields the engine counts.
-END, FMT, TS, EP, CLIENT, HOST, ROUTER, XFF, REAL_IP = range(9)
-Row = list[Any]  # [end, fmt, ts, entrypoint, client, host, router, xff, real_ip]
+# Row layout of an event: end offset, format, then the record fields the engine reads.
+END, FMT, TS, EP, CLIENT, HOST, ROUTER, XFF, REAL_IP, USER_AGENT, CLIENT_HOST, PEER = range(12)
+ROW_FIELDS = {1: 9, 2: 12}  # fields of a row, per message version
+# [end, fmt, ts, entrypoint, client, host, router, xff, real_ip, user_agent, client_host, peer]
+Row = list[Any]
 _FORMATS = (JSON, COMMON)
 Skip = list[Any]  # [end, reason]
 
@@ -108,6 +134,11 @@ class Chunk:
         return f"{self.node}:{self.path}"
 
     @property
+    def version(self) -> int:
+        """The message version of its rows (an older sidecar's rows arrive as version 1)."""
+        return 1 if self.events and len(self.events[0]) == ROW_FIELDS[1] else VERSION
+
+    @property
     def max_end(self) -> int:
         a = self.events[-1][END] if self.events else -1
         b = self.skips[-1][0] if self.skips else -1
@@ -117,7 +148,7 @@ class Chunk:
 def encode_chunk(chunk: Chunk) -> bytes:
     return orjson.dumps(
         {
-            "v": VERSION,
+            "v": chunk.version,
             "n": chunk.node,
             "f": chunk.file_key,
             "p": chunk.path,
@@ -135,7 +166,7 @@ def decode_chunk(data: bytes | None) -> Chunk:
     every redelivery. A bad row dead-letters its whole message: the message is the unit of an
     offset, and a legitimate sidecar never writes a bad row, so there is nothing to salvage.
     """
-    d = version_of(load(data), VERSION, "an event chunk")
+    d, version = version_in(load(data), VERSIONS, "an event chunk")
     node = need_str(field(d, "n", "chunk"), MAX_NAME_CHARS, "node")
     file_key = need_str(field(d, "f", "chunk"), MAX_NAME_CHARS, "file key")
     path = need_str(field(d, "p", "chunk"), MAX_NAME_CHARS, "path")
@@ -143,6 +174,61 @@ def decode_chunk(data: bytes | None) -> Chunk:
     skips = need_list(field(d, "s", "chunk"), "skips")
     if len(events) + len(skips) > MAX_ITEMS:
         fail(Reason.RANGE, f"more than {MAX_ITEMS} entries")
+    if version == 2:
+        _check_v2(events)
+    else:
+        _check_v1(events)
+    last = -1
+    for i, skip in enumerate(skips):
+        need_tuple(skip, 2, f"skip {i}")
+        end = need_int(skip[0], 0, MAX_OFFSET, f"skip {i} offset")
+        if end < last:
+            fail(Reason.SCHEMA, f"skip {i}: offsets out of order")
+        if type(skip[1]) is not str or skip[1] not in _REASONS:
+            fail(Reason.SCHEMA, f"skip {i}: unknown reason")
+        last = end
+    return Chunk(node, file_key, path, events, skips)
+
+
+def _check_v2(events: list[Any]) -> None:
+    last = -1
+    for row in events:  # the aggregator's hot loop: one expression per good row
+        if type(row) is list and len(row) == 12:
+            end, fmt, ts, ep, client, host, router, xff, rip, ua, ch, peer = row
+            t = type(ts)
+            if (
+                type(end) is int
+                and last <= end <= MAX_OFFSET
+                and type(fmt) is int
+                and fmt in _FORMATS
+                and (t is float or t is int)
+                and 0.0 <= ts <= MAX_TS  # False for NaN; inf is past MAX_TS
+                and type(ep) is str
+                and type(client) is str
+                and type(host) is str
+                and type(router) is str
+                and type(xff) is str
+                and type(rip) is str
+                and type(ua) is str
+                and type(ch) is str
+                and type(peer) is str
+                and len(ep)
+                + len(client)
+                + len(host)
+                + len(router)
+                + len(xff)
+                + len(rip)
+                + len(ua)
+                + len(ch)
+                + len(peer)
+                <= MAX_FIELD_CHARS
+            ):
+                last = end
+                continue
+        _bad_row(events, row, last, 12)
+
+
+def _check_v1(events: list[Any]) -> None:
     last = -1
     for row in events:  # the aggregator's hot loop: one expression per good row
         if type(row) is list and len(row) == 9:
@@ -166,24 +252,14 @@ def decode_chunk(data: bytes | None) -> Chunk:
             ):
                 last = end
                 continue
-        _bad_row(events, row, last)
-    last = -1
-    for i, skip in enumerate(skips):
-        need_tuple(skip, 2, f"skip {i}")
-        end = need_int(skip[0], 0, MAX_OFFSET, f"skip {i} offset")
-        if end < last:
-            fail(Reason.SCHEMA, f"skip {i}: offsets out of order")
-        if type(skip[1]) is not str or skip[1] not in _REASONS:
-            fail(Reason.SCHEMA, f"skip {i}: unknown reason")
-        last = end
-    return Chunk(node, file_key, path, events, skips)
+        _bad_row(events, row, last, 9)
 
 
-def _bad_row(events: list[Any], row: Any, last: int) -> NoReturn:
+def _bad_row(events: list[Any], row: Any, last: int, n: int) -> NoReturn:
     """Raise the ``DeadLetter`` that says what is wrong with a row the fast check refused."""
     i = events.index(row)
-    if type(row) is not list or len(row) != 9:
-        fail(Reason.SCHEMA, f"event {i}: not a list of 9")
+    if type(row) is not list or len(row) != n:
+        fail(Reason.SCHEMA, f"event {i}: not a list of {n}")
     end = need_int(row[END], 0, MAX_OFFSET, f"event {i} offset")
     if end < last:  # in line order: the duplicate filter relies on it
         fail(Reason.SCHEMA, f"event {i}: offset out of order")
@@ -191,15 +267,25 @@ def _bad_row(events: list[Any], row: Any, last: int) -> NoReturn:
     if type(fmt) is not int or fmt not in _FORMATS:
         fail(Reason.SCHEMA, f"event {i}: unknown format")
     need_ts(row[TS], f"event {i} timestamp")
-    for j in range(EP, REAL_IP + 1):
+    for j in range(EP, n):
         need_str(row[j], MAX_FIELD_CHARS, f"event {i} field {j}")
     fail(Reason.RANGE, f"event {i}: fields longer than {MAX_FIELD_CHARS} characters in all")
 
 
-def record_of(row: Row) -> tuple[Any, ...]:
-    """The access-record prefix ``traffic.count_runs`` reads (TS and the KEY slice). Rows carry
-    no User-Agent: the aggregator judges suspected hops without it, as when the log drops it."""
-    return (*row[TS:], "")
+def record_of(row: Row) -> AccessRecord:
+    """The access record of a row of either version (see the module docstring). Status and
+    duration do not travel (no finding reads them): 0, as when the log lacks them. A version-1
+    row has no User-Agent, ClientHost or peer: "", as when the log drops them."""
+    if len(row) == 9:
+        return (*row[TS:], "", "", "", 0, 0)
+    return (*row[TS:CLIENT_HOST], row[CLIENT_HOST] or row[XFF], row[PEER], 0, 0)
+
+
+def records_of(rows: Sequence[Row]) -> list[AccessRecord]:
+    """``record_of`` for every row of one message (all rows of a message share its version)."""
+    if rows and len(rows[0]) == ROW_FIELDS[1]:
+        return [(*r[TS:], "", "", "", 0, 0) for r in rows]
+    return [(*r[TS:CLIENT_HOST], r[CLIENT_HOST] or r[XFF], r[PEER], 0, 0) for r in rows]
 
 
 def chunk_stats(events: Sequence[Row], skips: Sequence[Skip]) -> ParseStats:
@@ -264,13 +350,13 @@ class BatchEncoder:
         records = parser.parse(logical, st)
         if len(records) == len(logical) and (st.common == 0 or st.json == 0):
             fmt = COMMON if st.common else JSON
-            rows = [[end, fmt, *rec[:7]] for rec, end in zip(records, lends, strict=True)]
+            rows = [event_row(end, fmt, rec) for rec, end in zip(records, lends, strict=True)]
         else:  # some lines were skipped or formats are mixed: classify line by line
             for line, end in zip(logical, lends, strict=True):
                 one = ParseStats()
                 got = parser.parse((line,), one)
                 if got:
-                    rows.append([end, COMMON if one.common else JSON, *got[0][:7]])
+                    rows.append(event_row(end, COMMON if one.common else JSON, got[0]))
                 else:
                     reason = next(r for r, n in one.skipped.items() if n)
                     skips.append([end, reason.value])
@@ -328,27 +414,48 @@ class BatchEncoder:
         out: list[tuple[int, bytes]] = []
         for p in sorted(by_part):
             evs, sks = by_part[p]
-            for chunk in _split(Chunk(self.node, file_key, path, evs, sks)):
-                out.append((p, encode_chunk(chunk)))
+            for data in _split(Chunk(self.node, file_key, path, evs, sks)):
+                out.append((p, data))
         return out, len(rows)
+
+
+def event_row(end: int, fmt: int, rec: AccessRecord) -> Row:
+    """A version-2 row: ClientHost elided when it repeats X-Forwarded-For (module docstring)."""
+    ch = rec[R_CLIENT_HOST]
+    return [end, fmt, *rec[:R_CLIENT_HOST], "" if ch == rec[R_XFF] else ch, rec[R_PEER]]
 
 
 def _first(entry: Skip) -> int:
     return int(entry[0])
 
 
-def _split(chunk: Chunk) -> list[Chunk]:
-    """Halve a chunk until each piece fits a broker message; order is kept."""
-    size = len(encode_chunk(chunk))
+def _split(chunk: Chunk) -> list[bytes]:
+    """The chunk as messages that each fit a broker message, in order.
+
+    Cut into as many pieces as the size asks for at once (User-Agents make rows long, so a busy
+    batch takes several), then each piece again if it is still too large. A single event too
+    large to send even alone (a huge line under a large ``max_line_bytes``, with X-Forwarded-For
+    and User-Agent JSON-escaped) becomes a ``too_long`` skip: the broker would refuse it on every
+    retry and hold the file's checkpoint forever.
+    """
+    data = encode_chunk(chunk)
+    size = len(data)
     n = len(chunk.events) + len(chunk.skips)
-    if size <= MAX_MESSAGE_BYTES or n <= 1:
-        return [chunk]
+    if size <= MAX_MESSAGE_BYTES:
+        return [data]
+    if n <= 1:
+        if not chunk.events:
+            return [data]
+        skip = [chunk.events[0][END], SkipReason.TOO_LONG.value]
+        return [encode_chunk(Chunk(chunk.node, chunk.file_key, chunk.path, [], [skip]))]
     entries: list[tuple[int, bool, list[Any]]] = [(r[END], True, r) for r in chunk.events]
     entries += [(s[0], False, s) for s in chunk.skips]
     entries.sort(key=lambda e: e[0])
-    half = len(entries) // 2
-    out: list[Chunk] = []
-    for part in (entries[:half], entries[half:]):
+    pieces = min(n, size // MAX_MESSAGE_BYTES + 1)
+    step = -(-n // pieces)
+    out: list[bytes] = []
+    for lo in range(0, n, step):
+        part = entries[lo : lo + step]
         evs = [e[2] for e in part if e[1]]
         sks = [e[2] for e in part if not e[1]]
         out += _split(Chunk(chunk.node, chunk.file_key, chunk.path, evs, sks))

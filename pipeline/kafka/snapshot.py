@@ -8,18 +8,23 @@ decoder and crash the engine later, on every aggregator at once. So each slot ha
 that checks type, shape and bounds (``SUMMARY_FIELDS``); a new tally in ``pipeline.core.traffic``
 needs its entry here (tests/unit/kafka compare the tables with the slots). Unknown keys are
 ignored, so a newer writer can add a tally without older readers dead-lettering its snapshots.
+The bouncer verdicts per bucket (``"mm"``, ``pipeline.kafka.mismatch``) are optional the same
+way: a snapshot of an older writer, or of an aggregator without bouncer settings, has none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 from parsers.records import ParseStats, SkipReason
 from pipeline.core.addresses import AddrClass
+from pipeline.core.bouncer import ModeCounts
 from pipeline.core.diversity import MASK_LIMIT
 from pipeline.core.traffic import InternalClient, Summary
+from pipeline.kafka.mismatch import buckets_from_json
 from pipeline.kafka.validate import (
     MAX_COUNT,
     MAX_FIELD_CHARS,
@@ -256,6 +261,9 @@ class Snapshot:
     buckets: list[tuple[int, Summary]]
     stats: dict[str, ParseStats]
     marks: list[list[Any]]
+    # Bouncer verdicts per bucket (``"mm"``, pipeline.kafka.mismatch): absent from an older
+    # writer's snapshot or one without bouncer settings.
+    mismatch: list[tuple[int, ModeCounts]] = dc_field(default_factory=list)
 
     def by_class(self) -> dict[tuple[str, AddrClass], int]:
         """Cumulative requests per (entrypoint, class), as ``Timeline.by_class``."""
@@ -294,6 +302,7 @@ def decode_snapshot(data: bytes | None) -> Snapshot:
         )
     if "w" in d:
         need_ts(d["w"], "write time")
+    mismatch = buckets_from_json(d["mm"], MAX_BUCKET) if "mm" in d else []
     return Snapshot(
         partition=need_int(field(d, "p", "snapshot"), 0, MAX_PARTITION, "partition"),
         epoch=need_int(field(d, "e", "snapshot"), 0, MAX_EPOCH, "epoch"),
@@ -304,4 +313,5 @@ def decode_snapshot(data: bytes | None) -> Snapshot:
         buckets=buckets,
         stats=stats,
         marks=marks,
+        mismatch=mismatch,
     )

@@ -23,14 +23,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
-from parsers.records import AccessRecord, ParseStats
+from parsers.records import TS, AccessRecord, ParseStats
 from pipeline.core.addresses import AddrClass, Classification
+from pipeline.core.bouncer import BouncerModel, MismatchTally, ModeCounts
 from pipeline.core.traffic import Summary, Timeline, clamp_future, count_runs
-from pipeline.kafka.events import Chunk, Watermarks, chunk_stats, record_of
+from pipeline.kafka.events import Chunk, Watermarks, chunk_stats, records_of
+from pipeline.kafka.mismatch import buckets_to_json
 from pipeline.kafka.snapshot import (
     SNAPSHOT_VERSION,
     Snapshot,
@@ -42,6 +44,7 @@ from pipeline.kafka.snapshot import (
 from pipeline.kafka.validate import DeadLetter, Reason
 
 __all__ = [
+    "ClusterMismatch",
     "ClusterTimeline",
     "ClusterView",
     "PartitionState",
@@ -97,6 +100,7 @@ class PartitionState:
         "epoch",
         "exact",
         "marks",
+        "mismatch",
         "offset",
         "partition",
         "stats",
@@ -104,8 +108,15 @@ class PartitionState:
     )
 
     def __init__(
-        self, partition: int, epoch: int, window_s: int, bucket_s: int, offset: int = 0
+        self,
+        partition: int,
+        epoch: int,
+        window_s: int,
+        bucket_s: int,
+        offset: int = 0,
+        bouncer: BouncerModel | None = None,
     ) -> None:
+        """``bouncer``: judge ``ban_mismatch`` per bucket (``pipeline.kafka.mismatch``)."""
         self.partition = partition
         self.epoch = epoch
         self.offset = offset
@@ -113,15 +124,29 @@ class PartitionState:
         self.timeline = PartitionTimeline(window_s, bucket_s)
         self.stats: dict[str, ParseStats] = {}
         self.marks = Watermarks()
+        self.mismatch: MismatchTally | None = None
+        if bouncer is not None:  # the same buckets kept as ``run``'s engine keeps
+            self.mismatch = MismatchTally(bouncer, bucket_s, window_s // bucket_s + 2)
         self.dirty = True  # a new owner announces itself with its first snapshot
         # True once ``offset`` is known to be the next message (restored, or one read): a
         # later message means some were skipped.
         self.exact = False
 
     @classmethod
-    def restore(cls, snap: Snapshot, epoch: int, window_s: int, bucket_s: int) -> PartitionState:
-        state = cls(snap.partition, epoch, window_s, bucket_s, snap.offset)
+    def restore(
+        cls,
+        snap: Snapshot,
+        epoch: int,
+        window_s: int,
+        bucket_s: int,
+        bouncer: BouncerModel | None = None,
+    ) -> PartitionState:
+        """A snapshot without verdicts (an older writer, or one without bouncer settings)
+        restores with none: they start from here."""
+        state = cls(snap.partition, epoch, window_s, bucket_s, snap.offset, bouncer)
         state.timeline.load(snap.buckets, snap.span_by_class, snap.first_ts, snap.last_ts)
+        if state.mismatch is not None:
+            state.mismatch.buckets = dict(snap.mismatch)
         state.stats = snap.stats
         state.marks = Watermarks.from_list(snap.marks)
         state.exact = True
@@ -143,11 +168,18 @@ class PartitionState:
         """
         events, skips = self.marks.fresh(chunk)
         if events:
-            records = cast("list[AccessRecord]", [record_of(r) for r in events])
+            records = records_of(events)
             runs = count_runs(records, self.bucket_s)
             if max_future_s is not None:
                 runs = clamp_future(runs, now + max_future_s, self.bucket_s)
             self.timeline.add_runs(runs, classify)
+            if self.mismatch is not None:
+                if max_future_s is not None:
+                    records = _clamped(records, now + max_future_s)
+                if chunk.version == 1:  # no ClientHost, no peer: nothing can be judged
+                    self.mismatch.add_unjudged(records)
+                else:
+                    self.mismatch.add(records)
         if events or skips:
             st = self.stats.get(chunk.source)
             if st is None:
@@ -181,6 +213,8 @@ class PartitionState:
             "wm": self.marks.as_list(),
             "w": now,
         }
+        if self.mismatch is not None:
+            body["mm"] = buckets_to_json(self.mismatch)
         data = orjson.dumps(body)
         if len(data) > SNAPSHOT_MAX_BYTES:
             log.warning(
@@ -189,8 +223,18 @@ class PartitionState:
                 len(data),
             )
             body["b"] = [[b, summary_to_json(s, clients=False)] for b, s in tl.buckets()]
+            if self.mismatch is not None:
+                body["mm"] = buckets_to_json(self.mismatch, addresses=False)
             data = orjson.dumps(body)
         return data
+
+
+def _clamped(records: list[AccessRecord], edge: float) -> list[AccessRecord]:
+    """Records with no time past ``edge`` (``clamp_future`` for the verdict tally, which puts a
+    batch in the bucket of its latest time); a copy only when one is past it."""
+    if max(r[TS] for r in records) <= edge:
+        return records
+    return [r if r[TS] <= edge else (edge, *r[1:]) for r in records]
 
 
 # -- the cluster view ------------------------------------------------------------------------
@@ -220,6 +264,7 @@ class ClusterView:
         self._raw: dict[int, bytes] = {}
         self.version = 0
         self._cache: dict[bool, tuple[tuple[int, int | None], Summary]] = {}
+        self._mismatch: tuple[tuple[int, int, int], ModeCounts] | None = None
 
     def apply(self, data: bytes | None) -> bool:
         """Take a snapshot message; False if it is stale (older epoch or offset).
@@ -316,6 +361,23 @@ class ClusterView:
                 out.merge(s)
         return out
 
+    def mismatch(self, last_ts: float, window_s: int) -> ModeCounts:
+        """The partitions' bouncer verdicts in the window ending at ``last_ts``, merged as
+        ``MismatchTally.window`` sums one tally's buckets (partitions in order: every
+        aggregator merges alike, caps included)."""
+        newest = int(last_ts) // self.bucket_s
+        first = newest - max(1, window_s // self.bucket_s) + 1
+        key = (self.version, first, newest)
+        if self._mismatch is not None and self._mismatch[0] == key:
+            return self._mismatch[1]
+        out = ModeCounts()
+        for p in sorted(self.parts):
+            for b, counts in self.parts[p].mismatch:
+                if first <= b <= newest:
+                    out.merge(counts)
+        self._mismatch = (key, out)
+        return out
+
     def by_class(self) -> dict[tuple[str, AddrClass], int]:
         out: dict[tuple[str, AddrClass], int] = {}
         for snap in self.parts.values():
@@ -389,3 +451,23 @@ class ClusterTimeline(Timeline):
 
     def by_class(self) -> dict[tuple[str, AddrClass], int]:
         return self.view.by_class()
+
+
+class ClusterMismatch(MismatchTally):
+    """The engine's bouncer tally on an aggregator: its window is the cluster view's merge.
+
+    Nothing is added to it (the aggregator's engine sees no records); the partition owners count
+    (``PartitionState``) and the snapshots carry the counts here.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self, model: BouncerModel, view: ClusterView) -> None:
+        super().__init__(model, view.bucket_s, keep=None)
+        self.view = view
+
+    def add(self, records: Sequence[AccessRecord]) -> None:
+        """Never called on an aggregator (counted per partition instead)."""
+
+    def window(self, last_ts: float, window_s: int) -> ModeCounts:
+        return self.view.mismatch(last_ts, window_s)

@@ -83,6 +83,17 @@ def version_of(d: Any, version: int, what: str) -> dict[str, Any]:
     return d
 
 
+def version_in(d: Any, versions: tuple[int, ...], what: str) -> tuple[dict[str, Any], int]:
+    """``d`` as an object whose ``"v"`` is one of ``versions`` (a reader of several formats
+    during a rolling upgrade), and that version."""
+    if type(d) is not dict:
+        fail(Reason.SCHEMA, f"not a JSON object ({what})")
+    v = d.get("v")
+    if type(v) is not int or v not in versions:
+        fail(Reason.VERSION, f"not {what} of version {', '.join(map(str, versions))}")
+    return d, v
+
+
 def need_int(v: Any, lo: int, hi: int, what: str) -> int:
     if type(v) is not int:  # bool is not an int here; big numbers orjson read as floats neither
         fail(Reason.SCHEMA, f"{what}: not an integer")

@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from parsers.records import ParseStats
 from pipeline.config import RunConfig
+from pipeline.core.bouncer import BouncerModel
+from pipeline.core.engine import Engine
 from pipeline.core.findings import EventSink, FindingEvent
 from pipeline.crowdsec.lapi import LapiAuthError, LapiStream
 from pipeline.errors import EXIT_OK, EXIT_USAGE
@@ -37,7 +39,7 @@ from pipeline.kafka.consumer import EventsConsumer, TotalsReader
 from pipeline.kafka.events import Partitioner
 from pipeline.kafka.findings import KafkaFindings
 from pipeline.kafka.routing import FindingRouter
-from pipeline.kafka.totals import ClusterTimeline, ClusterView
+from pipeline.kafka.totals import ClusterMismatch, ClusterTimeline, ClusterView
 from pipeline.live.lifecycle import (
     Lifecycle,
     Supervisor,
@@ -109,6 +111,10 @@ class Aggregator:
         )
         self.timeline = ClusterTimeline(self.view)
         self.engine = engine_from_config(config, clock, self.timeline, engine_config)
+        bouncer: BouncerModel | None = None
+        if engine_config.bouncer is not None:  # plugin_* keys: judge ban_mismatch
+            bouncer = BouncerModel(engine_config.bouncer)
+            _use_cluster_mismatch(self.engine, ClusterMismatch(bouncer, self.view))
         self.metrics = Metrics(registry or CollectorRegistry(), remediation=False)
         self.lapi: LapiStream | None = lapi_from_config(config)
         self.stop = asyncio.Event()
@@ -133,6 +139,7 @@ class Aggregator:
             flush_s=flush_s,
             clock=clock,
             max_future_s=engine_config.max_future_s,
+            bouncer=bouncer,
         )
         self.router: FindingRouter | None = None
         self.sinks: list[EventSink] = []
@@ -299,6 +306,14 @@ class Aggregator:
         self.metrics.refresh(
             self.engine, dict.fromkeys(self.engine.stats, "kafka"), source_health(self.lapi)
         )
+
+
+def _use_cluster_mismatch(engine: Engine, tally: ClusterMismatch) -> None:
+    """Judge ``ban_mismatch`` on the cluster view's verdicts, as ``ClusterTimeline`` makes the
+    engine judge traffic on the view. The engine builds its own tally from
+    ``EngineConfig.bouncer`` and offers no argument to pass one (as ``timeline``), so this one
+    replaces it; the engine is fed no records here, so nothing is lost."""
+    engine._bouncer = tally  # until Engine takes ``mismatch=`` as it takes ``timeline=``
 
 
 def session_timeout_ms_default(config: RunConfig) -> int:

@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -307,6 +307,17 @@ def node_log_lines(n: int, seed: int, masked_share: float, rate: float = 20.0) -
     return list(generate(cfg))
 
 
+def public_hop_lines(n: int, seed: int, hop: str) -> list[bytes]:
+    """Generated lines 90% of which arrive through ``hop``, a public address (node SNAT): many
+    clients, so many User-Agents, behind one address (a ``suspected_hop``)."""
+    from bench.generate import GenConfig, generate
+
+    cfg = GenConfig(
+        lines=n, seed=seed, masked_share=0.9, rate=20.0, clients=400, hops=((hop, 1.0),)
+    )
+    return list(generate(cfg))
+
+
 def clf_lines(n: int, client: str = "198.51.100.77") -> list[bytes]:
     """Common-format lines inside the generated logs' time span."""
     tail = '"-" "curl/8.5.0" 1 "invidious@kubernetescrd" "http://10.42.0.57:3000" 3ms\n'
@@ -378,8 +389,15 @@ class AggregatorProcess:
     """``auditor aggregate`` as a subprocess (its own process group), metrics on a free port."""
 
     def __init__(
-        self, broker: TansuBroker, root: Path, name: str, *, group: str = "failover"
+        self,
+        broker: TansuBroker,
+        root: Path,
+        name: str,
+        *,
+        group: str = "failover",
+        extra: Sequence[str] = (),
     ) -> None:
+        """``extra``: more ``auditor aggregate`` flags (the bouncer plugin's settings...)."""
         self.port = free_port()
         self.findings = root / f"{name}.jsonl"
         self.log = root / f"{name}.log"
@@ -389,6 +407,7 @@ class AggregatorProcess:
             *("--kafka-partitions", str(PARTITIONS), "--kafka-group", group),
             *("--kafka-timeout", "18"),  # group session timeout: 6 s
             *("--metrics-listen", f"127.0.0.1:{self.port}", "--findings", str(self.findings)),
+            *extra,
         ]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -198,7 +198,7 @@ def test_oversized_batches_are_split_in_order(monkeypatch: pytest.MonkeyPatch) -
         b"",
         b"{",
         b"[]",
-        b'{"v":2}',
+        b'{"v":3}',
         b'{"v":1,"n":"a","f":"b","p":"c","e":[[1]],"s":[]}',
         b'{"v":1,"n":"a","f":"b","p":"c","e":[],"s":[[1,"nope"]]}',
     ],
@@ -330,5 +330,5 @@ def test_snapshot_is_json_with_the_offset_and_epoch() -> None:
     assert (body["p"], body["e"], body["o"]) == (3, 42, 17)
     assert (
         encode_chunk(Chunk("a", "b", "c", [], []))
-        == b'{"v":1,"n":"a","f":"b","p":"c","e":[],"s":[]}'
+        == b'{"v":2,"n":"a","f":"b","p":"c","e":[],"s":[]}'
     )

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from parsers.records import ParseStats
 from parsers.traefik import _MAX_TS as PARSER_MAX_TS
 from pipeline.core.addresses import Classifier
+from pipeline.core.bouncer import BouncerModel, BouncerSettings
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.networks import build_networks
 from pipeline.core.traffic import InternalClient, Summary
@@ -26,7 +27,13 @@ from pipeline.kafka.client import KafkaSettings
 from pipeline.kafka.consumer import EventsConsumer, TotalsReader
 from pipeline.kafka.events import BatchEncoder, Chunk, decode_chunk
 from pipeline.kafka.snapshot import INTERNAL_FIELDS, SUMMARY_FIELDS
-from pipeline.kafka.totals import ClusterTimeline, ClusterView, PartitionState, decode_snapshot
+from pipeline.kafka.totals import (
+    ClusterMismatch,
+    ClusterTimeline,
+    ClusterView,
+    PartitionState,
+    decode_snapshot,
+)
 from pipeline.kafka.validate import (
     MAX_FIELD_CHARS,
     MAX_MESSAGE_BYTES,
@@ -36,11 +43,14 @@ from pipeline.kafka.validate import (
     Topic,
     need_ts,
 )
+from pipeline.live.aggregator import _use_cluster_mismatch
 from sinks.prometheus import DEAD_LETTER_REASONS, DEAD_LETTER_TOPICS, Metrics
 from tests.support.crowdsec import traefik_json_line
 from tests.support.metric_names import METRIC_LABEL_VALUES
 
 CLASSIFY = Classifier(build_networks({}, k3s=True, origin="test")).classify
+SETTINGS = BouncerSettings(header="X-Real-Ip")
+BOUNCER = BouncerModel(SETTINGS)
 NOW = 1_741_939_200.0  # 2025-03-14T08:00:00Z
 WHEN = dt.datetime.fromtimestamp(NOW, dt.UTC)
 GOOD_ROW: list[Any] = [120, 0, NOW, "web", "10.42.0.7", "a.example", "r@docker", "", ""]
@@ -120,7 +130,7 @@ def test_a_bad_event_row_dead_letters_the_message(row: Any, reason: Reason) -> N
         (b"[]", Reason.SCHEMA),
         (b'"chunk"', Reason.SCHEMA),
         (b"{}", Reason.VERSION),
-        (b'{"v":2}', Reason.VERSION),
+        (b'{"v":3}', Reason.VERSION),
         (chunk_bytes(v=True), Reason.VERSION),
         (chunk_bytes(v="1"), Reason.VERSION),
         (chunk_bytes(n=7), Reason.SCHEMA),
@@ -165,12 +175,19 @@ def test_the_time_bound_is_the_parsers() -> None:
 
 def rich_state(partition: int = 0, when: float = NOW) -> PartitionState:
     """A partition state using every tally: internal hops with kept headers, public clients,
-    common-format lines and skips."""
+    common-format lines and skips, and bouncer verdicts with an example."""
     xff = {"request_X-Forwarded-For": "198.51.100.4"}
     lines = [
         traefik_json_line("10.42.0.9", when=WHEN, extra=xff).encode(),
         traefik_json_line("10.42.0.9", when=WHEN).encode(),
-        traefik_json_line("203.0.113.5", path="/x", when=WHEN).encode(),
+        # checked by a X-Real-Ip bouncer on the hop it came through: a ban_mismatch verdict
+        traefik_json_line(
+            "203.0.113.5",
+            path="/x",
+            when=WHEN,
+            client_addr="10.42.0.9:1000",
+            extra={"request_X-Real-Ip": "10.42.0.9"},
+        ).encode(),
         b'10.42.0.3 - - [14/Mar/2025:08:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "c" 1 "r" "u" 1ms',
         b"",
         b"{not json",
@@ -180,7 +197,7 @@ def rich_state(partition: int = 0, when: float = NOW) -> PartitionState:
         pos += len(line) + 1
         ends.append(pos)
     rows, skips = BatchEncoder("node-a").entries("k", lines, ends)
-    state = PartitionState(partition, 7, 900, 60)
+    state = PartitionState(partition, 7, 900, 60, bouncer=BOUNCER)
     state.apply(0, Chunk("node-a", "k", "/a.log", rows, skips), CLASSIFY, when)
     return state
 
@@ -217,12 +234,13 @@ def _norm(v: Any) -> Any:
 def test_a_rich_snapshot_round_trips() -> None:
     state = rich_state()
     snap = decode_snapshot(state.encode(NOW))
-    again = PartitionState.restore(snap, state.epoch, 900, 60).encode(NOW)
+    again = PartitionState.restore(snap, state.epoch, 900, 60, BOUNCER).encode(NOW)
     assert _norm(orjson.loads(again)) == _norm(orjson.loads(state.encode(NOW)))
     whole = snap.buckets[-1][1]
     assert whole.total == 4
     assert whole.internal["10.42.0.9"].count == 2
     assert whole.ep_headers
+    assert snap.mismatch[-1][1].examples  # the fuzzer below mutates a verdict with an example
 
 
 def _mutate(body: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -419,7 +437,7 @@ def _use_chunk(data: bytes) -> None:
         chunk = decode_chunk(data)
     except DeadLetter:
         return
-    state = PartitionState(0, 1, 900, 60)
+    state = PartitionState(0, 1, 900, 60, bouncer=BOUNCER)
     state.apply(0, chunk, CLASSIFY, NOW, 300.0)
     decode_snapshot(state.encode(NOW))
 
@@ -430,8 +448,9 @@ def _use_snapshot(data: bytes) -> None:
         view.apply(data)
     except DeadLetter:
         return
-    config = EngineConfig(max_future_s=300.0)
+    config = EngineConfig(max_future_s=300.0, bouncer=SETTINGS, clear_recovered=True)
     engine = Engine(config, Classifier(), lambda: NOW, ClusterTimeline(view))
+    _use_cluster_mismatch(engine, ClusterMismatch(BOUNCER, view))
     timeline = engine.traffic
     assert isinstance(timeline, ClusterTimeline)
     timeline.sync()
