@@ -281,7 +281,6 @@ RUN_ONLY: frozenset[str] = frozenset(
         "lapi_credentials_file",
         "remediate_max_per_minute",
         "remediate_origins",
-        "crowdsec_metrics_url",
         "kafka_local_audit",
     }
 )

@@ -1,7 +1,8 @@
 """The aggregator behind ``auditor aggregate``: the engine on the cluster-wide view.
 
 Tasks on one event loop, so the engine stays single-threaded: the events consumer (partition
-states and snapshots), the totals reader (cluster view), the LAPI decisions stream and a ticker
+states and snapshots), the totals reader (cluster view), the LAPI decisions stream, the poll of
+CrowdSec's metrics (health and whitelist_gap, judged on the cluster's traffic) and a ticker
 that evaluates the engine once a second. Findings leave through ``FindingRouter`` (only those of
 owned partitions) to the JSONL sink and the findings topic. See ``pipeline.kafka`` for the design;
 the start/stop machinery is the one ``auditor run`` uses (``pipeline.live.lifecycle``).
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from parsers.records import ParseStats
 from pipeline.config import RunConfig
+from pipeline.contracts import LiveState, Service
 from pipeline.core.bouncer import BouncerModel
 from pipeline.core.engine import Engine
 from pipeline.core.findings import EventSink, FindingEvent
@@ -117,6 +119,12 @@ class Aggregator:
             _use_cluster_mismatch(self.engine, ClusterMismatch(bouncer, self.view))
         self.metrics = Metrics(registry or CollectorRegistry(), remediation=False)
         self.lapi: LapiStream | None = lapi_from_config(config)
+        self.health: Service | None = None
+        if config.crowdsec_metrics_url:  # whitelist_gap and CrowdSec health, cluster-wide
+            from pipeline.crowdsec.health import HealthChecker, HealthService
+
+            checker = HealthChecker(config.crowdsec_metrics_url)
+            self.health = HealthService(checker, config.lapi_poll_interval)
         self.stop = asyncio.Event()
         self.tasks = Supervisor(self.stop, log)
         self.reader = TotalsReader(
@@ -166,6 +174,11 @@ class Aggregator:
             if self.lapi is not None:
                 lapi = self.lapi
                 main.append(self.tasks.spawn("decisions", lambda: self._decisions(lapi)))
+            if self.health is not None:
+                health = self.health
+                main.append(
+                    self.tasks.spawn("crowdsec health", lambda: health.run(self.stop, self._post))
+                )
             await asyncio.gather(*main)
             if self.tasks.fatal is None:
                 if self.events.healthy:  # read our own last snapshots back before the last word
@@ -267,6 +280,16 @@ class Aggregator:
         except LapiAuthError as exc:
             self._fatal = exc
             self.stop.set()
+
+    async def _post(self, apply: Callable[[LiveState], None]) -> None:
+        """A service's verdicts (``pipeline.contracts.Service``): applied at once, on the one
+        event loop that also runs the ticker, then routed like every finding event."""
+        apply(self)
+        self._emit()
+
+    @property
+    def lapi_configured(self) -> bool:
+        return self.lapi is not None
 
     # -- engine ---------------------------------------------------------------------------------
     def _evaluate(self) -> None:
