@@ -34,7 +34,7 @@ BOUNCER_CONFIG_KEYS = (
 def lapi_from_config(config: RunConfig) -> LapiStream | None:
     if not config.lapi_url:
         return None
-    # Imported here: aiohttp costs ~10 MB of RSS, which a sidecar without a LAPI need not pay.
+    # Imported here: a sidecar without a LAPI need not load the CrowdSec modules.
     from pipeline.crowdsec.lapi import LapiConfig, LapiStream
 
     if config.lapi_key_file:
