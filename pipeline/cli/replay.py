@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parsers.crowdsec import DecisionDelta, DecisionFormatError, parse_decisions
 from parsers.envelope import Envelope, EnvelopeDecoder
@@ -35,6 +36,9 @@ from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from pipeline.sources.parallel import audit_parallel
 from pipeline.sources.readfile import input_size, line_batches, open_input
 from sinks.report import Style, build_report, render_json, render_markdown, render_table
+
+if TYPE_CHECKING:
+    from pipeline.crowdsec.whitelists import Agent
 
 FORMATS = ("table", "json", "markdown", "html")
 NEVER = ("never", "none")  # --fail-on values for report-only use (make demo, scripts)
@@ -125,10 +129,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="auto",
         help="colour severities in the table (default: auto, on a terminal unless NO_COLOR is set)",
     )
+    p.add_argument(
+        "--crowdsec-metrics",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a CrowdSec agent's /metrics page saved after it read these logs (curl -s "
+        "http://agent:6060/metrics > FILE; repeatable, one per agent): whitelist_gap findings",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_network_args(p)
     add_bouncer_args(p)
     p.set_defaults(func=run_replay)
+
+
+MAX_METRICS_BYTES = 16 << 20  # a CrowdSec agent's page is tens of kB; this is no metrics page
+
+
+def load_crowdsec_metrics(paths: list[str]) -> list[Agent]:
+    """Saved CrowdSec metrics pages, each an agent named by its file; a file that is not one
+    exits 2 naming it (a report without the check would read as all clear)."""
+    if not paths:
+        return []
+    from parsers.crowdsec_metrics import parse_metrics
+    from pipeline.crowdsec.whitelists import Agent
+
+    agents = []
+    for path in paths:
+        what = f"--crowdsec-metrics {path}"
+        try:
+            with open_input(path) as fh:
+                raw = fh.read(MAX_METRICS_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"{what}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_METRICS_BYTES:
+            raise UsageError(f"{what}: over {MAX_METRICS_BYTES >> 20} MiB: not a metrics page")
+        try:
+            metrics = parse_metrics(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"{what}: not Prometheus text ({str(exc)[:120]})") from None
+        if not metrics.crowdsec:
+            raise UsageError(f"{what}: no CrowdSec series in it (cs_*): not an agent's page")
+        agents.append(Agent(path, metrics))
+    return agents
 
 
 def load_decisions(paths: list[str]) -> list[DecisionDelta]:
@@ -155,9 +198,9 @@ def _check_args(args: argparse.Namespace) -> None:
             flag = "--" + key.replace("_", "-")
             msg = f"{flag}: must be {limits.describe(integer=isinstance(value, int))}"
             raise UsageError(msg)
-    if sum(1 for f in [*args.files, *args.decisions] if f == "-") > 1:
+    if sum(1 for f in [*args.files, *args.decisions, *args.crowdsec_metrics] if f == "-") > 1:
         raise UsageError("stdin (-) can be read only once")
-    for f in [*args.files, *args.decisions]:
+    for f in [*args.files, *args.decisions, *args.crowdsec_metrics]:
         if f != "-" and Path(f).is_dir():
             raise UsageError(f"input {f} is a directory: name the log files in it")
         if f != "-" and not Path(f).exists():
@@ -286,6 +329,7 @@ def run_replay(args: argparse.Namespace) -> int:
         geo = GeoIP.open(args.geoip_db, engine.classifier)  # a bad file fails before any input
     for delta in load_decisions(args.decisions):
         engine.apply(delta)
+    agents = load_crowdsec_metrics(args.crowdsec_metrics)  # a bad file fails before any input
     show = not args.no_progress and sys.stderr.isatty()
     progress = Progress(sum(input_size(f) for f in args.files), enabled=show)
     for path in args.files:
@@ -297,6 +341,13 @@ def run_replay(args: argparse.Namespace) -> int:
     progress.close()
     check_inputs_parsed(engine, list(args.files), args.envelope, decisions=bool(args.decisions))
     engine.finish()
+    if agents:
+        from pipeline.crowdsec.whitelists import traffic_from, with_traffic
+
+        view = engine.traffic
+        span = max(0.0, view.last_ts - view.first_ts)
+        found = with_traffic(agents, traffic_from(view.whole().by_class), span)
+        engine.replace_findings("crowdsec_metrics", found)
     report = build_report(engine, list(args.files), geo)
     if geo is not None:
         geo.close()

@@ -40,6 +40,10 @@ the agents' configuration, not of the last window.
 ``auditor check`` scrapes once (``one_look``): the comparison, masking on totals since start, and
 ``no_whitelist`` (medium) for an agent that scores Traefik lines with no whitelist node at all,
 medium because without the auditor's traffic nothing says internal addresses are among them.
+``auditor replay --crowdsec-metrics FILE`` (``with_traffic``) has the traffic: each saved
+scrape's totals against the replayed logs' internal requests. Totals since the agent started
+cover at least the logs' span when the agent read those logs, so its whitelisted count can only
+be too high, never too low: ``internal_unwhitelisted`` then errs towards staying quiet.
 """
 
 from __future__ import annotations
@@ -370,4 +374,22 @@ def one_look(agents: Sequence[Agent], traefik_sources: Iterable[str] = ()) -> li
                 check="no_whitelist",
             )
         )
+    return out
+
+
+def with_traffic(agents: Sequence[Agent], traffic: Traffic, span: float) -> list[Finding]:
+    """``auditor replay``: ``one_look`` plus ``internal_unwhitelisted`` on each agent's totals
+    against the replayed traffic (see the module docstring); an agent it flags needs no
+    ``no_whitelist`` as well."""
+    out: list[Finding] = []
+    empty = CrowdSecMetrics()
+    for a in agents:
+        m = a.metrics
+        sources = set(m.traefik_ok) | {s for s in m.parser_ok if "traefik" in s.lower()}
+        judge = WhitelistJudge(a.shown_url)
+        gap = judge._unwhitelisted(span, m, empty, traffic, Traffic(), sources)
+        if gap is not None:
+            out.append(gap)
+    flagged = {f.target for f in out}
+    out += [f for f in one_look(agents) if not (f.check == "no_whitelist" and f.target in flagged)]
     return out
