@@ -13,36 +13,19 @@ Every wait polls against a deadline; nothing sleeps for a fixed time.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import shutil
-import signal
 import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.crowdsec import CrowdSecInstance, free_port, traefik_json_line
-from tests.support.paths import ROOT
+from tests.support.auditor_run import Auditor, append, auditor_bin, wait_for
+from tests.support.crowdsec import CrowdSecInstance, traefik_json_line
 
 pytestmark = pytest.mark.slow
 
 HOP = "10.42.0.9"  # servicelb
 CLIENT = "81.2.0.5"
-DEADLINE = 30.0
-
-
-def auditor_bin() -> str:
-    path = ROOT / ".venv" / "bin" / "auditor"
-    found = str(path) if path.exists() else shutil.which("auditor")
-    if not found:
-        pytest.fail("the auditor command is not installed (pip install -e . in the venv)")
-    return found
 
 
 def through_hop(start: dt.datetime, n: int) -> list[str]:
@@ -66,88 +49,6 @@ def direct(start: dt.datetime, n: int) -> list[str]:
     """``n`` requests straight from public clients: the bouncer checks what CrowdSec bans."""
     when = [start + dt.timedelta(seconds=i) for i in range(n)]
     return [traefik_json_line(f"93.184.0.{i % 40 + 1}", "/", when=w) for i, w in enumerate(when)]
-
-
-def append(path: Path, lines: list[str]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(ln + "\n" for ln in lines))
-
-
-class Auditor:
-    """``auditor run`` as a subprocess, its findings file and its metrics port."""
-
-    def __init__(self, tmp: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.findings = tmp / "findings.jsonl"
-        self.stderr_path = tmp / "auditor.stderr"
-        self._stderr = self.stderr_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITOR_")}
-        cmd = [
-            auditor_bin(),
-            "run",
-            "--access-log",
-            str(log),
-            "--metrics-listen",
-            f"127.0.0.1:{self.port}",
-            "--findings",
-            str(self.findings),
-            "--start-at",
-            "beginning",
-            "--lapi-poll-interval",
-            "1",
-            *extra,
-        ]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=tmp, env=env
-        )
-
-    def events(self, kind: str = "ban_mismatch") -> list[dict[str, Any]]:
-        if not self.findings.exists():
-            return []
-        lines = self.findings.read_text().splitlines()
-        return [e for e in map(json.loads, filter(str.strip, lines)) if e.get("kind") == kind]
-
-    def find(self, **want: Any) -> dict[str, Any] | None:
-        return next((e for e in self.events() if all(e.get(k) == v for k, v in want.items())), None)
-
-    def metrics(self) -> str:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                body: bytes = r.read()
-                return body.decode()
-        except (OSError, urllib.error.URLError):
-            return ""
-
-    def diag(self) -> str:
-        self.proc.poll()
-        return (
-            f"auditor exit code: {self.proc.returncode}\n--- stderr ---\n"
-            + self.stderr_path.read_text(errors="replace")[-4000:]
-            + "\n--- findings ---\n"
-            + "\n".join(json.dumps(e)[:400] for e in self.events())
-        )
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=5)
-        self._stderr.close()
-        return code
-
-
-def wait_for(pred: Callable[[], Any], what: str, diag: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{diag()}")
-        time.sleep(0.1)
 
 
 def gauge(auditor: Auditor, severity: str, value: str = "1.0") -> bool:
@@ -179,7 +80,9 @@ def test_bouncer_checks_the_hop_live_raised_critical_and_cleared(
     )
     try:
         high = wait_for(
-            lambda: auditor.find(state="raised", target="hop"), "ban_mismatch hop", auditor.diag
+            lambda: auditor.find(kind="ban_mismatch", state="raised", target="hop"),
+            "ban_mismatch hop",
+            auditor.diag,
         )
         assert high["severity"] == "high"
         assert high["evidence"]["bouncer_checks"] == [HOP]
@@ -190,13 +93,13 @@ def test_bouncer_checks_the_hop_live_raised_critical_and_cleared(
         lapi.add_decision(ip=HOP, reason="CrowdSec banned the hop")
         lapi.add_decision(ip=CLIENT, reason="a client the bouncer never checks")
         critical = wait_for(
-            lambda: auditor.find(target="hop", severity="critical"),
+            lambda: auditor.find(kind="ban_mismatch", target="hop", severity="critical"),
             "the hop finding to go critical",
             auditor.diag,
         )
         assert critical["evidence"]["hop_bans"][0]["value"] == HOP
         unseen = wait_for(
-            lambda: auditor.find(state="raised", target="decisions:unchecked"),
+            lambda: auditor.find(kind="ban_mismatch", state="raised", target="decisions:unchecked"),
             "the decision the bouncer never checks",
             auditor.diag,
         )
@@ -204,19 +107,23 @@ def test_bouncer_checks_the_hop_live_raised_critical_and_cleared(
 
         append(log, direct(now - dt.timedelta(minutes=4), 200))  # the hop is gone
         wait_for(
-            lambda: auditor.find(state="cleared", target="hop"),
+            lambda: auditor.find(kind="ban_mismatch", state="cleared", target="hop"),
             "the hop finding to clear",
             auditor.diag,
         )
         wait_for(
-            lambda: auditor.find(state="cleared", target="decisions:unchecked"),
+            lambda: auditor.find(
+                kind="ban_mismatch", state="cleared", target="decisions:unchecked"
+            ),
             "the unchecked decisions to clear",
             auditor.diag,
         )
         wait_for(lambda: gauge(auditor, "critical", "0.0"), "the gauge back to 0", auditor.diag)
     finally:
         assert auditor.stop() == 0, auditor.diag()
-    raised = [e for e in auditor.events() if e["state"] == "raised" and e["target"] == "hop"]
+    raised = [
+        e for e in auditor.events("ban_mismatch") if e["state"] == "raised" and e["target"] == "hop"
+    ]
     assert len(raised) == 1  # raised once, updated to critical, then cleared
 
 

@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
-import signal
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.auditor_run import Auditor, append, wait_for
 from tests.support.crowdsec import (
     CrowdSecInstance,
-    free_port,
     traefik_json_line,
     write_probing_burst,
 )
 from tests.support.crowdsec_fixtures import CrowdSecFactory, start_or_fail
-from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +39,6 @@ INVIDIOUS_PATHS = (
 )
 HOST = "invidious.example.test"
 ROUTER = "websecure-invidious-invidious-443@kubernetes"
-DEADLINE = 30.0
 POD_BANS = 'auditor_internal_bans_active{target_class="pod"}'
 DONE_PREFIX = 'auditor_remediations_total{action="delete_decision",result="done"} '
 
@@ -58,14 +48,6 @@ def done_count(metrics: str) -> float:
         if line.startswith(DONE_PREFIX):
             return float(line.removeprefix(DONE_PREFIX))
     return 0.0
-
-
-def auditor_bin() -> str:
-    path = ROOT / ".venv" / "bin" / "auditor"
-    found = str(path) if path.exists() else shutil.which("auditor")
-    if not found:
-        pytest.fail("the auditor command is not installed (pip install -e . in the venv)")
-    return found
 
 
 def invidious_lines() -> list[str]:
@@ -82,99 +64,11 @@ def invidious_lines() -> list[str]:
     return lines
 
 
-def append(path: Path, lines: list[str]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(ln + "\n" for ln in lines))
-
-
 def combined_line(ip: str, path: str) -> str:
     """Common format cut after the user agent (a log shipper's "combined"): the auditor reads it
     as common format; CrowdSec's traefik parser wants Traefik's trailing fields and rejects it."""
     now = dt.datetime.now(dt.UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
     return f'{ip} - - [{now}] "GET {path} HTTP/1.1" 200 5120 "-" "Mozilla/5.0"'
-
-
-def wait_for(pred: Callable[[], Any], what: str, diag: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{diag()}")
-        time.sleep(0.1)
-
-
-class Auditor:
-    """``auditor run`` as a subprocess, its findings file and its metrics port."""
-
-    def __init__(self, tmp: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.findings = tmp / "findings.jsonl"
-        self.stderr_path = tmp / "auditor.stderr"
-        cmd = [
-            auditor_bin(),
-            "run",
-            "--access-log",
-            str(log),
-            "--metrics-listen",
-            f"127.0.0.1:{self.port}",
-            "--findings",
-            str(self.findings),
-            "--checkpoint-dir",
-            str(tmp / "checkpoints"),
-            "--start-at",
-            "beginning",
-            "--lapi-poll-interval",
-            "1",
-            *extra,
-        ]
-        self.cmd = cmd
-        self._stderr = self.stderr_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITOR_")}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=tmp, env=env
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.findings.exists():
-            return []
-        return [json.loads(ln) for ln in self.findings.read_text().splitlines() if ln.strip()]
-
-    def find(self, **want: Any) -> dict[str, Any] | None:
-        for e in self.events():
-            if all(e.get(k) == v for k, v in want.items()):
-                return e
-        return None
-
-    def metrics(self) -> str:
-        try:
-            url = f"http://127.0.0.1:{self.port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                body: bytes = resp.read()
-                return body.decode()
-        except (OSError, urllib.error.URLError):
-            return ""
-
-    def diag(self) -> str:
-        self.proc.poll()
-        return (
-            f"auditor exit code: {self.proc.returncode}\n--- stderr ---\n"
-            + self.stderr_path.read_text(errors="replace")[-4000:]
-            + "\n--- findings ---\n"
-            + "\n".join(json.dumps(e)[:400] for e in self.events())
-        )
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=5)
-        self._stderr.close()
-        return code
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.crowdsec.test_e2e import Auditor, append, wait_for
+from tests.support.auditor_run import Auditor, append, wait_for
 from tests.support.crowdsec import CrowdSecInstance, traefik_json_line
 
 pytestmark = pytest.mark.slow

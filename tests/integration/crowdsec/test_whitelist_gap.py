@@ -14,14 +14,7 @@ Every wait polls against a deadline; nothing sleeps for a fixed time.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,23 +22,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.crowdsec import HUB_DIR, CrowdSecInstance, free_port, traefik_json_line
+from tests.support.auditor_run import Auditor as AuditorRun
+from tests.support.auditor_run import wait_for as wait_until
+from tests.support.crowdsec import HUB_DIR, CrowdSecInstance, traefik_json_line
 from tests.support.crowdsec_fixtures import CrowdSecFactory, start_or_fail
-from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
 HOP = "10.42.0.7"  # k3s pod range: internal by default, the masked client of every hop line
 PUBLIC = [f"198.51.100.{i}" for i in range(1, 60)]
 DEADLINE = 60.0
-
-
-def auditor_bin() -> str:
-    path = ROOT / ".venv" / "bin" / "auditor"
-    found = str(path) if path.exists() else shutil.which("auditor")
-    if not found:
-        pytest.fail("the auditor command is not installed (pip install -e . in the venv)")
-    return found
 
 
 class Feeder:
@@ -76,33 +62,11 @@ class Feeder:
             self._stop.wait(0.25)
 
 
-class Auditor:
-    """``auditor run`` as a subprocess: its findings file and its metrics."""
+class Auditor(AuditorRun):
+    """``auditor run`` polling the given agents' metrics."""
 
     def __init__(self, tmp: Path, log: Path, metrics_urls: list[str]) -> None:
-        self.port = free_port()
-        self.findings = tmp / "findings.jsonl"
-        self.stderr_path = tmp / "auditor.stderr"
-        cmd = [
-            auditor_bin(), "run",
-            "--access-log", str(log),
-            "--metrics-listen", f"127.0.0.1:{self.port}",
-            "--findings", str(self.findings),
-            "--checkpoint-dir", str(tmp / "checkpoints"),
-            "--start-at", "beginning",
-            "--lapi-poll-interval", "1",
-            "--crowdsec-metrics-url", ",".join(metrics_urls),
-        ]  # fmt: skip
-        self._stderr = self.stderr_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITOR_")}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=tmp, env=env
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.findings.exists():
-            return []
-        return [json.loads(ln) for ln in self.findings.read_text().splitlines() if ln.strip()]
+        super().__init__(tmp, log, "--crowdsec-metrics-url", ",".join(metrics_urls))
 
     def active(self) -> dict[tuple[str, str, str], dict[str, Any]]:
         """whitelist_gap findings currently raised, by (check, target, severity)."""
@@ -119,11 +83,8 @@ class Auditor:
 
     def gauge(self) -> float | None:
         """Sum of auditor_findings_active{kind="whitelist_gap"}; None before the first scrape."""
-        try:
-            url = f"http://127.0.0.1:{self.port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                text = resp.read().decode()
-        except (OSError, urllib.error.URLError):
+        text = self.metrics()
+        if not text:
             return None
         return sum(
             s.value
@@ -141,27 +102,9 @@ class Auditor:
             + "\n".join(json.dumps(e)[:600] for e in self.events() if e["kind"] == "whitelist_gap")
         )
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=5)
-        self._stderr.close()
-        return code
-
 
 def wait_for(pred: Callable[[], Any], what: str, diag: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{diag()}")
-        time.sleep(0.2)
+    return wait_until(pred, what, diag, deadline=DEADLINE)  # CrowdSec restarts in between
 
 
 def enable_hub_whitelist(inst: CrowdSecInstance) -> None:

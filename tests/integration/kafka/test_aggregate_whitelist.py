@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.cli.run import build_runner
 from pipeline.config import RunConfig
+from tests.support.crowdsec_agents import Agents, _agents  # noqa: F401 - the fixture
 from tests.support.kafka import (
     PARTITIONS,
     AggregatorProcess,
@@ -31,18 +31,8 @@ from tests.support.kafka import (
     node_log_lines,
 )
 from tests.support.waiting import until
-from tests.unit.crowdsec.test_health_agents import Agents
 
 LINES = 1200
-
-
-@pytest.fixture(name="agents")
-def _agents() -> Iterator[Agents]:
-    a = Agents()
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 async def test_aggregate_raises_whitelist_gap_from_the_cluster_traffic(

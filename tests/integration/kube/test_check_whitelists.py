@@ -6,9 +6,7 @@ crash."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,51 +15,21 @@ import pytest
 
 from tests.support.auditor_cli import Run, _auditor  # noqa: F401 - the fixture
 from tests.support.crowdsec import free_port
+from tests.support.crowdsec_agents import Agents, _agents  # noqa: F401 - the fixture
 from tests.support.kube_api import FakeKubeApi
 from tests.support.kube_facts import GOOD
-from tests.support.paths import ROOT
 from tests.support.schemas import validate_check
 
-METRICS = ROOT / "tests" / "data" / "crowdsec_metrics"
-
-
-class _Agents:
-    """``/<name>`` serves ``tests/data/crowdsec_metrics/<name>.prom``."""
-
-    def __init__(self) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = METRICS / f"{self.path.strip('/')}.prom"
-                body = path.read_bytes() if path.is_file() else b""
-                self.send_response(200 if body else 404)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(name="setup")
-def _setup(tmp_path: Path) -> Iterator[tuple[_Agents, Path]]:
+def _setup(tmp_path: Path, agents: Agents) -> Iterator[tuple[Agents, Path]]:
+    for name in ("wl-none-internal", "wl-hub-internal", "wl-hub-before"):
+        agents.serve(name, name)
     fake = FakeKubeApi().start().load_cluster(GOOD)
-    agents = _Agents()
     try:
         yield agents, fake.write_kubeconfig(tmp_path / "kubeconfig")
     finally:
-        agents.close()
         fake.stop()
 
 
@@ -75,7 +43,7 @@ def _gaps(auditor: Run, kubeconfig: Path, *urls: str) -> list[dict[str, Any]]:
 
 
 def test_the_agent_without_the_whitelist_the_other_runs_is_named(
-    auditor: Run, setup: tuple[_Agents, Path]
+    auditor: Run, setup: tuple[Agents, Path]
 ) -> None:
     agents, kubeconfig = setup
     bare, hub = agents.url("wl-none-internal"), agents.url("wl-hub-internal")
@@ -88,7 +56,7 @@ def test_the_agent_without_the_whitelist_the_other_runs_is_named(
 
 
 def test_agents_that_all_run_the_whitelist_raise_nothing(
-    auditor: Run, setup: tuple[_Agents, Path]
+    auditor: Run, setup: tuple[Agents, Path]
 ) -> None:
     agents, kubeconfig = setup
     assert (
@@ -97,7 +65,7 @@ def test_agents_that_all_run_the_whitelist_raise_nothing(
 
 
 def test_an_endpoint_that_does_not_answer_is_a_finding_not_a_crash(
-    auditor: Run, setup: tuple[_Agents, Path]
+    auditor: Run, setup: tuple[Agents, Path]
 ) -> None:
     agents, kubeconfig = setup
     dead = f"http://127.0.0.1:{free_port()}/metrics"
@@ -114,7 +82,7 @@ def test_an_endpoint_that_does_not_answer_is_a_finding_not_a_crash(
     ],
 )
 def test_a_url_that_is_no_url_exits_2_naming_the_flag(
-    auditor: Run, setup: tuple[_Agents, Path], flag: str, value: str
+    auditor: Run, setup: tuple[Agents, Path], flag: str, value: str
 ) -> None:
     _, kubeconfig = setup
     code, out, err = auditor("check", "--kubeconfig", str(kubeconfig), flag, value)

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline.config import RunConfig
@@ -19,57 +16,11 @@ from pipeline.core.findings import Finding, Kind, Severity
 from pipeline.crowdsec.health import GROUP, HealthChecker, HealthService, look_once, split_urls
 from pipeline.live.runner import Runner
 from tests.support.crowdsec import free_port
+from tests.support.crowdsec_agents import Agents, _agents  # noqa: F401 - the fixture
 from tests.support.paths import DATA
 from tests.support.waiting import until
 
 CAPTURES = DATA / "crowdsec_metrics"
-
-
-class Agents:
-    """Serves ``/<name>`` as the capture ``<name>.prom``; ``swap`` changes what one serves."""
-
-    def __init__(self) -> None:
-        self.texts: dict[str, str] = {}
-        texts = self.texts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = texts.get(self.path.strip("/"))
-                if body is None:
-                    self.send_error(404)
-                    return
-                data = body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str, userinfo: str = "") -> str:
-        return f"http://{userinfo}127.0.0.1:{self.server.server_port}/{path}"
-
-    def serve(self, path: str, capture: str) -> None:
-        self.texts[path] = (CAPTURES / f"{capture}.prom").read_text()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(name="agents")
-def _agents() -> Iterator[Agents]:
-    a = Agents()
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 def make_runner(tmp_path: Path) -> Runner:
