@@ -21,7 +21,6 @@ from tests.support.kube_facts import GOOD
 from tests.support.schemas import validate_check
 
 
-
 @pytest.fixture(name="setup")
 def _setup(tmp_path: Path, agents: Agents) -> Iterator[tuple[Agents, Path]]:
     for name in ("wl-none-internal", "wl-hub-internal", "wl-hub-before"):
