@@ -68,6 +68,8 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import islice
+from operator import itemgetter
 from typing import Any, Protocol
 
 from pipeline.core import fixes
@@ -96,6 +98,8 @@ class DriftConfig(Protocol):
 
 Row = tuple[int, int, int]  # bucket, requests, internal (or the hop's) requests
 PubRow = tuple[int, int, dict[str, int]]  # bucket, requests, heavy public clients' requests
+_requests = itemgetter(1)  # of a Row
+_internal = itemgetter(2)
 
 
 def _share(part: int, whole: int) -> float:
@@ -370,13 +374,27 @@ class DriftTracker:
         n, least = len(rows), cfg.drift_min_buckets
         if n < 2 * least:
             return None
-        all_t = sum(t for _, t, _ in rows)
-        all_i = sum(i for _, _, i in rows)
+        # Exact early "no": ``_held`` needs ``least`` rows at or after the split (itself at
+        # ``least`` or later) at or above the step's midpoint, which is never below
+        # ``rule.step / 2`` (the same float operations, so rounding cannot let one through).
+        # A stable share fails here in one pass instead of a ``_step`` per split, at every
+        # closed bucket, for every entrypoint.
+        half = rule.step / 2
+        if sum(1 for _, t, i in islice(rows, least, None) if i >= half * t) < least:
+            return None
+        all_t = sum(map(_requests, rows))
+        all_i = sum(map(_internal, rows))
         best: tuple[float, int, int, int] | None = None  # step, k, before requests, internal
+        least_requests, least_share = cfg.drift_min_requests, rule.share
         tb = ib = 0
         for k, (_, t, i) in enumerate(rows):
             if k >= least and n - k >= least:
                 ta, ia = all_t - tb, all_i - ib
+                # ``_step``'s first two tests, inline: most splits fail them.
+                if tb < least_requests or ta < least_requests or ia / ta < least_share:
+                    tb += t
+                    ib += i
+                    continue
                 step = self._step(tb, ib, ta, ia, k, n - k, rule)
                 if (
                     step is not None

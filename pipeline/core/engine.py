@@ -158,7 +158,8 @@ class Engine:
         self.config = config
         self._classifier = classifier
         self.clock = clock
-        self._timeline = timeline or Timeline(config.window_s, config.bucket_s)
+        # Its span needs no public clients' tables: nothing here reads them but closed buckets'.
+        self._timeline = timeline or Timeline(config.window_s, config.bucket_s, span_public=False)
         self._stats: dict[str, ParseStats] = {}
         self._table = DecisionTable()  # every active decision, compactly
         self._judge: Classifier | None = None  # see _judging
@@ -234,7 +235,13 @@ class Engine:
         """Fold a parsed batch in. Evaluation happens when a data-time bucket closes."""
         if self._bouncer is not None:
             self._bouncer.add(records)
-        self.ingest_runs(count_runs(records, self.config.bucket_s), stats, source)
+        if self.config.max_future_s is not None:  # live: runs are clamped to the clock first
+            self.ingest_runs(count_runs(records, self.config.bucket_s), stats, source)
+            return
+        # Replay: the timeline counts the open bucket's keys across batches (add_records).
+        self._merge_stats(stats, source)
+        self._timeline.add_records(records, self._classifier.classify, self._on_close)
+        self._ingested(stats, source)
 
     def ingest_mismatch(self, counts: bouncer.ModeCounts) -> None:
         """Fold the whole-input bouncer verdicts a parallel replay worker counted."""
@@ -243,14 +250,20 @@ class Engine:
 
     def ingest_runs(self, runs: Sequence[Run], stats: ParseStats, source: str) -> None:
         """Fold pre-counted runs in (``count_runs`` output, possibly from another process)."""
-        mine = self._stats.get(source)
-        if mine is None:
-            mine = self._stats[source] = ParseStats()
-        mine.merge(stats)
+        self._merge_stats(stats, source)
         limit = self.config.max_future_s
         if limit is not None and runs:
             runs = clamp_future(runs, self.clock() + limit, self.config.bucket_s)
         self._timeline.add_runs(runs, self._classifier.classify, self._on_close)
+        self._ingested(stats, source)
+
+    def _merge_stats(self, stats: ParseStats, source: str) -> None:
+        mine = self._stats.get(source)
+        if mine is None:
+            mine = self._stats[source] = ParseStats()
+        mine.merge(stats)
+
+    def _ingested(self, stats: ParseStats, source: str) -> None:
         self._last_ingest = self.clock()
         if stats.common or f"log_format:{source}" in self._findings:
             self._evaluate_format(source)
@@ -393,6 +406,8 @@ class Engine:
             self._data_now = max(self._data_now, self._timeline.last_ts) + quiet
             self._timeline.advance(self._data_now, self._on_close)
             self._last_ingest = now
+        for closed in self._timeline.revised(self._hops.last_noted):  # aggregator: late lines
+            self._hops.note(*closed)
         for closed in self._timeline.closed_since(self._hops.last_noted):  # aggregator
             self._note_closed(*closed)
         self._evaluate_masked()
@@ -422,6 +437,7 @@ class Engine:
     def set_networks(self, networks: Iterable[Network]) -> None:
         """The cluster's internal networks changed (discovery): swap them and re-judge every
         active decision against the new set."""
+        self._timeline.fold_pending()  # keys counted so far are classified as they came in
         self._classifier.replace_networks(networks)
         self.reclassify()
 

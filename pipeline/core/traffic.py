@@ -21,6 +21,8 @@ SET_CAP = 4096
 # Distinct internal addresses tracked per summary; a whole /16 of pods fits with room to spare.
 INTERNAL_CAP = 1 << 17
 CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
+# Distinct keys of the open bucket counted ahead of folding (Timeline.add_records): ~2 MB.
+PENDING_CAP = 4096
 
 _key = itemgetter(KEY)
 _ts = itemgetter(TS)
@@ -254,12 +256,15 @@ class Summary:
         keep = sorted(self.clients.items(), key=itemgetter(1), reverse=True)[: CLIENTS_CAP // 2]
         self.clients = dict(keep)
 
-    def merge(self, other: Summary, *, full: bool = True) -> None:
+    def merge(self, other: Summary, *, full: bool = True, public: bool = True) -> None:
         """Add ``other`` in, as if its keys had been added here.
 
         ``full=False`` merges the counters only (totals per entrypoint and class), which is what
         judging the window and the metrics read on every bucket; the per-client tables and the
         distinct-value sets serve evidence and reports, and cost a loop per client.
+        ``public=False`` leaves out the public clients' diversity tables (``pub_*``): the engine
+        reads only a closed bucket's (``suspected_hop``, drift), never its timeline's span, and
+        merging them into the span took a third of the work per closed bucket on quiet traffic.
         """
         self.total += other.total
         self.internal_overflow += other.internal_overflow
@@ -278,7 +283,8 @@ class Summary:
             self.ep_example.setdefault(ep, example)
         if not full:
             return
-        self._merge_public(other)
+        if public:
+            self._merge_public(other)
         clients = self.clients
         clients_get = clients.get
         for client, n in other.clients.items():
@@ -508,16 +514,86 @@ class Timeline:
     to time-ordered and exact placement of stragglers is not worth a per-line cost.
     """
 
-    __slots__ = ("_buckets", "_closed", "bucket_s", "first_ts", "last_ts", "span", "window_s")
+    __slots__ = (
+        "_buckets",
+        "_closed",
+        "_pending",
+        "_pending_classify",
+        "_span_public",
+        "bucket_s",
+        "first_ts",
+        "last_ts",
+        "span",
+        "window_s",
+    )
 
-    def __init__(self, window_s: int, bucket_s: int) -> None:
+    def __init__(self, window_s: int, bucket_s: int, *, span_public: bool = True) -> None:
+        """``span_public=False``: the span (and ``whole()``) keeps no public clients' diversity
+        tables (``pub_*``, see ``Summary.merge``): the engine's own timeline, which reads them
+        only from closed buckets."""
         self.window_s = window_s
         self.bucket_s = bucket_s
         self.span = Summary()  # everything folded so far except the open bucket
+        self._span_public = span_public
         self._buckets: deque[tuple[int, Summary]] = deque()
         self._closed = _ClosedCounters()
         self.first_ts = 0.0
         self.last_ts = 0.0
+        # The open bucket's keys counted by ``add_records`` and not yet folded into its summary.
+        self._pending: Counter[Key] | None = None
+        self._pending_classify: Classify | None = None
+
+    def add_records(
+        self,
+        records: Sequence[AccessRecord],
+        classify: Classify,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        """``add_runs(count_runs(records, bucket_s))``, with the open bucket's keys counted (in
+        C) into one ``Counter`` across batches and folded (``Summary.add_counts``) only when the
+        bucket closes, something reads the timeline, or ``PENDING_CAP`` keys wait: a busy
+        minute spans several batches, and the per-key Python work then runs once per distinct
+        key of the bucket instead of once per batch.
+
+        Buckets open (and ``on_close`` runs) as ``add_runs`` would open them, with the same
+        ``first_ts``/``last_ts``: a new run starts at the first line past the newest bucket
+        (``count_runs`` splits earlier only at lines that join the newest bucket anyway).
+        """
+        if not records:
+            return
+        bucket_s = self.bucket_s
+        times = list(map(_ts, records))
+        buckets = self._buckets
+        current = buckets[-1][0] if buckets else int(times[0]) // bucket_s
+        if int(max(times)) // bucket_s <= current:
+            bounds = [(current, 0, len(times))]
+        else:
+            bounds = _bounds(times, bucket_s, current)
+        whole = len(bounds) == 1
+        self._pending_classify = classify
+        for bucket, a, b in bounds:
+            lo, hi = _span(times if whole else times[a:b])
+            if lo and (self.first_ts == 0.0 or lo < self.first_ts):
+                self.first_ts = lo
+            if not buckets or bucket > buckets[-1][0]:
+                self._open(bucket, on_close)  # folds what waits for the bucket it closes
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = Counter()
+            pending.update(map(_key, records if whole else records[a:b]))
+            self.last_ts = max(self.last_ts, hi)
+            if len(pending) >= PENDING_CAP:
+                self.fold_pending()
+
+    def fold_pending(self) -> None:
+        """Fold the keys ``add_records`` counted into the open bucket (every read does)."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        classify = self._pending_classify
+        if pending and classify is not None and self._buckets:
+            self.add_runs([(self._buckets[-1][0], pending, 0.0, 0.0)], classify)
 
     def add_runs(
         self,
@@ -532,6 +608,8 @@ class Timeline:
         ``on_close`` runs when a bucket closes, before the window slides past it, so data-driven
         evaluation sees every bucket inside a window even across a gap in the data.
         """
+        if self._pending is not None:
+            self.fold_pending()
         closed: list[int] = []
         for bucket, tally, first, last in runs:
             if first and (self.first_ts == 0.0 or first < self.first_ts):
@@ -564,12 +642,14 @@ class Timeline:
         closed: list[int] = []
         if self._buckets and bucket <= self._buckets[-1][0]:
             return self._buckets[-1][1], closed
+        if self._pending is not None:
+            self.fold_pending()
         self._sync_closed()
         if self._buckets:
             if on_close is not None:
                 on_close()
             closed.append(self._buckets[-1][0])
-            self.span.merge(self._buckets[-1][1])
+            self.span.merge(self._buckets[-1][1], public=self._span_public)
             self._closed.push(self._buckets[-1][1])
         self._buckets.append((bucket, Summary() if fresh is None else fresh))
         horizon = bucket - max(1, self.window_s // self.bucket_s)
@@ -587,11 +667,18 @@ class Timeline:
 
     def newest(self) -> tuple[int, Summary] | None:
         """The newest bucket (id, summary); in ``on_close``, the bucket that is closing."""
+        if self._pending is not None:
+            self.fold_pending()
         return self._buckets[-1] if self._buckets else None
 
     def closed_since(self, bucket: int) -> list[tuple[int, Summary]]:
         """Buckets newer than ``bucket`` that closed without ``on_close`` (none here: a local
         timeline calls it; the aggregator's cluster timeline, fed by snapshots, overrides)."""
+        return []
+
+    def revised(self, noted: int) -> list[tuple[int, Summary]]:
+        """Buckets up to ``noted`` that changed after they closed (none here: a local bucket
+        closes once; a cluster timeline's can change when a partition's lines come late)."""
         return []
 
     def window(self, *, full: bool = False) -> Summary:
@@ -600,6 +687,8 @@ class Timeline:
         ``full=False`` merges the counters only (see ``Summary.merge``): the per-client tables
         and distinct-value sets are left empty, as only evidence of a raised finding needs them.
         """
+        if self._pending is not None:
+            self.fold_pending()
         out = Summary()
         if not full:
             self._sync_closed()
@@ -613,6 +702,8 @@ class Timeline:
 
     def by_class(self) -> dict[tuple[str, AddrClass], int]:
         """Cumulative requests per (entrypoint, client class), cheap enough for every scrape."""
+        if self._pending is not None:
+            self.fold_pending()
         out = dict(self.span.by_class)
         if self._buckets:
             for key, n in self._buckets[-1][1].by_class.items():
@@ -620,9 +711,12 @@ class Timeline:
         return out
 
     def whole(self) -> Summary:
-        """Span total including the open bucket."""
+        """Span total including the open bucket (see ``span_public``)."""
+        if self._pending is not None:
+            self.fold_pending()
         out = Summary()
-        out.merge(self.span)
+        public = self._span_public
+        out.merge(self.span, public=public)
         if self._buckets:
-            out.merge(self._buckets[-1][1])
+            out.merge(self._buckets[-1][1], public=public)
         return out
