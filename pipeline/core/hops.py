@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pipeline.core.diversity import (
     HOST_SHIFT,
@@ -115,6 +115,20 @@ class Verdict:
         }
 
 
+Row = TypeVar("Row", bound=tuple[int, ...])  # a kept row; its first item is its bucket
+
+
+def _insert(rows: deque[Row], row: Row) -> None:
+    """Append in bucket order; an older bucket (noted again) goes in its place."""
+    if not rows or rows[-1][0] < row[0]:
+        rows.append(row)
+        return
+    i = len(rows)
+    while i and rows[i - 1][0] > row[0]:
+        i -= 1
+    rows.insert(i, row)
+
+
 class HopTracker:
     """See module docstring. Pure: fed closed buckets, asked for verdicts."""
 
@@ -139,21 +153,38 @@ class HopTracker:
         return self._last_noted
 
     def note(self, bucket: int, s: Summary) -> None:
-        """A bucket closed (or the replay ended): keep its total and its heavy public clients."""
-        if bucket <= self._last_noted or not s.total:
+        """A bucket closed (or the replay ended): keep its total and its heavy public clients.
+
+        A bucket noted before is replaced (``aggregate``: a partition whose first lines came
+        late changed a bucket already judged, ``ClusterTimeline.revised``)."""
+        if bucket <= self._last_noted:
+            self._forget(bucket)
+        elif s.total:
+            self._last_noted = bucket
+        if not s.total:
             return
-        self._last_noted = bucket
         sites = values_mask(s.hosts, HOST_SHIFT) | values_mask(s.routers, ROUTER_SHIFT)
-        self._buckets.append((bucket, s.total, sites))
+        _insert(self._buckets, (bucket, s.total, sites))
         floor = self._cfg.hop_share / 2 * s.total
         start = float(bucket * self._cfg.bucket_s)
         for client, n in s.pub_count.items():
             if n >= floor:
-                self._seen.setdefault(client, deque()).append(
-                    (bucket, n, s.pub_mask.get(client, 0), s.pub_ua.get(client, 0))
-                )
-                self._first.setdefault(client, start)
-        self._expire(bucket)
+                row = (bucket, n, s.pub_mask.get(client, 0), s.pub_ua.get(client, 0))
+                _insert(self._seen.setdefault(client, deque()), row)
+                first = self._first.get(client)
+                self._first[client] = start if first is None else min(first, start)
+        self._expire(self._last_noted)
+
+    def _forget(self, bucket: int) -> None:
+        """Drop what was kept of ``bucket`` (it is noted again)."""
+        self._buckets = deque(r for r in self._buckets if r[0] != bucket)
+        for client in list(self._seen):
+            rows = self._seen[client]
+            if any(r[0] == bucket for r in rows):
+                rows = self._seen[client] = deque(r for r in rows if r[0] != bucket)
+                if not rows:
+                    del self._seen[client]
+                    self._first.pop(client, None)
 
     def _expire(self, newest: int) -> None:
         horizon = newest - max(1, self._cfg.window_s // self._cfg.bucket_s)

@@ -265,6 +265,7 @@ class ClusterView:
         self.version = 0
         self._cache: dict[bool, tuple[tuple[int, int | None], Summary]] = {}
         self._mismatch: tuple[tuple[int, int, int], ModeCounts] | None = None
+        self._revised: set[int] = set()  # buckets a newer snapshot changed (``take_revised``)
 
     def apply(self, data: bytes | None) -> bool:
         """Take a snapshot message; False if it is stale (older epoch or offset).
@@ -279,10 +280,37 @@ class ClusterView:
         cur = self.parts.get(snap.partition)
         if cur is not None and (snap.epoch, snap.offset) < (cur.epoch, cur.offset):
             return False
+        before = {b: bs.total for b, bs in cur.buckets} if cur is not None else {}
+        self._revised.update(b for b, bs in snap.buckets if before.get(b) != bs.total)
         self.parts[snap.partition] = snap
         self._raw[snap.partition] = data
         self.version += 1
         return True
+
+    def take_revised(self, noted: int) -> list[tuple[int, Summary]]:
+        """The cluster-wide summary of each bucket up to ``noted`` (already handed out by
+        ``closed_since``) that a snapshot changed since the last call, still in the window.
+
+        A partition that had no data yet does not hold buckets back from closing
+        (``settled_bucket``), so its first lines can land in buckets the engine has already
+        judged: a node's public hop whose sidecar started late was undercounted for good."""
+        revised, self._revised = self._revised, set()
+        newest = self.newest_bucket()
+        if newest is None:
+            return []
+        lo = newest - max(1, self.window_s // self.bucket_s)
+        wanted = {b for b in revised if lo < b <= noted}
+        if not wanted:
+            return []
+        merged: dict[int, Summary] = {}
+        for p in sorted(self.parts):
+            for b, bs in self.parts[p].buckets:
+                if b in wanted:
+                    out = merged.get(b)
+                    if out is None:
+                        out = merged[b] = Summary()
+                    out.merge(bs)
+        return sorted(merged.items(), key=lambda t: t[0])
 
     def epoch(self, partition: int) -> int:
         cur = self.parts.get(partition)
@@ -336,6 +364,7 @@ class ClusterView:
                     if out is None:
                         out = merged[b] = Summary()
                     out.merge(s)
+        self._revised -= merged.keys()  # handed out as they are now
         return sorted(merged.items(), key=lambda t: t[0])
 
     def window(self, *, full: bool = False) -> Summary:
@@ -435,6 +464,10 @@ class ClusterTimeline(Timeline):
         newest = self.view.newest_bucket()
         if newest is not None:
             self._closed_to = max(self._closed_to, newest + 1)
+
+    def revised(self, noted: int) -> list[tuple[int, Summary]]:
+        """Buckets up to ``noted`` that late partitions changed (``ClusterView.take_revised``)."""
+        return self.view.take_revised(noted)
 
     def closed_since(self, bucket: int) -> list[tuple[int, Summary]]:
         return self.view.closed_since(bucket, self._closed_to)

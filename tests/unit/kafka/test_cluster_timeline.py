@@ -83,3 +83,34 @@ def test_the_engine_on_the_cluster_timeline_raises_a_suspected_hop() -> None:
     assert hop.target == HOP
     assert hop.evidence["heavy_minutes"] == 4  # minute 4 is still open
     assert hop.evidence["requests"] == 160
+
+
+def test_a_snapshot_that_changes_a_closed_bucket_hands_it_out_again() -> None:
+    v = view()
+    publish(v, 0, range(6))
+    closed = v.closed_since(-1)  # partition 1 has no data yet: it holds nothing back
+    assert ids(closed) == [0, 1, 2, 3, 4]
+    assert v.take_revised(closed[-1][0]) == []  # nothing changed since
+    publish(v, 1, range(2), client=HOP)  # its first lines, for buckets already handed out
+    again = v.take_revised(closed[-1][0])
+    assert ids(again) == [0, 1]
+    assert [s.total for _, s in again] == [20, 20]  # both partitions, merged
+    assert v.take_revised(closed[-1][0]) == []  # once
+
+
+def test_a_hop_whose_partition_starts_late_is_still_counted_whole() -> None:
+    """The hop's sidecar starts after the others: its buckets were judged without it. Before
+    buckets were handed out again, the hop was never seen (its minutes were all noted)."""
+    v = view()
+    publish(v, 1, range(6), n=20)
+    tl = ClusterTimeline(v)
+    engine, _ = make_engine(FakeClock(T0 + 6 * 60), timeline=tl)
+    tl.sync()
+    engine.tick()
+    assert f"suspected_hop:{HOP}" not in engine.findings
+    publish(v, 0, range(6), client=HOP, n=40)
+    tl.sync()
+    engine.tick()
+    hop = engine.findings[f"suspected_hop:{HOP}"]
+    assert hop.evidence["heavy_minutes"] == 5  # minutes 0-4 again; minute 5 is still open
+    assert hop.evidence["requests"] == 200
