@@ -152,9 +152,11 @@ class Engine:
         classifier: Classifier,
         clock: Callable[[], float],
         timeline: Timeline | None = None,
+        mismatch: bouncer.MismatchTally | None = None,
     ) -> None:
         """``timeline``: the traffic tallies to evaluate; the Kafka aggregator passes the
-        cluster-wide view, everyone else gets a local one."""
+        cluster-wide view, everyone else gets a local one. ``mismatch``: likewise for the
+        bouncer's verdicts (``ban_mismatch``, with ``config.bouncer``)."""
         self.config = config
         self._classifier = classifier
         self.clock = clock
@@ -183,7 +185,7 @@ class Engine:
         if config.bouncer is not None:
             keep = None if config.blast_scope == "span" else config.window_s // config.bucket_s + 2
             model = bouncer.BouncerModel(config.bouncer)
-            self._bouncer = bouncer.MismatchTally(model, config.bucket_s, keep)
+            self._bouncer = mismatch or bouncer.MismatchTally(model, config.bucket_s, keep)
             if config.bouncer.client_trusted:
                 self._exempt = {}
 

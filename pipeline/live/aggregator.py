@@ -27,7 +27,6 @@ from parsers.records import ParseStats
 from pipeline.config import RunConfig
 from pipeline.contracts import LiveState, Service
 from pipeline.core.bouncer import BouncerModel
-from pipeline.core.engine import Engine
 from pipeline.core.findings import EventSink, FindingEvent
 from pipeline.crowdsec.lapi import LapiAuthError, LapiStream
 from pipeline.errors import EXIT_OK, EXIT_USAGE
@@ -112,11 +111,12 @@ class Aggregator:
             max_future_s=engine_config.max_future_s,
         )
         self.timeline = ClusterTimeline(self.view)
-        self.engine = engine_from_config(config, clock, self.timeline, engine_config)
         bouncer: BouncerModel | None = None
+        mismatch: ClusterMismatch | None = None
         if engine_config.bouncer is not None:  # plugin_* keys: judge ban_mismatch
             bouncer = BouncerModel(engine_config.bouncer)
-            _use_cluster_mismatch(self.engine, ClusterMismatch(bouncer, self.view))
+            mismatch = ClusterMismatch(bouncer, self.view)
+        self.engine = engine_from_config(config, clock, self.timeline, engine_config, mismatch)
         self.metrics = Metrics(registry or CollectorRegistry(), remediation=False)
         self.lapi: LapiStream | None = lapi_from_config(config)
         self.health: Service | None = None
@@ -329,14 +329,6 @@ class Aggregator:
         self.metrics.refresh(
             self.engine, dict.fromkeys(self.engine.stats, "kafka"), source_health(self.lapi)
         )
-
-
-def _use_cluster_mismatch(engine: Engine, tally: ClusterMismatch) -> None:
-    """Judge ``ban_mismatch`` on the cluster view's verdicts, as ``ClusterTimeline`` makes the
-    engine judge traffic on the view. The engine builds its own tally from
-    ``EngineConfig.bouncer`` and offers no argument to pass one (as ``timeline``), so this one
-    replaces it; the engine is fed no records here, so nothing is lost."""
-    engine._bouncer = tally  # until Engine takes ``mismatch=`` as it takes ``timeline=``
 
 
 def session_timeout_ms_default(config: RunConfig) -> int:

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 from pipeline.config import RunConfig
 from pipeline.core.addresses import Classifier
-from pipeline.core.bouncer import CLIENT_TRUSTED_KEY, HEADER_KEY, TRUSTED_KEY, BouncerSettings
+from pipeline.core.bouncer import (
+    CLIENT_TRUSTED_KEY,
+    HEADER_KEY,
+    TRUSTED_KEY,
+    BouncerSettings,
+    MismatchTally,
+)
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.networks import build_networks
 from pipeline.core.traffic import Timeline
@@ -74,9 +80,11 @@ def engine_from_config(
     clock: Callable[[], float],
     timeline: Timeline | None = None,
     engine_config: EngineConfig | None = None,
+    mismatch: MismatchTally | None = None,
 ) -> Engine:
-    """``timeline`` and ``engine_config``: the aggregator's cluster view, which must be built
-    with the same bucket size as the engine that reads it."""
+    """``timeline``, ``mismatch`` and ``engine_config``: the aggregator's cluster view (its
+    traffic and its bouncer verdicts), which must be built with the same bucket size as the
+    engine that reads it."""
     networks = build_networks(
         {
             "pod_cidr": config.pod_cidr,
@@ -89,7 +97,11 @@ def engine_from_config(
         origin="config",
     )
     return Engine(
-        engine_config or engine_config_from(config), Classifier(networks), clock, timeline
+        engine_config or engine_config_from(config),
+        Classifier(networks),
+        clock,
+        timeline,
+        mismatch,
     )
 
 

@@ -6,6 +6,7 @@ from parsers import records as R
 from parsers.crowdsec import Decision, DecisionDelta
 from parsers.records import AccessRecord, ParseStats
 from pipeline.core.addresses import Classifier, k3s_defaults
+from pipeline.core.bouncer import MismatchTally
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, State
 from pipeline.core.traffic import Timeline
@@ -86,11 +87,12 @@ def make_engine(
     clock: FakeClock | None = None,
     classifier: Classifier | None = None,
     timeline: Timeline | None = None,
+    mismatch: MismatchTally | None = None,
     **cfg: object,
 ) -> tuple[Engine, FakeClock]:
     clock = clock or FakeClock()
     config = EngineConfig(**cfg)  # type: ignore[arg-type]
-    engine = Engine(config, classifier or Classifier(k3s_defaults()), clock, timeline)
+    engine = Engine(config, classifier or Classifier(k3s_defaults()), clock, timeline, mismatch)
     return engine, clock
 
 

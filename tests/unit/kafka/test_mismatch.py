@@ -24,7 +24,6 @@ from pipeline.kafka.totals import (
     decode_snapshot,
 )
 from pipeline.kafka.validate import DeadLetter, Reason
-from pipeline.live.aggregator import _use_cluster_mismatch
 from tests.support.engine import FakeClock, feed, make_engine, rec
 
 CLASSIFY = Classifier(k3s_defaults()).classify
@@ -94,8 +93,8 @@ class Cluster:
 
 def aggregate_engine(cluster: Cluster) -> tuple[Any, ClusterTimeline]:
     timeline = ClusterTimeline(cluster.view)
-    engine, _ = make_engine(cluster.clock, timeline=timeline, **CFG)
-    _use_cluster_mismatch(engine, ClusterMismatch(MODEL, cluster.view))
+    mismatch = ClusterMismatch(MODEL, cluster.view)
+    engine, _ = make_engine(cluster.clock, timeline=timeline, mismatch=mismatch, **CFG)
     return engine, timeline
 
 

@@ -43,7 +43,6 @@ from pipeline.kafka.validate import (
     Topic,
     need_ts,
 )
-from pipeline.live.aggregator import _use_cluster_mismatch
 from sinks.prometheus import DEAD_LETTER_REASONS, DEAD_LETTER_TOPICS, Metrics
 from tests.support.crowdsec import traefik_json_line
 from tests.support.metric_names import METRIC_LABEL_VALUES
@@ -449,8 +448,8 @@ def _use_snapshot(data: bytes) -> None:
     except DeadLetter:
         return
     config = EngineConfig(max_future_s=300.0, bouncer=SETTINGS, clear_recovered=True)
-    engine = Engine(config, Classifier(), lambda: NOW, ClusterTimeline(view))
-    _use_cluster_mismatch(engine, ClusterMismatch(BOUNCER, view))
+    mismatch = ClusterMismatch(BOUNCER, view)
+    engine = Engine(config, Classifier(), lambda: NOW, ClusterTimeline(view), mismatch)
     timeline = engine.traffic
     assert isinstance(timeline, ClusterTimeline)
     timeline.sync()
