@@ -456,15 +456,7 @@ class MismatchTally:
             return
         hosts = map(_first, map(str.rpartition, map(_peer, records), repeat(":")))
         counts = Counter(zip(map(_fields, records), hosts, strict=True))
-        self._version += 1
-        target = self.span
-        if self.keep is not None:
-            bucket = int(max(map(_ts, records))) // self.bucket_s
-            mine = self.buckets.get(bucket)
-            if mine is None:
-                mine = self.buckets[bucket] = ModeCounts()
-                self._prune(bucket)
-            target = mine
+        target = self._target(records)
         cache = self._cache
         judge = self.model.judge
         for key, n in counts.items():
@@ -487,16 +479,19 @@ class MismatchTally:
         element): counted as unknown, in the bucket ``add`` would put them in."""
         if not records:
             return
+        self._target(records).unknown += len(records)
+
+    def _target(self, records: Sequence[AccessRecord]) -> ModeCounts:
+        """Where a batch's verdicts go: the span (replay), or its newest line's bucket."""
         self._version += 1
-        target = self.span
-        if self.keep is not None:
-            bucket = int(max(map(_ts, records))) // self.bucket_s
-            mine = self.buckets.get(bucket)
-            if mine is None:
-                mine = self.buckets[bucket] = ModeCounts()
-                self._prune(bucket)
-            target = mine
-        target.unknown += len(records)
+        if self.keep is None:
+            return self.span
+        bucket = int(max(map(_ts, records))) // self.bucket_s
+        mine = self.buckets.get(bucket)
+        if mine is None:
+            mine = self.buckets[bucket] = ModeCounts()
+            self._prune(bucket)
+        return mine
 
     def _prune(self, newest: int) -> None:
         keep = self.keep or 0

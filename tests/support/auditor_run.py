@@ -97,6 +97,11 @@ class Auditor:
         except (OSError, urllib.error.URLError):
             return ""
 
+    def gauge(self, kind: str, severity: str, value: str = "1.0") -> bool:
+        """``auditor_findings_active{kind, severity}`` reads ``value`` now."""
+        want = f'auditor_findings_active{{kind="{kind}",severity="{severity}"}} {value}'
+        return want in self.metrics()
+
     def diag(self) -> str:
         self.proc.poll()
         return (

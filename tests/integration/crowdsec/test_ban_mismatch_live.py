@@ -51,11 +51,6 @@ def direct(start: dt.datetime, n: int) -> list[str]:
     return [traefik_json_line(f"93.184.0.{i % 40 + 1}", "/", when=w) for i, w in enumerate(when)]
 
 
-def gauge(auditor: Auditor, severity: str, value: str = "1.0") -> bool:
-    want = f'auditor_findings_active{{kind="ban_mismatch",severity="{severity}"}} {value}'
-    return want in auditor.metrics()
-
-
 def test_bouncer_checks_the_hop_live_raised_critical_and_cleared(
     crowdsec_lapi: CrowdSecInstance, tmp_path: Path
 ) -> None:
@@ -88,7 +83,7 @@ def test_bouncer_checks_the_hop_live_raised_critical_and_cleared(
         assert high["evidence"]["bouncer_checks"] == [HOP]
         assert high["evidence"]["scope"] == "window"
         assert high["evidence"]["bouncer"]["forwardedHeadersCustomName"] == "X-Real-Ip"
-        wait_for(lambda: gauge(auditor, "high"), "the high gauge", auditor.diag)
+        wait_for(lambda: auditor.gauge("ban_mismatch", "high"), "the high gauge", auditor.diag)
 
         lapi.add_decision(ip=HOP, reason="CrowdSec banned the hop")
         lapi.add_decision(ip=CLIENT, reason="a client the bouncer never checks")
@@ -118,7 +113,11 @@ def test_bouncer_checks_the_hop_live_raised_critical_and_cleared(
             "the unchecked decisions to clear",
             auditor.diag,
         )
-        wait_for(lambda: gauge(auditor, "critical", "0.0"), "the gauge back to 0", auditor.diag)
+        wait_for(
+            lambda: auditor.gauge("ban_mismatch", "critical", "0.0"),
+            "the gauge back to 0",
+            auditor.diag,
+        )
     finally:
         assert auditor.stop() == 0, auditor.diag()
     raised = [

@@ -61,11 +61,6 @@ def traffic(now: dt.datetime) -> list[str]:
     return lines
 
 
-def active_gauge(auditor: Auditor, severity: str) -> bool:
-    want = f'auditor_findings_active{{kind="suspected_hop",severity="{severity}"}} 1.0'
-    return want in auditor.metrics()
-
-
 def test_a_range_ban_on_a_suspected_hop_goes_critical_live_and_back(
     crowdsec_lapi: CrowdSecInstance, tmp_path: Path
 ) -> None:
@@ -93,7 +88,7 @@ def test_a_range_ban_on_a_suspected_hop_goes_critical_live_and_back(
         assert high["evidence"]["lockout"] is False
         assert 0.3 < high["evidence"]["request_share"] < 0.5
         assert high["evidence"]["user_agents"] >= 3
-        wait_for(lambda: active_gauge(auditor, "high"), "the high gauge", auditor.diag)
+        wait_for(lambda: auditor.gauge("suspected_hop", "high"), "the high gauge", auditor.diag)
 
         lapi.add_decision(range=HOP_RANGE, reason="a list that bans the /24")
         critical = wait_for(
@@ -106,7 +101,9 @@ def test_a_range_ban_on_a_suspected_hop_goes_critical_live_and_back(
         assert critical["evidence"]["lockout"] is True
         assert critical["evidence"]["decision"]["value"] == HOP_RANGE
         assert f"cscli decisions delete --range {HOP_RANGE}" in critical["fix"]
-        wait_for(lambda: active_gauge(auditor, "critical"), "the critical gauge", auditor.diag)
+        wait_for(
+            lambda: auditor.gauge("suspected_hop", "critical"), "the critical gauge", auditor.diag
+        )
 
         lapi.delete_decision(range=HOP_RANGE)
         wait_for(
@@ -120,7 +117,9 @@ def test_a_range_ban_on_a_suspected_hop_goes_critical_live_and_back(
             "the finding back at high once the range ban is gone",
             auditor.diag,
         )
-        wait_for(lambda: active_gauge(auditor, "high"), "the high gauge again", auditor.diag)
+        wait_for(
+            lambda: auditor.gauge("suspected_hop", "high"), "the high gauge again", auditor.diag
+        )
     finally:
         assert auditor.stop() == 0, auditor.diag()
     flagged = {e["target"] for e in auditor.events() if e.get("kind") == "suspected_hop"}
