@@ -27,11 +27,11 @@ from pipeline.core.bouncer import (
     ModeCounts,
 )
 from pipeline.kafka.validate import (
-    MAX_COUNT,
     MAX_FIELD_CHARS,
     Reason,
     fail,
     need_count,
+    need_count_map,
     need_dict,
     need_list,
     need_str,
@@ -56,17 +56,6 @@ def counts_to_json(c: ModeCounts, *, addresses: bool = True) -> dict[str, Any]:
         out["c"] = c.checked
         out["n"] = c.unchecked
     return out
-
-
-def _addr_counts(v: Any, what: str) -> dict[str, int]:
-    body = need_dict(v, what)
-    values = body.values()
-    if values and not (
-        set(map(type, values)) == {int} and min(values) >= 0 and max(values) <= MAX_COUNT
-    ):
-        for x in values:
-            need_count(x, what)  # raises with the reason
-    return dict(body)
 
 
 def counts_from_json(v: Any, what: str) -> ModeCounts:
@@ -95,8 +84,8 @@ def counts_from_json(v: Any, what: str) -> ModeCounts:
             )
             ex[key4] = need_count(n, f"{what}.x")
         c.examples[problem] = ex
-    c.checked = _addr_counts(body.get("c", {}), f"{what}.c")
-    c.unchecked = _addr_counts(body.get("n", {}), f"{what}.n")
+    c.checked = need_count_map(body.get("c", {}), f"{what}.c")
+    c.unchecked = need_count_map(body.get("n", {}), f"{what}.n")
     saturated = body.get("s", False)
     if type(saturated) is not bool:
         fail(Reason.SCHEMA, f"{what}.s: not a boolean")

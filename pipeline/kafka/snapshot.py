@@ -26,7 +26,6 @@ from pipeline.core.diversity import MASK_LIMIT
 from pipeline.core.traffic import InternalClient, Summary
 from pipeline.kafka.mismatch import buckets_from_json
 from pipeline.kafka.validate import (
-    MAX_COUNT,
     MAX_FIELD_CHARS,
     MAX_NAME_CHARS,
     MAX_OFFSET,
@@ -36,6 +35,7 @@ from pipeline.kafka.validate import (
     field,
     load,
     need_count,
+    need_count_map,
     need_dict,
     need_int,
     need_list,
@@ -130,14 +130,7 @@ def _set(v: Any, what: str) -> set[str]:
 
 
 def _counts(v: Any, what: str) -> dict[str, int]:
-    body = need_dict(_tagged(v, "$d", what), what)
-    values = body.values()
-    if values and not (
-        set(map(type, values)) == {int} and min(values) >= 0 and max(values) <= MAX_COUNT
-    ):
-        for x in values:
-            need_count(x, what)  # raises with the reason
-    return dict(body)
+    return need_count_map(_tagged(v, "$d", what), what)
 
 
 def _texts(v: Any, what: str) -> dict[str, str]:

@@ -106,6 +106,19 @@ def need_count(v: Any, what: str) -> int:
     return need_int(v, 0, MAX_COUNT, what)
 
 
+def need_count_map(v: Any, what: str) -> dict[str, int]:
+    """A JSON object of counts: the common case checked in C (one ``set`` of the value types,
+    ``min``, ``max``), the per-value check only to name what is wrong."""
+    body = need_dict(v, what)
+    values = body.values()
+    if values and not (
+        set(map(type, values)) == {int} and min(values) >= 0 and max(values) <= MAX_COUNT
+    ):
+        for x in values:
+            need_count(x, what)  # raises with the reason
+    return dict(body)
+
+
 def need_ts(v: Any, what: str) -> float:
     """Epoch seconds: an int or float, finite, in the parser's range (0.0 is "no time")."""
     t = type(v)
