@@ -144,54 +144,45 @@ class Step:
         return f"masking_started:{self.entrypoint}"
 
     def evidence(self, bucket_s: int) -> dict[str, Any]:
-        if self.address is not None:
-            return self._hop_evidence(self.address, bucket_s)
-        return {
-            "entrypoint": self.entrypoint,
+        """The same fields for both kinds of step; a hop's share is of all requests (its
+        entrypoints are unknown), and its counts are the hop's requests, not internal ones."""
+        if self.address is None:
+            head: dict[str, Any] = {"entrypoint": self.entrypoint}
+            part = "internal"
+        else:
+            head = {
+                "share_of": "suspected_hop",
+                "address": self.address,
+                "entrypoint": None,
+                "entrypoints_known": False,
+            }
+            part = "hop_requests"
+        out = {
+            **head,
             "changed_at": self.changed_at,
             "changed_at_utc": _iso(self.changed_at),
             "bucket_s": bucket_s,
             "share_before": self.share_before,
             "share_after": self.share_after,
             "requests_before": self.requests_before,
-            "internal_before": self.internal_before,
+            f"{part}_before": self.internal_before,
             "minutes_before": round(self.buckets_before * bucket_s / 60, 1),
             "before_since": self.since,
             "requests_after": self.requests_after,
-            "internal_after": self.internal_after,
+            f"{part}_after": self.internal_after,
             "minutes_after": round(self.buckets_after * bucket_s / 60, 1),
             "detected_at": self.detected_at,
             "returned_at": self.returned_at,
         }
-
-    def _hop_evidence(self, address: str, bucket_s: int) -> dict[str, Any]:
-        return {
-            "share_of": "suspected_hop",
-            "address": address,
-            "entrypoint": None,
-            "entrypoints_known": False,
-            "changed_at": self.changed_at,
-            "changed_at_utc": _iso(self.changed_at),
-            "bucket_s": bucket_s,
-            "share_before": self.share_before,
-            "share_after": self.share_after,
-            "requests_before": self.requests_before,
-            "hop_requests_before": self.internal_before,
-            "minutes_before": round(self.buckets_before * bucket_s / 60, 1),
-            "before_since": self.since,
-            "requests_after": self.requests_after,
-            "hop_requests_after": self.internal_after,
-            "minutes_after": round(self.buckets_after * bucket_s / 60, 1),
-            "detected_at": self.detected_at,
-            "returned_at": self.returned_at,
-            "floor_share": self.floor_share,
-            "note": (
+        if self.address is not None:
+            out["floor_share"] = self.floor_share
+            out["note"] = (
                 "share of all requests: public clients are not tallied per entrypoint, so the "
                 "entrypoints it reached are unknown (its suspected_hop finding lists its hosts "
                 "and routers); minutes where it sent less than floor_share of the requests "
                 "count as 0"
-            ),
-        }
+            )
+        return out
 
 
 def finding(step: Step, bucket_s: int) -> Finding:
