@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import ConfigError
-from pipeline.listen import host_port, url_problem
+from pipeline.listen import host_port, split_urls, url_problem
 from pipeline.secrets import redact_url
 
 ENV_PREFIX = "AUDITOR_"
@@ -498,10 +498,10 @@ def validate(config: RunConfig) -> None:
         kinds = (int,) if _base_type(key) is int else (int, float)
         if not isinstance(value, kinds) or isinstance(value, bool) or not bounds.admits(value):
             raise bad(key, f"must be {bounds.describe(integer=kinds == (int,))}, got {value!r}")
-    urls = [("lapi_url", config.lapi_url or "")]
-    urls += [("crowdsec_metrics_url", u) for u in (config.crowdsec_metrics_url or "").split(",")]
+    urls = [("lapi_url", config.lapi_url)] if config.lapi_url else []
+    urls += [("crowdsec_metrics_url", u) for u in split_urls(config.crowdsec_metrics_url or "")]
     for key, url in urls:
-        why = url_problem(url.strip()) if url.strip() else None
+        why = url_problem(url)
         if why:
             raise bad(key, why)
     if config.lapi_key_file and not config.lapi_url:

@@ -30,3 +30,9 @@ def url_problem(url: str) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         return f"expected an http(s) URL with a host, got {redact_url(url)[:200]!r}"
     return None
+
+
+def split_urls(value: str) -> list[str]:
+    """``crowdsec_metrics_url`` may list several agents, comma-separated (as kafka_bootstrap);
+    blanks between commas are no URL."""
+    return [u.strip() for u in value.split(",") if u.strip()]

@@ -31,7 +31,7 @@ from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Finding, Kind, Severity, at_or_above
 from pipeline.core.networks import missing_k3s_defaults
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
-from pipeline.listen import url_problem
+from pipeline.listen import split_urls, url_problem
 
 if TYPE_CHECKING:
     from parsers.crowdsec import Decision
@@ -216,7 +216,7 @@ async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
         if bouncer.effective is not None:
             findings += unseen_bans(active, networks, bouncer.effective)
     if args.crowdsec_metrics_url:
-        from pipeline.crowdsec.health import look_once, split_urls
+        from pipeline.crowdsec.health import look_once
 
         urls = [u for value in args.crowdsec_metrics_url for u in split_urls(value)]
         findings += await look_once(urls)
@@ -234,9 +234,11 @@ async def _check(args: argparse.Namespace, lapi_key: str | None) -> CheckResult:
 
 def run_check(args: argparse.Namespace) -> int:
     urls = [("--lapi-url", args.lapi_url)] if args.lapi_url else []
-    urls += [("--crowdsec-metrics-url", u) for v in args.crowdsec_metrics_url for u in v.split(",")]
+    urls += [
+        ("--crowdsec-metrics-url", u) for v in args.crowdsec_metrics_url for u in split_urls(v)
+    ]
     for flag, url in urls:
-        why = url_problem(url.strip())
+        why = url_problem(url)
         if why:
             msg = f"{flag}: {why}"
             raise UsageError(msg)

@@ -47,6 +47,7 @@ from pipeline.crowdsec.whitelists import (
     compare_agents,
     traffic_from,
 )
+from pipeline.listen import split_urls
 from pipeline.secrets import redact_url
 
 if TYPE_CHECKING:
@@ -284,11 +285,6 @@ class HealthChecker:
 
 
 # -- the service ------------------------------------------------------------------------------
-def split_urls(value: str) -> list[str]:
-    """``crowdsec_metrics_url`` may list several agents, comma-separated (as kafka_bootstrap)."""
-    return [u.strip() for u in value.split(",") if u.strip()]
-
-
 class HealthService:
     """Polls each endpoint every ``interval`` seconds and posts the verdicts to the consumer.
 

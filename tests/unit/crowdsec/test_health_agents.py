@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.config import RunConfig
 from pipeline.core.findings import Finding, Kind, Severity
-from pipeline.crowdsec.health import GROUP, HealthChecker, HealthService, look_once, split_urls
+from pipeline.crowdsec.health import GROUP, HealthChecker, HealthService, look_once
+from pipeline.listen import split_urls
 from pipeline.live.runner import Runner
 from tests.support.crowdsec import free_port
 from tests.support.crowdsec_agents import Agents, _agents  # noqa: F401 - the fixture
