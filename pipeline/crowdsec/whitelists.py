@@ -335,6 +335,12 @@ def compare_agents(agents: Sequence[Agent]) -> list[Finding]:
 _WINDOWED = frozenset({"since", "share_before", "window_s"})  # meaningless on one scrape
 
 
+def agent_traefik_sources(m: CrowdSecMetrics) -> set[str]:
+    """The acquisition sources of an agent that carry Traefik lines, judged from its page
+    alone: those its traefik parser read, and any whose name says traefik."""
+    return set(m.traefik_ok) | {s for s in m.parser_ok if "traefik" in s.lower()}
+
+
 def one_look(agents: Sequence[Agent], traefik_sources: Iterable[str] = ()) -> list[Finding]:
     """What one scrape of each agent shows (``auditor check``): the comparison, plus, on totals
     since each agent started, masking (CrowdSec >= 1.6.1) and an agent that scores Traefik
@@ -346,7 +352,7 @@ def one_look(agents: Sequence[Agent], traefik_sources: Iterable[str] = ()) -> li
     empty = CrowdSecMetrics()
     for a in agents:
         m = a.metrics
-        sources = wanted | set(m.traefik_ok) | {s for s in m.parser_ok if "traefik" in s.lower()}
+        sources = wanted | agent_traefik_sources(m)
         masking = WhitelistJudge(a.shown_url)._masked(0.0, 0.0, m, empty, sources)
         if masking is not None:
             ev = {k: v for k, v in masking.evidence.items() if k not in _WINDOWED}
@@ -385,7 +391,7 @@ def with_traffic(agents: Sequence[Agent], traffic: Traffic, span: float) -> list
     empty = CrowdSecMetrics()
     for a in agents:
         m = a.metrics
-        sources = set(m.traefik_ok) | {s for s in m.parser_ok if "traefik" in s.lower()}
+        sources = agent_traefik_sources(m)
         judge = WhitelistJudge(a.shown_url)
         gap = judge._unwhitelisted(span, m, empty, traffic, Traffic(), sources)
         if gap is not None:
