@@ -34,7 +34,7 @@ from pipeline.core.findings import Severity, at_or_above
 from pipeline.core.traffic import Timeline
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from pipeline.sources.parallel import audit_parallel
-from pipeline.sources.readfile import input_size, line_batches, open_input
+from pipeline.sources.readfile import input_size, open_input, text_batches
 from sinks.report import Style, build_report, render_json, render_markdown, render_table
 
 if TYPE_CHECKING:
@@ -273,8 +273,8 @@ def audit_path(
     """Read one input to the end through the hot path (also what bench/ measures)."""
     source = SourceAuditor(engine, "stdin" if path == "-" else path, envelope)
     with open_input(path) as fh:
-        for batch in line_batches(fh, on_bytes=on_bytes):
-            source.feed(batch)
+        for text in text_batches(fh, on_bytes=on_bytes):
+            source.feed_text(text)
 
 
 def _jobs(requested: int | None, path: str) -> int:

@@ -37,3 +37,13 @@ class SourceAuditor:
         records = self._parser.parse(self._envelope.decode(lines, stats), stats)
         self.engine.ingest(records, stats, self.name)
         return stats
+
+    def feed_text(self, text: bytes) -> ParseStats:
+        """``feed`` for a block of whole lines (``readfile.text_batches``): bare Traefik lines
+        are parsed without being split (``TraefikParser.parse_text``); until the envelope is
+        known to be none, and in envelopes, the block is split into lines."""
+        if self._envelope.kind is not Envelope.RAW:
+            return self.feed(text.split(b"\n"))
+        stats = ParseStats()
+        self.engine.ingest(self._parser.parse_text(text, stats), stats, self.name)
+        return stats

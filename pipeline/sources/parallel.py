@@ -23,7 +23,7 @@ from pipeline.core.bouncer import BouncerModel, BouncerSettings, MismatchTally, 
 from pipeline.core.engine import Engine
 from pipeline.core.traffic import Classify, Run, RunTally
 from pipeline.errors import UsageError
-from pipeline.sources.readfile import CHUNK_BYTES, line_batches
+from pipeline.sources.readfile import text_batches
 
 if TYPE_CHECKING:  # multiprocessing is imported when a replay runs in parallel, not before
     from multiprocessing.connection import Connection
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # multiprocessing is imported when a replay runs in parallel,
     from multiprocessing.sharedctypes import Synchronized
     from multiprocessing.synchronize import Semaphore
 
-CHUNK = 8 * CHUNK_BYTES
+CHUNK = 8 << 20
 
 Task = tuple[str, int, int, int, int]  # path, start, end, bucket_s, max_line_bytes
 # folded runs (one per bucket), stats, bytes read, bouncer verdicts (None: not judged)
@@ -60,12 +60,12 @@ def _skip_line(fh: BinaryIO, end: int) -> None:
 
 
 class _Chunk:
-    """One chunk as a stream for ``line_batches``: the lines whose first byte lies in
-    [start, end), read ``CHUNK_BYTES`` at a time like the serial reader.
+    """One chunk as a stream for ``text_batches``: the lines whose first byte lies in
+    [start, end), read ``TEXT_BYTES`` at a time like the serial reader.
 
     Each read is split and parsed while it is in the CPU cache: reading the whole 8 MB chunk at
     once and splitting it first cost ~1 µs more per line. The last line is read on past ``end``
-    only up to ``max_line_bytes + 1`` bytes, so ``line_batches`` cuts it where the serial reader
+    only up to ``max_line_bytes + 1`` bytes, so ``text_batches`` cuts it where the serial reader
     does, and the parser counts it too long once.
     """
 
@@ -104,8 +104,8 @@ def count_chunk(
     tally = RunTally(bucket_s)
     with open(path, "rb") as fh:
         chunk = _Chunk(fh, start, end, max_line_bytes)
-        for batch in line_batches(chunk, max_line_bytes=max_line_bytes):
-            records = parser.parse(batch, stats)
+        for text in text_batches(chunk, max_line_bytes=max_line_bytes):
+            records = parser.parse_text(text, stats)
             tally.add(records)
             if mismatch is not None:
                 mismatch.add(records)
