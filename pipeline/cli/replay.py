@@ -278,9 +278,10 @@ def audit_path(
 
 
 def _jobs(requested: int | None, path: str) -> int:
-    """One process per usable core by default, for large files: the workers parse, count and
-    fold, the parent only merges, so a second core gives ~1.8x (bench/RESULTS.md). Usable
-    cores are those this process may run on (``taskset``, a cpuset), not all the machine's."""
+    """One process per usable core by default, for large files: every process parses, counts
+    and folds chunks, and this one also merges them in order (bench/RESULTS.md has what a
+    second core gives). Usable cores are those this process may run on (``taskset``, a
+    cpuset), not all the machine's."""
     if requested is not None:
         return requested
     usable = len(os.sched_getaffinity(0))

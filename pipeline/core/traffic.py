@@ -383,19 +383,24 @@ def count_runs(records: Sequence[AccessRecord], bucket_s: int) -> list[Run]:
 
 class RunTally:
     """Counted runs of many batches in a row, one per bucket: what a parallel replay worker
-    counts in its chunk before it folds each bucket into a Summary.
+    counts in its chunk, each bucket folded into a Summary.
 
     Lines join the open run until time passes its bucket, exactly as ``count_runs`` splits one
     batch, so a bucket's keys are counted (in C) into one ``Counter`` however many batches it
     spans: the per-key Python work in ``Summary.add_counts`` then runs once per distinct key of
-    a bucket, not of each batch.
+    a bucket, not of each batch. With ``classify``, a bucket is folded as soon as a later one
+    opens, while its keys are still in the CPU cache: folded at the end of an 8 MB chunk, a
+    chunk's keys (and the strings they hold) had fallen out of it, and the workers needed more
+    CPU per line than a whole single-process replay (bench/RESULTS.md).
     """
 
-    __slots__ = ("bucket_s", "runs")
+    __slots__ = ("_classify", "bucket_s", "runs")
 
-    def __init__(self, bucket_s: int) -> None:
+    def __init__(self, bucket_s: int, classify: Classify | None = None) -> None:
         self.bucket_s = bucket_s
-        self.runs: list[tuple[int, Counter[Key], list[float]]] = []  # bucket, counts, [lo, hi]
+        self._classify = classify
+        # bucket, its counts (a Summary once folded), [lo, hi]
+        self.runs: list[tuple[int, Counter[Key] | Summary, list[float]]] = []
 
     def add(self, records: Sequence[AccessRecord]) -> None:
         if not records:
@@ -412,6 +417,8 @@ class RunTally:
             if runs and runs[-1][0] == bucket:
                 _, counts, span = runs[-1]
             else:
+                if runs and self._classify is not None:
+                    self._fold_last(self._classify)
                 counts, span = Counter(), [0.0, 0.0]
                 runs.append((bucket, counts, span))
             whole = b - a == len(times)
@@ -419,12 +426,23 @@ class RunTally:
             if lo and (not span[0] or lo < span[0]):
                 span[0] = lo
             span[1] = max(span[1], hi)
+            assert isinstance(counts, Counter)  # only the newest run is counted into
             counts.update(map(_key, records if whole else records[a:b]))
+
+    def _fold_last(self, classify: Classify) -> None:
+        bucket, counts, span = self.runs[-1]
+        if isinstance(counts, Counter):
+            summary = Summary()
+            summary.add_counts(counts, classify)
+            self.runs[-1] = (bucket, summary, span)
 
     def fold(self, classify: Classify) -> list[Run]:
         """The runs with each bucket's counts folded into a Summary (``Summary.add_counts``)."""
         out: list[Run] = []
         for bucket, counts, (lo, hi) in self.runs:
+            if isinstance(counts, Summary):
+                out.append((bucket, counts, lo, hi))
+                continue
             summary = Summary()
             summary.add_counts(counts, classify)
             out.append((bucket, summary, lo, hi))

@@ -1,4 +1,4 @@
-"""``replay --jobs N``: N processes parse, count and fold; the parent only merges.
+"""``replay --jobs N``: N processes parse, count and fold; one of them also merges, in order.
 
 A plain file is cut into byte chunks on line boundaries. A worker parses its chunk, counts each
 time bucket's keys across its batches (``traffic.RunTally``) and folds each bucket into a
@@ -94,14 +94,15 @@ class _Chunk:
 
 
 def count_chunk(
-    task: Task, mismatch: MismatchTally | None = None
+    task: Task, mismatch: MismatchTally | None = None, classify: Classify | None = None
 ) -> tuple[RunTally, ParseStats, int]:
-    """Parse one chunk and count its keys per time bucket (the per-line work), and the
-    bouncer's verdicts into ``mismatch`` when given (``replay --bouncer-*``)."""
+    """Parse one chunk and count its keys per time bucket (the per-line work), each bucket
+    folded as the next opens when ``classify`` is given, and the bouncer's verdicts into
+    ``mismatch`` when given (``replay --bouncer-*``)."""
     path, start, end, bucket_s, max_line_bytes = task
     stats = ParseStats()
     parser = TraefikParser(max_line_bytes)
-    tally = RunTally(bucket_s)
+    tally = RunTally(bucket_s, classify)
     with open(path, "rb") as fh:
         chunk = _Chunk(fh, start, end, max_line_bytes)
         for text in text_batches(chunk, max_line_bytes=max_line_bytes):
@@ -125,12 +126,17 @@ def _start_worker(networks: tuple[Network, ...], bouncer: BouncerSettings | None
 
 
 def work(task: Task) -> Result:
-    """One chunk's buckets, each folded into a Summary (``Summary.add_counts``)."""
+    """One chunk's buckets, each folded into a Summary (``Summary.add_counts``), in a worker."""
     if _classify is None:  # classes from the wrong networks would be a silently wrong report
         raise RuntimeError("parallel replay worker started without the engine's networks")
-    mismatch = MismatchTally(_model, task[3], None) if _model is not None else None
-    tally, stats, nbytes = count_chunk(task, mismatch)
-    return tally.fold(_classify), stats, nbytes, mismatch.span if mismatch is not None else None
+    return work_with(task, _classify, _model)
+
+
+def work_with(task: Task, classify: Classify, model: BouncerModel | None) -> Result:
+    """``work`` with the classifier and bouncer model given: what the parent runs itself."""
+    mismatch = MismatchTally(model, task[3], None) if model is not None else None
+    tally, stats, nbytes = count_chunk(task, mismatch, classify)
+    return tally.fold(classify), stats, nbytes, mismatch.span if mismatch is not None else None
 
 
 def _context() -> ForkContext | ForkServerContext:
@@ -165,10 +171,8 @@ def _serve(
     try:
         while True:
             room.acquire()
-            with taken.get_lock():
-                i = taken.value
-                taken.value = i + 1
-            if i >= len(tasks):
+            i = _take(taken, len(tasks))
+            if i is None:
                 return
             out.send((i, work(tasks[i])))
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
@@ -183,13 +187,20 @@ def audit_parallel(
     jobs: int,
     on_bytes: Callable[[int], None] | None = None,
 ) -> None:
-    """Replay one plain (uncompressed, unwrapped) file with ``jobs`` worker processes.
+    """Replay one plain (uncompressed, unwrapped) file with ``jobs`` processes: this one and
+    ``jobs - 1`` workers.
+
+    The parent feeds results to the engine in file order and, whenever the next one is not
+    ready, reads a chunk itself (``work_with``): with a parent that only merged, ``--jobs 2``
+    ran three processes on two cores, and every chunk's buckets were pickled, sent and
+    unpickled (a fifth of a core on quiet traffic); now a chunk the parent reads is never
+    pickled, and the processes match the cores.
 
     Not ``multiprocessing.Pool``: its worker-handler thread waits on the result pipe too, and
     spun while every result was read (a fifth of the parent's CPU); its result thread competed
     with the engine for the GIL; and a worker killed mid-task (the OOM killer) left ``imap``
     waiting forever. Here the parent's one thread reads the results of whichever worker is
-    ready, feeds them to the engine in file order, and notices a worker that dies.
+    ready, and notices a worker that dies.
     """
     tasks = list(parallel_tasks(path, engine.config.bucket_s))
     jobs = max(1, min(jobs, len(tasks)))
@@ -199,10 +210,14 @@ def audit_parallel(
     workers: list[BaseProcess] = []
     results: dict[Connection, BaseProcess] = {}
     done: dict[int, Result] = {}
+    mine: set[int] = set()  # chunks this process read: they hold no permit of ``room``
+    classify = engine.classifier.classify
+    model = BouncerModel(engine.config.bouncer) if engine.config.bouncer is not None else None
     want = 0  # the next chunk in file order
     try:
-        for _ in range(jobs):
+        for _ in range(jobs - 1):
             reader, writer = ctx.Pipe(duplex=False)
+            _widen(writer)
             args = (tasks, taken, room, writer, engine.classifier.networks, engine.config.bouncer)
             proc = ctx.Process(target=_serve, args=args, daemon=True)
             proc.start()
@@ -213,13 +228,22 @@ def audit_parallel(
         while want < len(tasks):
             result = done.pop(want, None)
             if result is None:
+                if not _ready(results, watched):
+                    i = _take(taken, len(tasks))
+                    if i is not None:
+                        done[i] = work_with(tasks[i], classify, model)
+                        mine.add(i)
+                        continue
                 _receive(results, watched, done, path)
                 continue
             runs, stats, nbytes, mismatch = result
             engine.ingest_runs(runs, stats, path)
             if mismatch is not None:
                 engine.ingest_mismatch(mismatch)
-            room.release()
+            if want in mine:
+                mine.discard(want)
+            else:
+                room.release()
             want += 1
             if on_bytes is not None:
                 on_bytes(nbytes)
@@ -230,6 +254,39 @@ def audit_parallel(
             worker.join()
         for reader in results:
             reader.close()
+
+
+# Bytes a result pipe holds before a worker's ``send`` blocks: one chunk's folded buckets are
+# ~100-200 KB, and the 64 KiB default left the worker waiting while the parent read a chunk of
+# its own (a quarter of its time on quiet traffic). Linux's default most for a user: 1 MiB.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(conn: Connection) -> None:
+    """Grow the pipe behind ``conn`` to ``PIPE_BYTES`` where the system allows it."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):  # not Linux, or over the system's limit
+        pass
+
+
+def _take(taken: Synchronized[int], count: int) -> int | None:
+    """The next chunk nobody has taken, for the parent to read (None: all are taken)."""
+    with taken.get_lock():
+        i = taken.value
+        if i >= count:
+            return None
+        taken.value = i + 1
+    return i
+
+
+def _ready(results: dict[Connection, BaseProcess], watched: dict[int, BaseProcess]) -> bool:
+    """Whether a worker has sent something (or exited) that the parent can read now."""
+    from multiprocessing.connection import wait
+
+    return bool(wait([*results, *watched], timeout=0))
 
 
 def _receive(

@@ -82,12 +82,15 @@ def _seconds(text: str) -> float:
 
 
 # A worker killed mid-replay (the OOM killer does this) left multiprocessing.Pool's imap waiting
-# forever; the parent now sees the death and exits 2 naming the file and --jobs 1.
+# forever; the parent now sees the death and exits 2 naming the file and --jobs 1. The parent
+# reads chunks too (not through ``work``), so the chunks are made small: the worker is sure to
+# take one past the first.
 KILL_ONE = """
 import os, signal, sys
 from pipeline.cli import main as cli
 from pipeline.sources import parallel
 
+parallel.CHUNK = 1 << 20
 real = parallel.work
 def work(task):
     if task[1] > 0:  # every chunk but the first
@@ -102,6 +105,7 @@ import sys
 from pipeline.cli import main as cli
 from pipeline.sources import parallel
 
+parallel.CHUNK = 1 << 20
 real = parallel.work
 def work(task):
     if task[1] > 0:
@@ -147,3 +151,57 @@ def test_an_error_in_a_worker_reaches_the_parent(two_chunks: Path) -> None:
     assert out.returncode != 0
     assert "OSError: [Errno 5] Input/output error" in out.stderr
     assert out.stdout == ""
+
+
+# The parent reads chunks itself (``work_with``) whenever the next result is not ready.
+FAIL_IN_PARENT = """
+import sys
+from pipeline.cli import main as cli
+from pipeline.sources import parallel
+
+parallel.CHUNK = 1 << 20
+real = parallel.work_with
+def work_with(task, classify, model):
+    raise OSError(5, "Input/output error", task[0])
+parallel.work_with = work_with
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_error_in_the_parents_own_chunk_stops_the_workers(two_chunks: Path) -> None:
+    out = _run(FAIL_IN_PARENT, two_chunks)
+    assert out.returncode != 0
+    assert "OSError: [Errno 5] Input/output error" in out.stderr
+    assert out.stdout == ""
+
+
+COUNT_READERS = """
+import os, sys
+from pipeline.cli import main as cli
+from pipeline.sources import parallel
+
+parallel.CHUNK = 1 << 20
+parent = os.getpid()
+readers = []
+real = parallel.count_chunk
+def count_chunk(task, mismatch=None, classify=None):
+    readers.append(os.getpid())
+    if os.getpid() != parent:
+        print("worker-read", file=sys.stderr, flush=True)
+    return real(task, mismatch, classify)
+parallel.count_chunk = count_chunk
+code = cli.main(sys.argv[1:])
+print("parent-read", readers.count(parent), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_the_parent_reads_chunks_too(two_chunks: Path) -> None:
+    """``--jobs 2`` is two processes: the parent and one worker, both reading chunks."""
+    out = _run(COUNT_READERS, two_chunks)
+    assert out.returncode in (0, 1), out.stderr
+    parent_read = int(out.stderr.rsplit("parent-read ", 1)[1].split()[0])
+    assert parent_read >= 1
+    assert "worker-read" in out.stderr
+    report = orjson.loads(out.stdout)
+    assert report["summary"]["lines"]["read"] == 14_000
