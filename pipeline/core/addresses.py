@@ -8,7 +8,7 @@ never builds ``ipaddress`` objects; results are cached per address string.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -274,19 +274,41 @@ class ClassifierView(Protocol):
     def classify_range(self, text: str) -> Classification: ...
 
 
+class _Classes(dict[str, Classification]):
+    """The per-address cache, answering a miss itself (``__missing__``), so that a hit is one
+    C-level ``dict.__getitem__`` call: the tally classifies every distinct key's client, and a
+    Python method call per key cost more than the lookup."""
+
+    __slots__ = ("_work_out",)
+
+    def __init__(self, work_out: Callable[[str], Classification]) -> None:
+        super().__init__()
+        self._work_out = work_out
+
+    def __missing__(self, text: str) -> Classification:
+        result = self._work_out(text)
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+        self[text] = result
+        return result
+
+
 class Classifier:
     """Classifies addresses and ranges against a set of networks, with a per-address cache.
 
     ``replace_networks`` swaps the cluster-specific set atomically (used by Kubernetes discovery)
-    and drops the cache.
+    and drops the cache. ``classify`` is bound once, to the cache, so a caller that kept it sees
+    the new networks too.
     """
 
-    __slots__ = ("_cache", "_index", "_lead", "_networks")
+    __slots__ = ("_cache", "_index", "_lead", "_networks", "classify")
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
         self._networks: tuple[Network, ...] = ()
         self._index: dict[int, tuple[tuple[int, dict[int, Network]], ...]] = {}
-        self._cache: dict[str, Classification] = {}
+        self._cache = _Classes(self._classify_uncached)
+        # An address's class (cached): the cache's own C-level lookup.
+        self.classify: Callable[[str], Classification] = self._cache.__getitem__
         self.replace_networks(networks)
 
     def replace_networks(self, networks: Iterable[Network]) -> None:
@@ -315,21 +337,11 @@ class Classifier:
             span = 1 << (8 - keep)
             lead[net.version][first : first + span] = b"\x01" * span
         self._lead = {version: bytes(flags) for version, flags in lead.items()}
-        self._cache = {}
+        self._cache.clear()
 
     @property
     def networks(self) -> tuple[Network, ...]:
         return self._networks
-
-    def classify(self, text: str) -> Classification:
-        hit = self._cache.get(text)
-        if hit is not None:
-            return hit
-        result = self._classify_uncached(text)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[text] = result
-        return result
 
     def _classify_uncached(self, text: str) -> Classification:
         parsed = parse_address(text)
