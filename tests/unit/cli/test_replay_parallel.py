@@ -81,6 +81,8 @@ def _seconds(text: str) -> float:
     return datetime.fromisoformat(text[:19] + "+00:00").timestamp()
 
 
+SMALL_CHUNK = 1 << 20  # what the scripts below set parallel.CHUNK to
+
 # A worker killed mid-replay (the OOM killer does this) left multiprocessing.Pool's imap waiting
 # forever; the parent now sees the death and exits 2 naming the file and --jobs 1. The parent
 # reads chunks too (not through ``work``), so the chunks are made small: the worker is sure to
@@ -118,10 +120,10 @@ sys.exit(cli.main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def two_chunks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A log of two 8 MB chunks and a bit: the workers' default cut."""
+    """A log of many chunks of the 1 MiB the scripts below cut (``SMALL_CHUNK``)."""
     log = tmp_path_factory.mktemp("chunks") / "access.log"
     write_log(GenConfig(lines=14_000, seed=5), log)
-    assert log.stat().st_size > 2 * parallel.CHUNK
+    assert log.stat().st_size > 8 * SMALL_CHUNK
     return log
 
 
