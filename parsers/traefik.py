@@ -225,7 +225,7 @@ class TraefikParser:
         """Parse whole lines as one text, newline-separated (``b""`` is one blank line).
 
         What replay reads: it need not split its input into lines (``bytes.split`` and
-        ``bytes.count`` walk every byte, a quarter of the floor's time; ``rfind`` and
+        ``bytes.count`` walk every byte, a fifth of the floor's time; ``rfind`` and
         ``replace`` use ``memchr``).
         """
         common = stats.common

@@ -1,4 +1,5 @@
-"""Read-to-end sources for ``replay``: plain files, ``.gz`` files and stdin, in line batches.
+"""Read-to-end sources for ``replay``: plain files, ``.gz`` files and stdin, in batches of lines
+(``line_batches``) or blocks of whole lines that are never split (``text_batches``).
 
 Memory is bounded by one read chunk plus one batch, whatever the file size.
 """
