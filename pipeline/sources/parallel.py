@@ -216,6 +216,7 @@ def audit_parallel(
     mine: set[int] = set()  # chunks this process read: they hold no permit of ``room``
     classify = engine.classifier.classify
     model = BouncerModel(engine.config.bouncer) if engine.config.bouncer is not None else None
+    ahead = 2 * jobs  # as many results as the workers may hold (``room``)
     want = 0  # the next chunk in file order
     try:
         for _ in range(jobs - 1):
@@ -231,8 +232,10 @@ def audit_parallel(
         while want < len(tasks):
             result = done.pop(want, None)
             if result is None:
+                # Read ahead at most ``ahead`` chunks past the one awaited: results wait in
+                # ``done`` until that one comes, however slow or stopped its worker is.
                 if not _ready(results, watched):
-                    i = _take(taken, len(tasks))
+                    i = _take(taken, min(len(tasks), want + ahead))
                     if i is not None:
                         done[i] = work_with(tasks[i], classify, model)
                         mine.add(i)
@@ -276,7 +279,7 @@ def _widen(conn: Connection) -> None:
 
 
 def _take(taken: Synchronized[int], count: int) -> int | None:
-    """The next chunk nobody has taken, for the parent to read (None: all are taken)."""
+    """The next chunk nobody has taken, if it is below ``count`` (else None)."""
     with taken.get_lock():
         i = taken.value
         if i >= count:

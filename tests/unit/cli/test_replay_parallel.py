@@ -81,18 +81,22 @@ def _seconds(text: str) -> float:
     return datetime.fromisoformat(text[:19] + "+00:00").timestamp()
 
 
-SMALL_CHUNK = 1 << 20  # what the scripts below set parallel.CHUNK to
-
-# A worker killed mid-replay (the OOM killer does this) left multiprocessing.Pool's imap waiting
-# forever; the parent now sees the death and exits 2 naming the file and --jobs 1. The parent
-# reads chunks too (not through ``work``), so the chunks are made small: the worker is sure to
-# take one past the first.
-KILL_ONE = """
+SMALL_CHUNK = 1 << 20
+# Each script cuts the log in 1 MiB chunks: the parent reads chunks too (not through ``work``),
+# and with many chunks the worker is sure to take one past the first.
+PREAMBLE = f"""
 import os, signal, sys
 from pipeline.cli import main as cli
 from pipeline.sources import parallel
 
-parallel.CHUNK = 1 << 20
+parallel.CHUNK = {SMALL_CHUNK}
+"""
+
+# A worker killed mid-replay (the OOM killer does this) left multiprocessing.Pool's imap waiting
+# forever; the parent now sees the death and exits 2 naming the file and --jobs 1.
+KILL_ONE = (
+    PREAMBLE
+    + """
 real = parallel.work
 def work(task):
     if task[1] > 0:  # every chunk but the first
@@ -101,13 +105,11 @@ def work(task):
 parallel.work = work
 sys.exit(cli.main(sys.argv[1:]))
 """
+)
 
-FAIL_ONE = """
-import sys
-from pipeline.cli import main as cli
-from pipeline.sources import parallel
-
-parallel.CHUNK = 1 << 20
+FAIL_ONE = (
+    PREAMBLE
+    + """
 real = parallel.work
 def work(task):
     if task[1] > 0:
@@ -116,6 +118,56 @@ def work(task):
 parallel.work = work
 sys.exit(cli.main(sys.argv[1:]))
 """
+)
+
+# The parent reads chunks itself (``work_with``) whenever the next result is not ready; a
+# worker's ``work`` calls it too, so only the parent's own call fails. After the error, no
+# worker may be left running.
+FAIL_IN_PARENT = (
+    PREAMBLE
+    + """
+import multiprocessing
+parent = os.getpid()
+real = parallel.work_with
+def work_with(task, classify, model):
+    if os.getpid() == parent:
+        raise OSError(5, "Input/output error", task[0])
+    return real(task, classify, model)
+parallel.work_with = work_with
+try:
+    code = cli.main(sys.argv[1:])
+finally:
+    print("children-left", len(multiprocessing.active_children()), file=sys.stderr)
+sys.exit(code)
+"""
+)
+
+# A worker that takes long over its first chunk: the parent may read ahead only as many chunks
+# as the workers may hold, not the whole file into memory while it waits.
+SLOW_WORKER = (
+    PREAMBLE
+    + """
+import time
+parent = os.getpid()
+real_work, real_with = parallel.work, parallel.work_with
+state = {"first": True}
+def work(task):
+    if state["first"]:
+        state["first"] = False
+        time.sleep(3)
+    return real_work(task)
+ahead = []
+def work_with(task, classify, model):
+    if os.getpid() == parent:
+        ahead.append(time.monotonic() - start)
+    return real_with(task, classify, model)
+parallel.work, parallel.work_with = work, work_with
+start = time.monotonic()
+code = cli.main(sys.argv[1:])
+print("parent-chunks-early", sum(t < 2.5 for t in ahead), file=sys.stderr)
+sys.exit(code)
+"""
+)
 
 
 @pytest.fixture(scope="module")
@@ -148,41 +200,35 @@ def test_a_killed_worker_is_an_error_not_a_hang(two_chunks: Path) -> None:
     assert out.stdout == ""
 
 
-def test_an_error_in_a_worker_reaches_the_parent(two_chunks: Path) -> None:
-    out = _run(FAIL_ONE, two_chunks)
+@pytest.mark.parametrize("script", [FAIL_ONE, FAIL_IN_PARENT], ids=["worker", "parent"])
+def test_an_error_reading_a_chunk_stops_the_replay(two_chunks: Path, script: str) -> None:
+    """Raised in a worker, it reaches the parent; raised in the parent's own chunk, the
+    workers are stopped. Either way the error is shown and no report is written."""
+    out = _run(script, two_chunks)
     assert out.returncode != 0
     assert "OSError: [Errno 5] Input/output error" in out.stderr
     assert out.stdout == ""
+    if script is FAIL_IN_PARENT:
+        assert "children-left 0" in out.stderr
 
 
-# The parent reads chunks itself (``work_with``) whenever the next result is not ready.
-FAIL_IN_PARENT = """
-import sys
-from pipeline.cli import main as cli
-from pipeline.sources import parallel
-
-parallel.CHUNK = 1 << 20
-real = parallel.work_with
-def work_with(task, classify, model):
-    raise OSError(5, "Input/output error", task[0])
-parallel.work_with = work_with
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
-def test_an_error_in_the_parents_own_chunk_stops_the_workers(two_chunks: Path) -> None:
-    out = _run(FAIL_IN_PARENT, two_chunks)
-    assert out.returncode != 0
-    assert "OSError: [Errno 5] Input/output error" in out.stderr
-    assert out.stdout == ""
+def test_the_parent_reads_ahead_of_a_slow_worker_only_so_far(two_chunks: Path) -> None:
+    """With one worker stuck on its first chunk, the parent reads at most ``2 * jobs`` chunks
+    past it before it waits; the report still covers every line."""
+    out = _run(SLOW_WORKER, two_chunks)
+    assert out.returncode in (0, 1), out.stderr
+    report = orjson.loads(out.stdout)
+    assert report["summary"]["lines"]["read"] == 14_000
+    chunks = len(parallel.plan(str(two_chunks), SMALL_CHUNK))
+    early = int(out.stderr.rsplit("parent-chunks-early ", 1)[1].split()[0])
+    assert chunks > 8
+    # while the worker sleeps (3 s), the parent reads at most 4 chunks: 2 x 2 jobs
+    assert 1 <= early <= 4
 
 
-COUNT_READERS = """
-import os, sys
-from pipeline.cli import main as cli
-from pipeline.sources import parallel
-
-parallel.CHUNK = 1 << 20
+COUNT_READERS = (
+    PREAMBLE
+    + """
 parent = os.getpid()
 readers = []
 real = parallel.count_chunk
@@ -196,6 +242,7 @@ code = cli.main(sys.argv[1:])
 print("parent-read", readers.count(parent), file=sys.stderr)
 sys.exit(code)
 """
+)
 
 
 def test_the_parent_reads_chunks_too(two_chunks: Path) -> None:

@@ -389,6 +389,17 @@ def test_replace_networks_drops_cache() -> None:
     assert c.classify("203.0.113.5").cls is A.PUBLIC
 
 
+def test_a_classify_kept_before_replace_networks_sees_the_new_networks() -> None:
+    """The timeline and parallel replay keep ``classifier.classify``; Kubernetes discovery
+    swaps the networks under them."""
+    c = Classifier(k3s_defaults())
+    kept = c.classify
+    assert kept("203.0.113.5").cls is A.PUBLIC
+    c.replace_networks([make_network("203.0.113.5", A.LOADBALANCER, "discovered")])
+    assert kept("203.0.113.5").cls is A.LOADBALANCER
+    assert kept("10.42.0.1").cls is A.PRIVATE
+
+
 def test_cache_is_bounded() -> None:
     c = Classifier(k3s_defaults())
     for i in range(70_000):

@@ -64,9 +64,29 @@ def line_lists(draw: st.DrawFn) -> list[bytes]:
 
 
 def one_by_one(lines: list[bytes], limit: int) -> tuple[list[AccessRecord], ParseStats]:
+    """The reference, independent of the array paths (``_docs``, ``_take``): what the parser
+    did before them, one ``orjson.loads`` a line, each value through the general path."""
     parser = TraefikParser(limit)
     stats = ParseStats()
-    records = [rec for line in lines for rec in parser.parse([line], stats)]
+    records: list[AccessRecord] = []
+    for line in lines:
+        stats.lines += 1
+        if len(line) > limit:
+            stats.skip(SkipReason.TOO_LONG)
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            stripped = line.strip()
+            if not stripped:
+                stats.skip(SkipReason.EMPTY)
+                continue
+            rec = parser._non_json(stripped, stats)
+        else:
+            rec = parser._record(value, stats)
+        if rec is not None:
+            records.append(rec)
+    stats.json = len(records) - stats.common
     return records, stats
 
 
@@ -93,13 +113,7 @@ def test_a_clean_piece_is_read_in_one_call(monkeypatch: pytest.MonkeyPatch) -> N
     """The speed-up is real only if a piece of valid lines is one ``loads``, not one a line."""
     import parsers.traefik as traefik
 
-    calls: list[int] = []
-
-    def counting(data: bytes) -> object:
-        calls.append(len(data))
-        return orjson.loads(data)
-
-    monkeypatch.setattr(traefik, "_loads", counting)
+    calls = count_loads(monkeypatch, traefik)
     lines = [line for line in CORPUS_LINES if line.startswith(b'{"ClientAddr"')] * 20
     stats = ParseStats()
     records = TraefikParser().parse_text(b"\n".join(lines), stats)
@@ -121,11 +135,46 @@ def test_a_line_holding_a_newline_is_read_alone() -> None:
     assert stats.skipped_total == 1
 
 
-def test_a_file_of_newlines_is_counted_not_parsed_line_by_line() -> None:
+def test_a_file_of_newlines_is_counted_not_parsed_line_by_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import parsers.traefik as traefik
+
+    calls = count_loads(monkeypatch, traefik)
     stats = ParseStats()
     assert TraefikParser().parse_text(b"\n" * 2_000_000, stats) == []
     assert stats.lines == 2_000_001
-    assert stats.skipped_total == 2_000_001
+    assert stats.skipped[SkipReason.EMPTY] == 2_000_001
+    # a failed array and one failed line a piece, not a call a line
+    assert len(calls) <= 2 * (2_000_001 // (PIECE_BYTES - 1) + 1)
+
+
+def count_loads(monkeypatch: pytest.MonkeyPatch, module: object) -> list[int]:
+    """Record the size of every ``orjson.loads`` input of the parser module."""
+    calls: list[int] = []
+
+    def counting(data: bytes) -> object:
+        calls.append(len(data))
+        return orjson.loads(data)
+
+    monkeypatch.setattr(module, "_loads", counting)
+    return calls
+
+
+def test_groups_of_long_lines_stay_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``parse`` groups lines by bytes as well as by count: 64 lines of 1 MiB joined would hold
+    64 decoded documents and their text at once (``max_line_bytes`` goes up to 16 MiB)."""
+    import parsers.traefik as traefik
+
+    calls = count_loads(monkeypatch, traefik)
+    pad = JSON_LINE[:-1] + b',"pad":"' + b"x" * 20_000 + b'"}'  # ~20 KB: one a group
+    lines = [pad, JSON_LINE] * 40 + [JSON_LINE] * 200
+    stats = ParseStats()
+    want, want_stats = one_by_one(lines, MAX_LINE_BYTES)
+    assert TraefikParser().parse(lines, stats) == want
+    assert same(stats, want_stats)
+    assert max(calls) <= PIECE_BYTES + 2 * len(JSON_LINE) + 1024
+    assert len(calls) < len(lines) / 2  # still arrays, not a call a line
 
 
 @st.composite
@@ -165,15 +214,17 @@ def test_text_blocks_hold_the_same_lines(data: bytes, limit: int, block: int, st
     def seen(lines: list[bytes]) -> list[bytes | None]:
         return [line if len(line) <= limit else None for line in lines]
 
-    want = [line for batch in line_batches(Trickle(data, step), 5, None, limit) for line in batch]
+    batches = list(line_batches(Trickle(data, step), 5, None, limit))
+    want = [line for batch in batches for line in batch]
     blocks = list(text_batches(Trickle(data, step), None, limit, block))
     assert seen([line for text in blocks for line in text.split(b"\n")]) == seen(want)
-    # parsed as blocks, the counts are those of the lines
+    # parsed as blocks, records and counts are those of the lines, read one by one
+    want_records, want_stats = one_by_one(want, limit)
     stats = ParseStats()
     parser = TraefikParser(limit)
-    for text in blocks:
-        parser.parse_text(text, stats)
-    assert stats.lines == len(want)
+    records = [rec for text in blocks for rec in parser.parse_text(text, stats)]
+    assert records == want_records
+    assert same(stats, want_stats)
 
 
 def test_text_blocks_cut_a_runaway_line_and_skip_its_rest() -> None:
