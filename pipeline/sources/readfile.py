@@ -75,6 +75,35 @@ def input_size(path: str) -> int:
         return 0
 
 
+class _Reads:
+    """A stream's reads, the rest of a runaway line skipped: ``skipping`` is set by the reader
+    that cut the line, and the next reads drop bytes up to its newline."""
+
+    __slots__ = ("_on_bytes", "_size", "_stream", "skipping")
+
+    def __init__(self, stream: Readable, size: int, on_bytes: Callable[[int], None] | None) -> None:
+        self._stream = stream
+        self._size = size
+        self._on_bytes = on_bytes
+        self.skipping = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        read, size, on_bytes = self._stream.read, self._size, self._on_bytes
+        while True:
+            chunk = read(size)
+            if not chunk:
+                return
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            if self.skipping:
+                newline = chunk.find(b"\n")
+                if newline < 0:
+                    continue
+                chunk = chunk[newline + 1 :]
+                self.skipping = False
+            yield chunk
+
+
 def line_batches(
     stream: Readable,
     batch_lines: int = BATCH_LINES,
@@ -87,21 +116,9 @@ def line_batches(
     it as too long) and the rest of it is skipped, so a file with no newlines cannot grow memory.
     """
     rest = b""
-    skipping = False
     pending: list[bytes] = []
-    read = stream.read
-    while True:
-        chunk = read(CHUNK_BYTES)
-        if not chunk:
-            break
-        if on_bytes is not None:
-            on_bytes(len(chunk))
-        if skipping:
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                continue
-            chunk = chunk[newline + 1 :]
-            skipping = False
+    reads = _Reads(stream, CHUNK_BYTES, on_bytes)
+    for chunk in reads:
         parts = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
         rest = parts.pop()
         if pending:
@@ -109,7 +126,7 @@ def line_batches(
         if len(rest) > max_line_bytes:
             parts.append(rest[: max_line_bytes + 1])
             rest = b""
-            skipping = True
+            reads.skipping = True
         # Slices by index: deleting each batch from the front of the list moved the rest of it
         # every time, quadratic in the lines of a chunk (a chunk of newlines has a million).
         full = len(parts) - len(parts) % batch_lines
@@ -140,20 +157,8 @@ def text_batches(
     (the parser counts it as too long) and the rest of it is skipped, as ``line_batches`` does.
     """
     rest = b""
-    skipping = False
-    read = stream.read
-    while True:
-        chunk = read(block_bytes)
-        if not chunk:
-            break
-        if on_bytes is not None:
-            on_bytes(len(chunk))
-        if skipping:
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                continue
-            chunk = chunk[newline + 1 :]
-            skipping = False
+    reads = _Reads(stream, block_bytes, on_bytes)
+    for chunk in reads:
         data = rest + chunk if rest else chunk
         cut = data.rfind(b"\n")
         text = data[:cut] if cut >= 0 else None
@@ -162,7 +167,7 @@ def text_batches(
             cut_line = rest[: max_line_bytes + 1]
             text = cut_line if text is None else text + b"\n" + cut_line
             rest = b""
-            skipping = True
+            reads.skipping = True
         if text is not None:
             yield text
     if rest:
