@@ -335,10 +335,14 @@ def run_replay(args: argparse.Namespace) -> int:
     progress = Progress(sum(input_size(f) for f in args.files), enabled=show)
     for path in args.files:
         jobs = _jobs(args.jobs, path)
-        if jobs > 1 and _parallel_ok(path, Envelope(args.envelope)):
-            audit_parallel(engine, path, jobs, progress.advance)
-        else:
-            audit_path(engine, path, Envelope(args.envelope), progress.advance)
+        try:
+            if jobs > 1 and _parallel_ok(path, Envelope(args.envelope)):
+                audit_parallel(engine, path, jobs, progress.advance)
+            else:
+                audit_path(engine, path, Envelope(args.envelope), progress.advance)
+        except OSError as exc:  # a disk or network file system failing mid-read: no traceback
+            name = "standard input" if path == "-" else f"input file {path}"
+            raise UsageError(f"{name}: read error: {exc.strerror or exc}") from None
     progress.close()
     check_inputs_parsed(engine, list(args.files), args.envelope, decisions=bool(args.decisions))
     engine.finish()

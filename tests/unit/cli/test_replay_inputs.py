@@ -35,6 +35,24 @@ def test_truncated_gzip_exits_2_naming_the_file(
     assert str(path) in capsys.readouterr().err
 
 
+def test_a_read_error_mid_file_exits_2_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing disk or network file system (EIO) mid-read: an error naming the file, not a
+    traceback (parallel replay's workers and parent: tests/unit/cli/test_replay_parallel.py)."""
+    import pipeline.cli.replay as replay
+
+    def failing(*_args: object, **_kw: object) -> object:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(replay, "text_batches", failing)
+    path = tmp_path / "access.log"
+    path.write_bytes(_log(20))
+    assert main(["replay", str(path), "--format", "json", "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"input file {path}: read error: Input/output error" in err
+
+
 def test_gzip_on_stdin_is_decompressed(tmp_path: Path) -> None:
     out = subprocess.run(
         [AUDITOR, "replay", "-", "--format", "json"],

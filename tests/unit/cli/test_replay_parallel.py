@@ -203,10 +203,12 @@ def test_a_killed_worker_is_an_error_not_a_hang(two_chunks: Path) -> None:
 @pytest.mark.parametrize("script", [FAIL_ONE, FAIL_IN_PARENT], ids=["worker", "parent"])
 def test_an_error_reading_a_chunk_stops_the_replay(two_chunks: Path, script: str) -> None:
     """Raised in a worker, it reaches the parent; raised in the parent's own chunk, the
-    workers are stopped. Either way the error is shown and no report is written."""
+    workers are stopped. Either way the error names the file, exits 2 without a traceback,
+    and no report is written."""
     out = _run(script, two_chunks)
-    assert out.returncode != 0
-    assert "OSError: [Errno 5] Input/output error" in out.stderr
+    assert out.returncode == 2, out.stderr
+    assert f"input file {two_chunks}: read error: Input/output error" in out.stderr
+    assert "Traceback" not in out.stderr
     assert out.stdout == ""
     if script is FAIL_IN_PARENT:
         assert "children-left 0" in out.stderr
