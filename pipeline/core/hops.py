@@ -167,12 +167,10 @@ class HopTracker:
         _insert(self._buckets, (bucket, s.total, sites))
         floor = self._cfg.hop_share / 2 * s.total
         start = float(bucket * self._cfg.bucket_s)
-        for client, n in s.pub_count.items():
-            if n >= floor:
-                row = (bucket, n, s.pub_mask.get(client, 0), s.pub_ua.get(client, 0))
-                _insert(self._seen.setdefault(client, deque()), row)
-                first = self._first.get(client)
-                self._first[client] = start if first is None else min(first, start)
+        for client, n, mask, ua_mask in s.heavy_diversity(floor):
+            _insert(self._seen.setdefault(client, deque()), (bucket, n, mask, ua_mask))
+            first = self._first.get(client)
+            self._first[client] = start if first is None else min(first, start)
         self._expire(self._last_noted)
 
     def _forget(self, bucket: int) -> None:

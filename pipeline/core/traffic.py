@@ -26,7 +26,8 @@ PENDING_CAP = 4096
 
 _key = itemgetter(KEY)
 _ts = itemgetter(TS)
-_host = itemgetter(2)  # of a Key
+_client = itemgetter(1)  # of a Key
+_host = itemgetter(2)
 _router = itemgetter(3)
 
 Key = tuple[str, str, str, str, str, str, str]  # entrypoint, client, host, router, xff, real_ip, ua
@@ -85,6 +86,7 @@ class Summary:
     """Tallies of one stretch of traffic; mergeable."""
 
     __slots__ = (
+        "_deferred",
         "by_class",
         "clients",
         "ep_clients",
@@ -104,7 +106,13 @@ class Summary:
         "total",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, defer_diversity: bool = False) -> None:
+        """``defer_diversity``: ``add_counts`` keeps the counted keys instead of working out the
+        public clients' diversity masks (``pub_mask``, ``pub_ua``; ~0.3 µs a key, a third of
+        the fold), and ``heavy_diversity`` works them out for the few clients that can be
+        hops. For the engine's own buckets, whose masks nothing else reads; anything that
+        reads the tables (``merge``, a snapshot) calls ``settle`` first."""
+        self._deferred: list[Mapping[Key, int]] | None = [] if defer_diversity else None
         self.total = 0
         self.ep_total: dict[str, int] = {}
         self.ep_internal: dict[str, int] = {}
@@ -130,6 +138,9 @@ class Summary:
         host and router sets are taken over all keys at once."""
         if not counts:
             return
+        deferred = self._deferred
+        if deferred is not None:
+            deferred.append(counts)  # its keys' masks: ``settle`` or ``heavy_diversity``
         self.total += sum(counts.values())
         for values, get in ((self.hosts, _host), (self.routers, _router)):
             if len(values) + len(counts) <= SET_CAP:
@@ -167,6 +178,8 @@ class Summary:
                 elif len(pub_count) < PUBLIC_CAP:
                     pub_count[client] = n
                 else:
+                    continue
+                if deferred is not None:
                     continue
                 tail = key[2:5]
                 mask = masks_get(tail)
@@ -238,6 +251,48 @@ class Summary:
         if visible:
             ic.visible += n
 
+    def settle(self) -> None:
+        """Work out the diversity masks ``add_counts`` deferred, for every public client it
+        counted, in the order it met them: the tables an eager fold would hold."""
+        deferred = self._deferred
+        if deferred:
+            self._deferred = []
+            self._add_diversity(deferred, self.pub_count)
+
+    def heavy_diversity(self, least: float) -> list[tuple[str, int, int, int]]:
+        """(client, requests, mask, User-Agent mask) of the public clients with at least
+        ``least`` requests, in their order. A deferring summary works out the masks of these
+        clients only, keeps them, and drops its kept keys: it must be final (a closed bucket),
+        and from then on holds no masks of lighter clients, which no reader of a closed bucket
+        asks for."""
+        counts = self.pub_count
+        heavy = {c: counts[c] for c in compress(counts, map(le, repeat(least), counts.values()))}
+        deferred = self._deferred
+        if deferred:
+            self._deferred = []
+            self._add_diversity(deferred, heavy)
+        masks, uas = self.pub_mask, self.pub_ua
+        return [(c, n, masks.get(c, 0), uas.get(c, 0)) for c, n in heavy.items()]
+
+    def _add_diversity(self, deferred: list[Mapping[Key, int]], wanted: Collection[str]) -> None:
+        """The masks of the deferred keys whose client is in ``wanted``, as ``add_counts``
+        would have set them key by key."""
+        pub_mask, pub_ua = self.pub_mask, self.pub_ua
+        masks_get = _MASKS.get
+        ua_bits_get = UA_BITS.get
+        for counts in deferred:
+            for key in compress(counts, map(wanted.__contains__, map(_client, counts))):
+                client = key[1]
+                tail = key[2:5]
+                mask = masks_get(tail)
+                if mask is None:
+                    mask = _mask_of(tail)
+                pub_mask[client] = pub_mask.get(client, 0) | mask
+                ua = key[6]
+                if ua:
+                    b = ua_bits_get(ua)
+                    pub_ua[client] = pub_ua.get(client, 0) | (ua_bit(ua) if b is None else b)
+
     def _merge_public(self, other: Summary) -> None:
         counts, masks, uas = self.pub_count, self.pub_mask, self.pub_ua
         for client, n in other.pub_count.items():
@@ -284,6 +339,8 @@ class Summary:
         if not full:
             return
         if public:
+            self.settle()
+            other.settle()
             self._merge_public(other)
         clients = self.clients
         clients_get = clients.get
@@ -394,11 +451,19 @@ class RunTally:
     CPU per line than a whole single-process replay (bench/RESULTS.md).
     """
 
-    __slots__ = ("_classify", "bucket_s", "runs")
+    __slots__ = ("_classify", "_heavy_share", "bucket_s", "runs")
 
-    def __init__(self, bucket_s: int, classify: Classify | None = None) -> None:
+    def __init__(
+        self, bucket_s: int, classify: Classify | None = None, heavy_share: float | None = None
+    ) -> None:
+        """``heavy_share`` (with ``classify``): a bucket between the first and the last is
+        whole, so its public clients' diversity masks are worked out only for those with at
+        least this share of its requests (half the engine's ``hop_share``: what hops read,
+        ``Summary.heavy_diversity``); the first and the last may be merged with another
+        chunk's part, so they keep every mask."""
         self.bucket_s = bucket_s
         self._classify = classify
+        self._heavy_share = heavy_share
         # bucket, its counts (a Summary once folded), [lo, hi]
         self.runs: list[tuple[int, Counter[Key] | Summary, list[float]]] = []
 
@@ -432,8 +497,12 @@ class RunTally:
     def _fold_last(self, classify: Classify) -> None:
         bucket, counts, span = self.runs[-1]
         if isinstance(counts, Counter):
-            summary = Summary()
+            share = self._heavy_share
+            summary = Summary(defer_diversity=share is not None)
             summary.add_counts(counts, classify)
+            if share is not None and len(self.runs) > 1:
+                summary.heavy_diversity(share * summary.total)
+            summary.settle()
             self.runs[-1] = (bucket, summary, span)
 
     def fold(self, classify: Classify) -> list[Run]:
@@ -547,8 +616,9 @@ class Timeline:
 
     def __init__(self, window_s: int, bucket_s: int, *, span_public: bool = True) -> None:
         """``span_public=False``: the span (and ``whole()``) keeps no public clients' diversity
-        tables (``pub_*``, see ``Summary.merge``): the engine's own timeline, which reads them
-        only from closed buckets."""
+        tables (``pub_*``, see ``Summary.merge``), and the buckets defer their masks
+        (``Summary(defer_diversity=True)``): the engine's own timeline, which reads them only
+        from closed buckets, and only of the clients that can be hops."""
         self.window_s = window_s
         self.bucket_s = bucket_s
         self.span = Summary()  # everything folded so far except the open bucket
@@ -669,7 +739,9 @@ class Timeline:
             closed.append(self._buckets[-1][0])
             self.span.merge(self._buckets[-1][1], public=self._span_public)
             self._closed.push(self._buckets[-1][1])
-        self._buckets.append((bucket, Summary() if fresh is None else fresh))
+        if fresh is None:  # the engine's own buckets defer the diversity masks (span_public)
+            fresh = Summary(defer_diversity=not self._span_public)
+        self._buckets.append((bucket, fresh))
         horizon = bucket - max(1, self.window_s // self.bucket_s)
         while self._buckets and self._buckets[0][0] <= horizon:
             self._buckets.popleft()

@@ -55,9 +55,10 @@ _CLASSES = {c.value: c for c in AddrClass}
 _REASONS = {r.value: r for r in SkipReason}
 
 # -- encoding --------------------------------------------------------------------------------
-# The top-client table is left out (only the replay report reads it, and it is the largest).
+# The top-client table is left out (only the replay report reads it, and it is the largest), and
+# so are the keys a summary that defers its diversity masks keeps (``settle`` runs first).
 
-_SKIP_SLOTS = frozenset({"clients"})
+_SKIP_SLOTS = frozenset({"clients", "_deferred"})
 _SCALARS = (int, float, str, bool)
 
 
@@ -88,6 +89,7 @@ def encode_by_class(by_class: Mapping[tuple[str, AddrClass], int]) -> Any:
 
 def summary_to_json(s: Summary, *, clients: bool = True) -> dict[str, Any]:
     """``clients=False`` also leaves out the distinct-client sets (oversized snapshots)."""
+    s.settle()
     out = {k: _enc(getattr(s, k)) for k in Summary.__slots__ if k not in _SKIP_SLOTS}
     if not clients:
         out.pop("ep_clients", None)

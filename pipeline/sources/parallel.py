@@ -97,7 +97,10 @@ class _Chunk:
 
 
 def count_chunk(
-    task: Task, mismatch: MismatchTally | None = None, classify: Classify | None = None
+    task: Task,
+    mismatch: MismatchTally | None = None,
+    classify: Classify | None = None,
+    heavy_share: float | None = None,
 ) -> tuple[RunTally, ParseStats, int]:
     """Parse one chunk and count its keys per time bucket (the per-line work), each bucket
     folded as the next opens when ``classify`` is given, and the bouncer's verdicts into
@@ -105,7 +108,7 @@ def count_chunk(
     path, start, end, bucket_s, max_line_bytes = task
     stats = ParseStats()
     parser = TraefikParser(max_line_bytes)
-    tally = RunTally(bucket_s, classify)
+    tally = RunTally(bucket_s, classify, heavy_share)
     with open(path, "rb") as fh:
         chunk = _Chunk(fh, start, end, max_line_bytes)
         for text in text_batches(chunk, max_line_bytes=max_line_bytes):
@@ -120,25 +123,34 @@ def count_chunk(
 # classes lives as long as the worker, like the engine's in a single-process replay.
 _classify: Classify | None = None
 _model: BouncerModel | None = None
+_heavy_share: float | None = None
 
 
-def _start_worker(networks: tuple[Network, ...], bouncer: BouncerSettings | None = None) -> None:
-    global _classify, _model  # noqa: PLW0603 - one per worker process, set before any task
+def _start_worker(
+    networks: tuple[Network, ...],
+    bouncer: BouncerSettings | None = None,
+    heavy_share: float | None = None,
+) -> None:
+    global _classify, _model, _heavy_share  # noqa: PLW0603 - one per worker, before any task
     _classify = Classifier(networks).classify
     _model = BouncerModel(bouncer) if bouncer is not None else None
+    _heavy_share = heavy_share
 
 
 def work(task: Task) -> Result:
     """One chunk's buckets, each folded into a Summary (``Summary.add_counts``), in a worker."""
     if _classify is None:  # classes from the wrong networks would be a silently wrong report
         raise RuntimeError("parallel replay worker started without the engine's networks")
-    return work_with(task, _classify, _model)
+    return work_with(task, _classify, _model, _heavy_share)
 
 
-def work_with(task: Task, classify: Classify, model: BouncerModel | None) -> Result:
-    """``work`` with the classifier and bouncer model given: what the parent runs itself."""
+def work_with(
+    task: Task, classify: Classify, model: BouncerModel | None, heavy_share: float | None = None
+) -> Result:
+    """``work`` with the classifier, bouncer model and hops' share given: what the parent runs
+    itself. ``heavy_share``: see ``RunTally``."""
     mismatch = MismatchTally(model, task[3], None) if model is not None else None
-    tally, stats, nbytes = count_chunk(task, mismatch, classify)
+    tally, stats, nbytes = count_chunk(task, mismatch, classify, heavy_share)
     return tally.fold(classify), stats, nbytes, mismatch.span if mismatch is not None else None
 
 
@@ -165,12 +177,13 @@ def _serve(
     out: Connection,
     networks: tuple[Network, ...],
     bouncer: BouncerSettings | None = None,
+    heavy_share: float | None = None,
 ) -> None:
     """A worker process: take the next task, send back its index and result, until none is
     left. A permit of ``room`` is held from taking a task until the parent has used its result,
     so results waiting for an earlier, slower chunk stay few."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
-    _start_worker(networks, bouncer)
+    _start_worker(networks, bouncer, heavy_share)
     try:
         while True:
             room.acquire()
@@ -217,12 +230,14 @@ def audit_parallel(
     classify = engine.classifier.classify
     model = BouncerModel(engine.config.bouncer) if engine.config.bouncer is not None else None
     ahead = 2 * jobs  # as many results as the workers may hold (``room``)
+    heavy = engine.config.hop_share / 2  # what hops read of a whole bucket (``RunTally``)
     want = 0  # the next chunk in file order
     try:
         for _ in range(jobs - 1):
             reader, writer = ctx.Pipe(duplex=False)
             _widen(writer)
-            args = (tasks, taken, room, writer, engine.classifier.networks, engine.config.bouncer)
+            networks, bouncer = engine.classifier.networks, engine.config.bouncer
+            args = (tasks, taken, room, writer, networks, bouncer, heavy)
             proc = ctx.Process(target=_serve, args=args, daemon=True)
             proc.start()
             writer.close()
@@ -237,7 +252,7 @@ def audit_parallel(
                 if not _ready(results, watched):
                     i = _take(taken, min(len(tasks), want + ahead))
                     if i is not None:
-                        done[i] = work_with(tasks[i], classify, model)
+                        done[i] = work_with(tasks[i], classify, model, heavy)
                         mine.add(i)
                         continue
                 _receive(results, watched, done, path)

@@ -129,10 +129,10 @@ FAIL_IN_PARENT = (
 import multiprocessing
 parent = os.getpid()
 real = parallel.work_with
-def work_with(task, classify, model):
+def work_with(task, *rest):
     if os.getpid() == parent:
         raise OSError(5, "Input/output error", task[0])
-    return real(task, classify, model)
+    return real(task, *rest)
 parallel.work_with = work_with
 try:
     code = cli.main(sys.argv[1:])
@@ -157,10 +157,10 @@ def work(task):
         time.sleep(3)
     return real_work(task)
 ahead = []
-def work_with(task, classify, model):
+def work_with(task, *rest):
     if os.getpid() == parent:
         ahead.append(time.monotonic() - start)
-    return real_with(task, classify, model)
+    return real_with(task, *rest)
 parallel.work, parallel.work_with = work, work_with
 start = time.monotonic()
 code = cli.main(sys.argv[1:])
@@ -234,11 +234,11 @@ COUNT_READERS = (
 parent = os.getpid()
 readers = []
 real = parallel.count_chunk
-def count_chunk(task, mismatch=None, classify=None):
+def count_chunk(task, *rest):
     readers.append(os.getpid())
     if os.getpid() != parent:
         print("worker-read", file=sys.stderr, flush=True)
-    return real(task, mismatch, classify)
+    return real(task, *rest)
 parallel.count_chunk = count_chunk
 code = cli.main(sys.argv[1:])
 print("parent-read", readers.count(parent), file=sys.stderr)

@@ -1,0 +1,127 @@
+"""A summary that defers its public clients' diversity masks holds what an eager one holds.
+
+``Summary(defer_diversity=True)`` keeps the counted keys instead of working out ``pub_mask`` and
+``pub_ua`` key by key (a third of the fold on quiet traffic). Whatever reads them must get the
+eager answer: ``settle`` (merges and snapshots call it) the whole tables in the same order,
+``heavy_diversity`` the heavy clients' masks. Parallel replay's workers keep only those in the
+buckets between a chunk's first and last. The eager fold is the reference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parsers.records import KEY, AccessRecord
+from pipeline.core import traffic
+from pipeline.core.addresses import Classifier, k3s_defaults
+from pipeline.core.traffic import InternalClient, RunTally, Summary
+from pipeline.kafka.snapshot import summary_to_json
+from tests.unit.core.test_traffic_runs import BUCKET_S, cut, traffic_lines
+
+CLASSIFY = Classifier(k3s_defaults()).classify
+
+
+def ordered(s: Summary) -> dict[str, Any]:
+    """Every tally but the kept keys, dicts as item lists: insertion order counts too."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, InternalClient):
+            return {k: plain(getattr(v, k)) for k in InternalClient.__slots__}
+        if isinstance(v, dict):
+            return [(k, plain(x)) for k, x in v.items()]
+        if isinstance(v, set):
+            return sorted(v)
+        return v
+
+    return {k: plain(getattr(s, k)) for k in Summary.__slots__ if k != "_deferred"}
+
+
+def batches(records: list[AccessRecord], sizes: list[int]) -> list[Counter[Any]]:
+    return [Counter(r[KEY] for r in part) for part in cut(records, sizes)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    traffic_lines(max_size=200),
+    st.lists(st.integers(1, 60), min_size=1, max_size=6),
+    st.sampled_from([traffic.PUBLIC_CAP, 1, 2, 3]),
+)
+def test_settled_is_eager(records: list[AccessRecord], sizes: list[int], cap: int) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(traffic, "PUBLIC_CAP", cap)
+        eager, deferred = Summary(), Summary(defer_diversity=True)
+        for counts in batches(records, sizes):
+            eager.add_counts(counts, CLASSIFY)
+            deferred.add_counts(counts, CLASSIFY)
+        if records and any(c for c in eager.pub_mask.values()):
+            assert deferred.pub_mask == {}  # nothing worked out yet
+        deferred.settle()
+    assert ordered(deferred) == ordered(eager)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    traffic_lines(max_size=200),
+    st.lists(st.integers(1, 60), min_size=1, max_size=6),
+    st.sampled_from([0.0, 1.0, 3.0, 0.1, 10.0]),
+)
+def test_heavy_diversity_is_eager(
+    records: list[AccessRecord], sizes: list[int], least: float
+) -> None:
+    eager, deferred = Summary(), Summary(defer_diversity=True)
+    for counts in batches(records, sizes):
+        eager.add_counts(counts, CLASSIFY)
+        deferred.add_counts(counts, CLASSIFY)
+    want = eager.heavy_diversity(least)
+    assert deferred.heavy_diversity(least) == want
+    assert all(n >= least for _, n, _, _ in want)
+    assert [c for c, *_ in want] == [c for c, n in eager.pub_count.items() if n >= least]
+    # asked again (the kept keys are gone), the same answer
+    assert deferred.heavy_diversity(least) == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(traffic_lines(max_size=150), traffic_lines(max_size=150))
+def test_merges_and_snapshots_see_the_eager_tables(
+    first: list[AccessRecord], second: list[AccessRecord]
+) -> None:
+    a_eager, b_eager = Summary(), Summary()
+    a_deferred, b_deferred = Summary(defer_diversity=True), Summary(defer_diversity=True)
+    for s, recs in ((a_eager, first), (a_deferred, first), (b_eager, second), (b_deferred, second)):
+        s.add_counts(Counter(r[KEY] for r in recs), CLASSIFY)
+    assert summary_to_json(b_deferred) == summary_to_json(b_eager)
+    b_deferred = Summary(defer_diversity=True)
+    b_deferred.add_counts(Counter(r[KEY] for r in second), CLASSIFY)
+    a_eager.merge(b_eager)
+    a_deferred.merge(b_deferred)
+    assert ordered(a_deferred) == ordered(a_eager)
+
+
+@settings(max_examples=100, deadline=None)
+@given(traffic_lines(max_size=300), st.lists(st.integers(1, 80), min_size=1, max_size=8))
+def test_run_tally_keeps_heavy_masks_inside_a_chunk(
+    records: list[AccessRecord], sizes: list[int]
+) -> None:
+    """The first and the last bucket of a chunk may be merged with another chunk's part: every
+    mask. The ones between are whole: the masks of clients with ``heavy_share`` of them."""
+    share = 0.2 / 2
+    eager, lean = RunTally(BUCKET_S, CLASSIFY), RunTally(BUCKET_S, CLASSIFY, share)
+    for part in cut(records, sizes):
+        eager.add(part)
+        lean.add(part)
+    want, got = eager.fold(CLASSIFY), lean.fold(CLASSIFY)
+    assert [r[0] for r in got] == [r[0] for r in want]
+    for i, ((_, w, *_), (_, g, *_)) in enumerate(zip(want, got, strict=True)):
+        assert isinstance(w, Summary) and isinstance(g, Summary)
+        assert g.heavy_diversity(share * g.total) == w.heavy_diversity(share * w.total)
+        if i in (0, len(want) - 1):
+            assert ordered(g) == ordered(w)
+        else:
+            heavy = {c for c, *_ in w.heavy_diversity(share * w.total)}
+            assert g.pub_mask == {c: m for c, m in w.pub_mask.items() if c in heavy}
+            assert g.pub_count == w.pub_count and g.clients == w.clients
