@@ -23,6 +23,8 @@ INTERNAL_CAP = 1 << 17
 CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
 # Distinct keys of the open bucket counted ahead of folding (Timeline.add_records): ~2 MB.
 PENDING_CAP = 4096
+# Public keys a summary that defers its diversity masks keeps before it works them out anyway.
+DEFERRED_CAP = 2 * PENDING_CAP
 
 _key = itemgetter(KEY)
 _ts = itemgetter(TS)
@@ -107,12 +109,13 @@ class Summary:
     )
 
     def __init__(self, *, defer_diversity: bool = False) -> None:
-        """``defer_diversity``: ``add_counts`` keeps the counted keys instead of working out the
-        public clients' diversity masks (``pub_mask``, ``pub_ua``; ~0.3 µs a key, a third of
-        the fold), and ``heavy_diversity`` works them out for the few clients that can be
-        hops. For the engine's own buckets, whose masks nothing else reads; anything that
-        reads the tables (``merge``, a snapshot) calls ``settle`` first."""
-        self._deferred: list[Mapping[Key, int]] | None = [] if defer_diversity else None
+        """``defer_diversity``: ``add_counts`` keeps the public clients' keys (those of
+        ``pub_count``, at most ``DEFERRED_CAP`` before it settles) instead of working out their
+        diversity masks (``pub_mask``, ``pub_ua``; ~0.3 µs a key, a third of the fold), and
+        ``heavy_diversity`` works them out for the few clients that can be hops. For the
+        engine's own buckets, whose masks nothing else reads; anything that reads the tables
+        (``merge``, a snapshot) calls ``settle`` first."""
+        self._deferred: list[Key] | None = [] if defer_diversity else None
         self.total = 0
         self.ep_total: dict[str, int] = {}
         self.ep_internal: dict[str, int] = {}
@@ -139,8 +142,6 @@ class Summary:
         if not counts:
             return
         deferred = self._deferred
-        if deferred is not None:
-            deferred.append(counts)  # its keys' masks: ``settle`` or ``heavy_diversity``
         self.total += sum(counts.values())
         for values, get in ((self.hosts, _host), (self.routers, _router)):
             if len(values) + len(counts) <= SET_CAP:
@@ -179,7 +180,8 @@ class Summary:
                     pub_count[client] = n
                 else:
                     continue
-                if deferred is not None:
+                if deferred is not None:  # its masks: ``settle`` or ``heavy_diversity``
+                    deferred.append(key)
                     continue
                 tail = key[2:5]
                 mask = masks_get(tail)
@@ -199,6 +201,8 @@ class Summary:
             ep_total[k[0]] = ep_total.get(k[0], 0) + n
         if len(clients) > CLIENTS_CAP:
             self._prune_clients()
+        if deferred is not None and len(deferred) > DEFERRED_CAP:
+            self.settle()  # exact at any point: a client joins pub_count at its first key
 
     def _ep_adder(self, ep: str, most: int) -> Callable[[str], object]:
         """How to add a client to ``ep``'s set during one ``add_counts``: the set's own ``add``
@@ -274,24 +278,23 @@ class Summary:
         masks, uas = self.pub_mask, self.pub_ua
         return [(c, n, masks.get(c, 0), uas.get(c, 0)) for c, n in heavy.items()]
 
-    def _add_diversity(self, deferred: list[Mapping[Key, int]], wanted: Collection[str]) -> None:
+    def _add_diversity(self, deferred: list[Key], wanted: Collection[str]) -> None:
         """The masks of the deferred keys whose client is in ``wanted``, as ``add_counts``
         would have set them key by key."""
         pub_mask, pub_ua = self.pub_mask, self.pub_ua
         masks_get = _MASKS.get
         ua_bits_get = UA_BITS.get
-        for counts in deferred:
-            for key in compress(counts, map(wanted.__contains__, map(_client, counts))):
-                client = key[1]
-                tail = key[2:5]
-                mask = masks_get(tail)
-                if mask is None:
-                    mask = _mask_of(tail)
-                pub_mask[client] = pub_mask.get(client, 0) | mask
-                ua = key[6]
-                if ua:
-                    b = ua_bits_get(ua)
-                    pub_ua[client] = pub_ua.get(client, 0) | (ua_bit(ua) if b is None else b)
+        for key in compress(deferred, map(wanted.__contains__, map(_client, deferred))):
+            client = key[1]
+            tail = key[2:5]
+            mask = masks_get(tail)
+            if mask is None:
+                mask = _mask_of(tail)
+            pub_mask[client] = pub_mask.get(client, 0) | mask
+            ua = key[6]
+            if ua:
+                b = ua_bits_get(ua)
+                pub_ua[client] = pub_ua.get(client, 0) | (ua_bit(ua) if b is None else b)
 
     def _merge_public(self, other: Summary) -> None:
         counts, masks, uas = self.pub_count, self.pub_mask, self.pub_ua
@@ -539,6 +542,9 @@ class TrafficView(Protocol):
 
     def by_class(self) -> dict[tuple[str, AddrClass], int]: ...
 
+    @property
+    def newest_bucket(self) -> int | None: ...
+
 
 class _ClosedCounters:
     """The counters (``Summary.merge(full=False)``) of a timeline's closed buckets that are
@@ -754,6 +760,11 @@ class Timeline:
         if self._closed.source is not self._buckets:
             closed = [s for _, s in list(self._buckets)[:-1]]
             self._closed.reset(closed, self._buckets)
+
+    @property
+    def newest_bucket(self) -> int | None:
+        """The newest bucket's id (None before any): a run no newer joins that bucket."""
+        return self._buckets[-1][0] if self._buckets else None
 
     def newest(self) -> tuple[int, Summary] | None:
         """The newest bucket (id, summary); in ``on_close``, the bucket that is closing."""

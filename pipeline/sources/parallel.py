@@ -257,6 +257,8 @@ def audit_parallel(
                         continue
                 _receive(results, watched, done, path)
                 continue
+            if _joins_held_bucket(result[0], engine.traffic.newest_bucket):
+                result = work_with(tasks[want], classify, model)  # every mask, read again
             runs, stats, nbytes, mismatch = result
             engine.ingest_runs(runs, stats, path)
             if mismatch is not None:
@@ -291,6 +293,16 @@ def _widen(conn: Connection) -> None:
         fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (ImportError, AttributeError, OSError):  # not Linux, or over the system's limit
         pass
+
+
+def _joins_held_bucket(runs: Sequence[Run], newest: int | None) -> bool:
+    """Whether a run after the chunk's first joins a bucket the engine holds already: a line
+    older than the previous chunk's newest bucket opened the chunk, or that chunk ended with a
+    line from a skewed clock ahead of the rest. Such a run was read as a whole bucket and kept
+    only its own heavy clients' diversity masks (``RunTally``), but the bucket it joins is not
+    whole: the chunk is read again with every mask. Runs of a chunk only grow, so the second
+    one tells."""
+    return newest is not None and len(runs) > 1 and runs[1][0] <= newest
 
 
 def _take(taken: Synchronized[int], count: int) -> int | None:

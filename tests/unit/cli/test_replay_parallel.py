@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,6 +21,7 @@ import pytest
 from bench.generate import GenConfig, write_decisions, write_log
 from pipeline.sources import parallel
 from tests.support.auditor_cli import Run, _auditor  # noqa: F401 - the fixture
+from tests.support.crowdsec import traefik_json_line
 from tests.support.paths import ROOT
 
 LINES = 24_000  # ~32 MB
@@ -256,3 +257,91 @@ def test_the_parent_reads_chunks_too(two_chunks: Path) -> None:
     assert "worker-read" in out.stderr
     report = orjson.loads(out.stdout)
     assert report["summary"]["lines"]["read"] == 14_000
+
+
+def _skewed_log(path: Path) -> None:
+    """A first chunk (``SMALL_CHUNK``) of lines two hours older that ends with one line from a
+    clock 8 minutes ahead, then a hop's traffic: 60 % of minute 1 on one site, and in minute 2 a few
+    requests to five other sites with other User-Agents, light there. One replay process puts
+    minutes 0-4 of the second chunk in the future line's bucket (a line older than the newest
+    bucket joins it), where the hop's sites add up to a suspected hop; a worker reads minute 2
+    as a bucket of its own, whole, where the hop is light."""
+    import random
+
+    rnd = random.Random(1)
+    hosts = [f"{c}.example" for c in "abcdef"]
+    hop = "198.51.100.7"
+
+    def line(
+        client: str, minute: int, sec: int, host: str, ua: str, pad: int = 0, hour: int = 8
+    ) -> bytes:
+        when = datetime(2025, 3, 14, hour, minute, sec, tzinfo=UTC)
+        text = traefik_json_line(
+            client, "/x" + "a" * pad, host=host, user_agent=ua, when=when, router=f"r-{host}"
+        )
+        return (text + "\n").encode()
+
+    def other() -> str:
+        return f"203.0.{rnd.randint(1, 250)}.{rnd.randint(1, 250)}"
+
+    first = [
+        line(other(), 0, 0, rnd.choice(hosts), f"Mozilla/5.0 o{i}", 9_000, hour=6)
+        for i in range(110)
+    ]
+    head = b"".join(first)[: SMALL_CHUNK - 30_000]
+    head = head[: head.rindex(b"\n") + 1]
+    # the chunk's last line, from the clock ahead, padded (its User-Agent) to end the chunk
+    short = line(other(), 9, 0, "a.example", "Mozilla/5.0 future")
+    ua = "Mozilla/5.0 future" + "z" * (SMALL_CHUNK - len(head) - len(short))
+    future = line(other(), 9, 0, "a.example", ua)
+    assert len(head) + len(future) == SMALL_CHUNK
+    assert len(future) < 40_000  # not a line too long
+    second = [line(other(), 0, 59, "a.example", "Mozilla/5.0 straggler")]
+    for i in range(250):
+        if i % 5 < 3:
+            second.append(line(hop, 1, min(59, i // 5), "a.example", "Mozilla/5.0 H1"))
+        else:
+            second.append(line(other(), 1, min(59, i // 5), rnd.choice(hosts), f"M p{i}"))
+    for i in range(410):
+        if i % 41 == 0:
+            n = 1 + (i // 41) % 5
+            second.append(line(hop, 2, 30, hosts[n], f"Mozilla/5.0 H{n + 1}"))
+        else:
+            second.append(line(other(), 2, 30, rnd.choice(hosts), f"M q{i}"))
+    for minute in (3, 4):
+        second += [line(other(), minute, i, rnd.choice(hosts), f"M r{i}") for i in range(10)]
+    assert len(b"".join(second)) < SMALL_CHUNK  # one chunk: minute 2 is one of its inner runs
+    path.write_bytes(head + future + b"".join(second))
+
+
+REPORT = (
+    PREAMBLE
+    + """
+code = cli.main(sys.argv[1:])
+sys.exit(code)
+"""
+)
+
+
+def test_a_chunk_that_joins_a_held_bucket_keeps_every_mask(tmp_path: Path) -> None:
+    """Workers keep only the heavy clients' masks of a chunk's inner buckets, which they read
+    as whole; a chunk whose runs join the bucket the engine holds is read again with every
+    mask, and the report is the one of a single process (a suspected hop included)."""
+    log = tmp_path / "skewed.log"
+    _skewed_log(log)
+    argv = ["replay", str(log), "--format", "json", "--no-progress"]
+    reports = []
+    for jobs in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", REPORT, *argv, "--jobs", jobs],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode in (0, 1), out.stderr
+        reports.append(out.stdout)
+    assert reports[0] == reports[1]
+    kinds = [f["kind"] for f in orjson.loads(reports[0])["findings"]]
+    assert "suspected_hop" in kinds

@@ -125,3 +125,22 @@ def test_run_tally_keeps_heavy_masks_inside_a_chunk(
             heavy = {c for c, *_ in w.heavy_diversity(share * w.total)}
             assert g.pub_mask == {c: m for c, m in w.pub_mask.items() if c in heavy}
             assert g.pub_count == w.pub_count and g.clients == w.clients
+
+
+def test_kept_keys_are_bounded_and_settle_exactly() -> None:
+    """A minute of 20,000 distinct keys of 1,000 clients (a flood of User-Agents) keeps at most
+    DEFERRED_CAP of them: past it the summary works the masks out, as the eager fold does."""
+    keys = [
+        ("websecure", f"203.0.{i % 250}.{i // 250 % 4}", "a.example", "r@k8s", "", "", f"ua {i}")
+        for i in range(20_000)
+    ]
+    eager, deferred = Summary(), Summary(defer_diversity=True)
+    for part in (keys[:7_000], keys[7_000:]):
+        counts = Counter(part)
+        eager.add_counts(counts, CLASSIFY)
+        deferred.add_counts(counts, CLASSIFY)
+        assert deferred._deferred is not None
+        assert len(deferred._deferred) <= traffic.DEFERRED_CAP
+    assert len(deferred.pub_count) == 1_000
+    deferred.settle()
+    assert ordered(deferred) == ordered(eager)
