@@ -454,19 +454,11 @@ class RunTally:
     CPU per line than a whole single-process replay (bench/RESULTS.md).
     """
 
-    __slots__ = ("_classify", "_heavy_share", "bucket_s", "runs")
+    __slots__ = ("_classify", "bucket_s", "runs")
 
-    def __init__(
-        self, bucket_s: int, classify: Classify | None = None, heavy_share: float | None = None
-    ) -> None:
-        """``heavy_share`` (with ``classify``): a bucket between the first and the last is
-        whole, so its public clients' diversity masks are worked out only for those with at
-        least this share of its requests (half the engine's ``hop_share``: what hops read,
-        ``Summary.heavy_diversity``); the first and the last may be merged with another
-        chunk's part, so they keep every mask."""
+    def __init__(self, bucket_s: int, classify: Classify | None = None) -> None:
         self.bucket_s = bucket_s
         self._classify = classify
-        self._heavy_share = heavy_share
         # bucket, its counts (a Summary once folded), [lo, hi]
         self.runs: list[tuple[int, Counter[Key] | Summary, list[float]]] = []
 
@@ -500,12 +492,8 @@ class RunTally:
     def _fold_last(self, classify: Classify) -> None:
         bucket, counts, span = self.runs[-1]
         if isinstance(counts, Counter):
-            share = self._heavy_share
-            summary = Summary(defer_diversity=share is not None)
+            summary = Summary()
             summary.add_counts(counts, classify)
-            if share is not None and len(self.runs) > 1:
-                summary.heavy_diversity(share * summary.total)
-            summary.settle()
             self.runs[-1] = (bucket, summary, span)
 
     def fold(self, classify: Classify) -> list[Run]:
@@ -541,9 +529,6 @@ class TrafficView(Protocol):
     def whole(self) -> Summary: ...
 
     def by_class(self) -> dict[tuple[str, AddrClass], int]: ...
-
-    @property
-    def newest_bucket(self) -> int | None: ...
 
 
 class _ClosedCounters:
@@ -760,11 +745,6 @@ class Timeline:
         if self._closed.source is not self._buckets:
             closed = [s for _, s in list(self._buckets)[:-1]]
             self._closed.reset(closed, self._buckets)
-
-    @property
-    def newest_bucket(self) -> int | None:
-        """The newest bucket's id (None before any): a run no newer joins that bucket."""
-        return self._buckets[-1][0] if self._buckets else None
 
     def newest(self) -> tuple[int, Summary] | None:
         """The newest bucket (id, summary); in ``on_close``, the bucket that is closing."""

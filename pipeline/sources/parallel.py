@@ -97,10 +97,7 @@ class _Chunk:
 
 
 def count_chunk(
-    task: Task,
-    mismatch: MismatchTally | None = None,
-    classify: Classify | None = None,
-    heavy_share: float | None = None,
+    task: Task, mismatch: MismatchTally | None = None, classify: Classify | None = None
 ) -> tuple[RunTally, ParseStats, int]:
     """Parse one chunk and count its keys per time bucket (the per-line work), each bucket
     folded as the next opens when ``classify`` is given, and the bouncer's verdicts into
@@ -108,7 +105,7 @@ def count_chunk(
     path, start, end, bucket_s, max_line_bytes = task
     stats = ParseStats()
     parser = TraefikParser(max_line_bytes)
-    tally = RunTally(bucket_s, classify, heavy_share)
+    tally = RunTally(bucket_s, classify)
     with open(path, "rb") as fh:
         chunk = _Chunk(fh, start, end, max_line_bytes)
         for text in text_batches(chunk, max_line_bytes=max_line_bytes):
@@ -123,34 +120,25 @@ def count_chunk(
 # classes lives as long as the worker, like the engine's in a single-process replay.
 _classify: Classify | None = None
 _model: BouncerModel | None = None
-_heavy_share: float | None = None
 
 
-def _start_worker(
-    networks: tuple[Network, ...],
-    bouncer: BouncerSettings | None = None,
-    heavy_share: float | None = None,
-) -> None:
-    global _classify, _model, _heavy_share  # noqa: PLW0603 - one per worker, before any task
+def _start_worker(networks: tuple[Network, ...], bouncer: BouncerSettings | None = None) -> None:
+    global _classify, _model  # noqa: PLW0603 - one per worker process, set before any task
     _classify = Classifier(networks).classify
     _model = BouncerModel(bouncer) if bouncer is not None else None
-    _heavy_share = heavy_share
 
 
 def work(task: Task) -> Result:
     """One chunk's buckets, each folded into a Summary (``Summary.add_counts``), in a worker."""
     if _classify is None:  # classes from the wrong networks would be a silently wrong report
         raise RuntimeError("parallel replay worker started without the engine's networks")
-    return work_with(task, _classify, _model, _heavy_share)
+    return work_with(task, _classify, _model)
 
 
-def work_with(
-    task: Task, classify: Classify, model: BouncerModel | None, heavy_share: float | None = None
-) -> Result:
-    """``work`` with the classifier, bouncer model and hops' share given: what the parent runs
-    itself. ``heavy_share``: see ``RunTally``."""
+def work_with(task: Task, classify: Classify, model: BouncerModel | None) -> Result:
+    """``work`` with the classifier and bouncer model given: what the parent runs itself."""
     mismatch = MismatchTally(model, task[3], None) if model is not None else None
-    tally, stats, nbytes = count_chunk(task, mismatch, classify, heavy_share)
+    tally, stats, nbytes = count_chunk(task, mismatch, classify)
     return tally.fold(classify), stats, nbytes, mismatch.span if mismatch is not None else None
 
 
@@ -177,13 +165,12 @@ def _serve(
     out: Connection,
     networks: tuple[Network, ...],
     bouncer: BouncerSettings | None = None,
-    heavy_share: float | None = None,
 ) -> None:
     """A worker process: take the next task, send back its index and result, until none is
     left. A permit of ``room`` is held from taking a task until the parent has used its result,
     so results waiting for an earlier, slower chunk stay few."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
-    _start_worker(networks, bouncer, heavy_share)
+    _start_worker(networks, bouncer)
     try:
         while True:
             room.acquire()
@@ -230,14 +217,12 @@ def audit_parallel(
     classify = engine.classifier.classify
     model = BouncerModel(engine.config.bouncer) if engine.config.bouncer is not None else None
     ahead = 2 * jobs  # as many results as the workers may hold (``room``)
-    heavy = engine.config.hop_share / 2  # what hops read of a whole bucket (``RunTally``)
     want = 0  # the next chunk in file order
     try:
         for _ in range(jobs - 1):
             reader, writer = ctx.Pipe(duplex=False)
             _widen(writer)
-            networks, bouncer = engine.classifier.networks, engine.config.bouncer
-            args = (tasks, taken, room, writer, networks, bouncer, heavy)
+            args = (tasks, taken, room, writer, engine.classifier.networks, engine.config.bouncer)
             proc = ctx.Process(target=_serve, args=args, daemon=True)
             proc.start()
             writer.close()
@@ -252,13 +237,11 @@ def audit_parallel(
                 if not _ready(results, watched):
                     i = _take(taken, min(len(tasks), want + ahead))
                     if i is not None:
-                        done[i] = work_with(tasks[i], classify, model, heavy)
+                        done[i] = work_with(tasks[i], classify, model)
                         mine.add(i)
                         continue
                 _receive(results, watched, done, path)
                 continue
-            if _joins_held_bucket(result[0], engine.traffic.newest_bucket):
-                result = work_with(tasks[want], classify, model)  # every mask, read again
             runs, stats, nbytes, mismatch = result
             engine.ingest_runs(runs, stats, path)
             if mismatch is not None:
@@ -293,16 +276,6 @@ def _widen(conn: Connection) -> None:
         fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (ImportError, AttributeError, OSError):  # not Linux, or over the system's limit
         pass
-
-
-def _joins_held_bucket(runs: Sequence[Run], newest: int | None) -> bool:
-    """Whether a run after the chunk's first joins a bucket the engine holds already: a line
-    older than the previous chunk's newest bucket opened the chunk, or that chunk ended with a
-    line from a skewed clock ahead of the rest. Such a run was read as a whole bucket and kept
-    only its own heavy clients' diversity masks (``RunTally``), but the bucket it joins is not
-    whole: the chunk is read again with every mask. Runs of a chunk only grow, so the second
-    one tells."""
-    return newest is not None and len(runs) > 1 and runs[1][0] <= newest
 
 
 def _take(taken: Synchronized[int], count: int) -> int | None:

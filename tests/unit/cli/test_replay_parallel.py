@@ -323,10 +323,11 @@ sys.exit(code)
 )
 
 
-def test_a_chunk_that_joins_a_held_bucket_keeps_every_mask(tmp_path: Path) -> None:
-    """Workers keep only the heavy clients' masks of a chunk's inner buckets, which they read
-    as whole; a chunk whose runs join the bucket the engine holds is read again with every
-    mask, and the report is the one of a single process (a suspected hop included)."""
+def test_a_chunk_that_joins_a_held_bucket_gives_one_process_report(tmp_path: Path) -> None:
+    """A chunk whose buckets join the bucket the engine holds (a line from a clock ahead ended
+    the chunk before) gives the report of a single process, a suspected hop included: the
+    diversity masks of buckets a worker read as whole are merged, not lost. (A version that
+    kept only each worker bucket's own heavy clients' masks lost the hop here.)"""
     log = tmp_path / "skewed.log"
     _skewed_log(log)
     argv = ["replay", str(log), "--format", "json", "--no-progress"]

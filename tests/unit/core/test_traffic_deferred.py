@@ -3,8 +3,7 @@
 ``Summary(defer_diversity=True)`` keeps the counted keys instead of working out ``pub_mask`` and
 ``pub_ua`` key by key (a third of the fold on quiet traffic). Whatever reads them must get the
 eager answer: ``settle`` (merges and snapshots call it) the whole tables in the same order,
-``heavy_diversity`` the heavy clients' masks. Parallel replay's workers keep only those in the
-buckets between a chunk's first and last. The eager fold is the reference.
+``heavy_diversity`` the heavy clients' masks. The eager fold is the reference.
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ from hypothesis import strategies as st
 from parsers.records import KEY, AccessRecord
 from pipeline.core import traffic
 from pipeline.core.addresses import Classifier, k3s_defaults
-from pipeline.core.traffic import InternalClient, RunTally, Summary
+from pipeline.core.traffic import InternalClient, Summary
 from pipeline.kafka.snapshot import summary_to_json
-from tests.unit.core.test_traffic_runs import BUCKET_S, cut, traffic_lines
+from tests.unit.core.test_traffic_runs import cut, traffic_lines
 
 CLASSIFY = Classifier(k3s_defaults()).classify
 
@@ -100,31 +99,6 @@ def test_merges_and_snapshots_see_the_eager_tables(
     a_eager.merge(b_eager)
     a_deferred.merge(b_deferred)
     assert ordered(a_deferred) == ordered(a_eager)
-
-
-@settings(max_examples=100, deadline=None)
-@given(traffic_lines(max_size=300), st.lists(st.integers(1, 80), min_size=1, max_size=8))
-def test_run_tally_keeps_heavy_masks_inside_a_chunk(
-    records: list[AccessRecord], sizes: list[int]
-) -> None:
-    """The first and the last bucket of a chunk may be merged with another chunk's part: every
-    mask. The ones between are whole: the masks of clients with ``heavy_share`` of them."""
-    share = 0.2 / 2
-    eager, lean = RunTally(BUCKET_S, CLASSIFY), RunTally(BUCKET_S, CLASSIFY, share)
-    for part in cut(records, sizes):
-        eager.add(part)
-        lean.add(part)
-    want, got = eager.fold(CLASSIFY), lean.fold(CLASSIFY)
-    assert [r[0] for r in got] == [r[0] for r in want]
-    for i, ((_, w, *_), (_, g, *_)) in enumerate(zip(want, got, strict=True)):
-        assert isinstance(w, Summary) and isinstance(g, Summary)
-        assert g.heavy_diversity(share * g.total) == w.heavy_diversity(share * w.total)
-        if i in (0, len(want) - 1):
-            assert ordered(g) == ordered(w)
-        else:
-            heavy = {c for c, *_ in w.heavy_diversity(share * w.total)}
-            assert g.pub_mask == {c: m for c, m in w.pub_mask.items() if c in heavy}
-            assert g.pub_count == w.pub_count and g.clients == w.clients
 
 
 def test_kept_keys_are_bounded_and_settle_exactly() -> None:
