@@ -21,7 +21,9 @@ def test_compare_this_tree_with_itself(tmp_path: Path) -> None:
     # make test installs the venv first; without it this is a setup error, not a skip.
     assert (ROOT / ".venv" / "bin" / "auditor").exists(), "run `make install` first"
     out, md = tmp_path / "compare.json", tmp_path / "compare.md"
-    opts = ["--lines", "2000", "--repeat", "2", "--live-duration", "1", "--before", str(ROOT)]
+    # 3 s of the live phase: its CPU is read in 10 ms clock ticks, and at 1,000 lines/s
+    # (~1 % of a core) one second can read 0 ticks, a run no ratio can be taken of.
+    opts = ["--lines", "2000", "--repeat", "2", "--live-duration", "3", "--before", str(ROOT)]
     files = ["--data-dir", str(tmp_path), "--json", str(out), "--markdown", str(md)]
     argv = [sys.executable, "-m", "bench.compare", *opts, *files]
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
