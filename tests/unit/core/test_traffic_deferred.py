@@ -68,14 +68,22 @@ def test_settled_is_eager(records: list[AccessRecord], sizes: list[int], cap: in
     traffic_lines(max_size=200),
     st.lists(st.integers(1, 60), min_size=1, max_size=6),
     st.sampled_from([0.0, 1.0, 3.0, 0.1, 10.0]),
+    st.sampled_from([traffic.PUBLIC_CAP, 1, 2]),
+    st.integers(0, 6),
 )
 def test_heavy_diversity_is_eager(
-    records: list[AccessRecord], sizes: list[int], least: float
+    records: list[AccessRecord], sizes: list[int], least: float, cap: int, settle_at: int
 ) -> None:
+    """At any PUBLIC_CAP, and after a ``settle`` part-way (a merge or a snapshot of the open
+    bucket) followed by more keys."""
     eager, deferred = Summary(), Summary(defer_diversity=True)
-    for counts in batches(records, sizes):
-        eager.add_counts(counts, CLASSIFY)
-        deferred.add_counts(counts, CLASSIFY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(traffic, "PUBLIC_CAP", cap)
+        for i, counts in enumerate(batches(records, sizes)):
+            if i == settle_at:
+                deferred.settle()
+            eager.add_counts(counts, CLASSIFY)
+            deferred.add_counts(counts, CLASSIFY)
     want = eager.heavy_diversity(least)
     assert deferred.heavy_diversity(least) == want
     assert all(n >= least for _, n, _, _ in want)
