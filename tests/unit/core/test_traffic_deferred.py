@@ -18,26 +18,16 @@ from hypothesis import strategies as st
 from parsers.records import KEY, AccessRecord
 from pipeline.core import traffic
 from pipeline.core.addresses import Classifier, k3s_defaults
-from pipeline.core.traffic import InternalClient, Summary
+from pipeline.core.traffic import Summary
 from pipeline.kafka.snapshot import summary_to_json
-from tests.unit.core.test_traffic_runs import cut, traffic_lines
+from tests.support.traffic import cut, ordered_state, traffic_lines
 
 CLASSIFY = Classifier(k3s_defaults()).classify
 
 
 def ordered(s: Summary) -> dict[str, Any]:
-    """Every tally but the kept keys, dicts as item lists: insertion order counts too."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, InternalClient):
-            return {k: plain(getattr(v, k)) for k in InternalClient.__slots__}
-        if isinstance(v, dict):
-            return [(k, plain(x)) for k, x in v.items()]
-        if isinstance(v, set):
-            return sorted(v)
-        return v
-
-    return {k: plain(getattr(s, k)) for k in Summary.__slots__ if k != "_deferred"}
+    """Every tally but the kept keys, in order: insertion order counts too."""
+    return ordered_state(s, skip={"_deferred"})
 
 
 def batches(records: list[AccessRecord], sizes: list[int]) -> list[Counter[Any]]:
