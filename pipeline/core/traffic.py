@@ -454,11 +454,20 @@ class RunTally:
     CPU per line than a whole single-process replay (bench/RESULTS.md).
     """
 
-    __slots__ = ("_classify", "bucket_s", "runs")
+    __slots__ = ("_classify", "_heavy_share", "bucket_s", "runs")
 
-    def __init__(self, bucket_s: int, classify: Classify | None = None) -> None:
+    def __init__(
+        self, bucket_s: int, classify: Classify | None = None, heavy_share: float | None = None
+    ) -> None:
+        """``heavy_share`` (with ``classify``): a run between the first and the last is a
+        whole bucket unless the engine holds that bucket already (the caller checks,
+        ``partial_runs``), so its public clients' diversity masks are worked out only for
+        those with at least this share of its requests (half the engine's ``hop_share``: what
+        ``HopTracker.note`` reads, ``Summary.heavy_diversity``). The first and the last run
+        may be merged with another chunk's part, so they keep every mask."""
         self.bucket_s = bucket_s
         self._classify = classify
+        self._heavy_share = heavy_share
         # bucket, its counts (a Summary once folded), [lo, hi]
         self.runs: list[tuple[int, Counter[Key] | Summary, list[float]]] = []
 
@@ -490,10 +499,17 @@ class RunTally:
             counts.update(map(_key, records if whole else records[a:b]))
 
     def _fold_last(self, classify: Classify) -> None:
+        """Fold the newest run: a later one opens, so it is complete (the first run of the
+        chunk keeps every mask; see ``heavy_share``)."""
         bucket, counts, span = self.runs[-1]
         if isinstance(counts, Counter):
-            summary = Summary()
+            share = self._heavy_share
+            inner = share is not None and len(self.runs) > 1
+            summary = Summary(defer_diversity=inner)
             summary.add_counts(counts, classify)
+            if inner:
+                assert share is not None
+                summary.heavy_diversity(share * summary.total)  # HopTracker.note's floor
             self.runs[-1] = (bucket, summary, span)
 
     def fold(self, classify: Classify) -> list[Run]:
@@ -529,6 +545,9 @@ class TrafficView(Protocol):
     def whole(self) -> Summary: ...
 
     def by_class(self) -> dict[tuple[str, AddrClass], int]: ...
+
+    @property
+    def newest_bucket(self) -> int | None: ...
 
 
 class _ClosedCounters:
@@ -745,6 +764,11 @@ class Timeline:
         if self._closed.source is not self._buckets:
             closed = [s for _, s in list(self._buckets)[:-1]]
             self._closed.reset(closed, self._buckets)
+
+    @property
+    def newest_bucket(self) -> int | None:
+        """The newest bucket's id (None before any): a run no newer joins that bucket."""
+        return self._buckets[-1][0] if self._buckets else None
 
     def newest(self) -> tuple[int, Summary] | None:
         """The newest bucket (id, summary); in ``on_close``, the bucket that is closing."""

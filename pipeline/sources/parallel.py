@@ -6,6 +6,12 @@ time bucket's keys across its batches (``traffic.RunTally``) and folds each buck
 workers. The parent feeds the folded buckets to the one engine in file order: a bucket a chunk
 opens is taken over as it is, one that spans two chunks is merged, and the engine closes and
 judges buckets exactly as a single-process replay does, so the report is the same.
+
+A bucket between a chunk's first and last is whole, so it works out the public clients'
+diversity masks only for the clients the engine's hop tracker reads (``RunTally``'s
+``heavy_share``), as the engine's own buckets do. When such a bucket would join one the engine
+holds (the log given twice, a clock ahead), the chunk is read again with every mask, and so is
+every later chunk: reports never depend on it, and only the chunks already taken are read twice.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ if TYPE_CHECKING:  # multiprocessing is imported when a replay runs in parallel,
 # than 16 MB). Bigger chunks hold more per result and leave a process idle longer at the end.
 CHUNK = 16 << 20
 
-Task = tuple[str, int, int, int, int]  # path, start, end, bucket_s, max_line_bytes
-# folded runs (one per bucket), stats, bytes read, bouncer verdicts (None: not judged)
-Result = tuple[list[Run], ParseStats, int, ModeCounts | None]
+# path, start, end, bucket_s, max_line_bytes, heavy share (None: every diversity mask kept)
+Task = tuple[str, int, int, int, int, float | None]
+# folded runs (one per bucket), stats, bytes read, bouncer verdicts (None: not judged), and
+# whether the inner runs kept only their heavy clients' diversity masks (``RunTally``)
+Result = tuple[list[Run], ParseStats, int, ModeCounts | None, bool]
 
 
 def plan(path: str, chunk: int | None = None) -> list[tuple[int, int]]:
@@ -100,12 +108,13 @@ def count_chunk(
     task: Task, mismatch: MismatchTally | None = None, classify: Classify | None = None
 ) -> tuple[RunTally, ParseStats, int]:
     """Parse one chunk and count its keys per time bucket (the per-line work), each bucket
-    folded as the next opens when ``classify`` is given, and the bouncer's verdicts into
+    folded as the next opens when ``classify`` is given (inner buckets with their heavy
+    clients' masks only when the task gives a share), and the bouncer's verdicts into
     ``mismatch`` when given (``replay --bouncer-*``)."""
-    path, start, end, bucket_s, max_line_bytes = task
+    path, start, end, bucket_s, max_line_bytes, heavy_share = task
     stats = ParseStats()
     parser = TraefikParser(max_line_bytes)
-    tally = RunTally(bucket_s, classify)
+    tally = RunTally(bucket_s, classify, heavy_share)
     with open(path, "rb") as fh:
         chunk = _Chunk(fh, start, end, max_line_bytes)
         for text in text_batches(chunk, max_line_bytes=max_line_bytes):
@@ -139,7 +148,8 @@ def work_with(task: Task, classify: Classify, model: BouncerModel | None) -> Res
     """``work`` with the classifier and bouncer model given: what the parent runs itself."""
     mismatch = MismatchTally(model, task[3], None) if model is not None else None
     tally, stats, nbytes = count_chunk(task, mismatch, classify)
-    return tally.fold(classify), stats, nbytes, mismatch.span if mismatch is not None else None
+    span = mismatch.span if mismatch is not None else None
+    return tally.fold(classify), stats, nbytes, span, task[5] is not None
 
 
 def _context() -> ForkContext | ForkServerContext:
@@ -152,10 +162,14 @@ def _context() -> ForkContext | ForkServerContext:
 
 
 def parallel_tasks(
-    path: str, bucket_s: int, max_line_bytes: int = MAX_LINE_BYTES
+    path: str, bucket_s: int, heavy_share: float | None, max_line_bytes: int = MAX_LINE_BYTES
 ) -> Iterator[Task]:
     for start, end in plan(path):
-        yield (path, start, end, bucket_s, max_line_bytes)
+        yield (path, start, end, bucket_s, max_line_bytes, heavy_share)
+
+
+def _every_mask(task: Task) -> Task:
+    return (*task[:5], None)
 
 
 def _serve(
@@ -165,10 +179,12 @@ def _serve(
     out: Connection,
     networks: tuple[Network, ...],
     bouncer: BouncerSettings | None = None,
+    eager: Synchronized[bool] | None = None,
 ) -> None:
     """A worker process: take the next task, send back its index and result, until none is
     left. A permit of ``room`` is held from taking a task until the parent has used its result,
-    so results waiting for an earlier, slower chunk stay few."""
+    so results waiting for an earlier, slower chunk stay few. Once ``eager`` is set, every
+    chunk keeps every diversity mask (``audit_parallel``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
     _start_worker(networks, bouncer)
     try:
@@ -177,7 +193,10 @@ def _serve(
             i = _take(taken, len(tasks))
             if i is None:
                 return
-            out.send((i, work(tasks[i])))
+            task = tasks[i]
+            if eager is not None and eager.value:
+                task = _every_mask(task)
+            out.send((i, work(task)))
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
         out.send((-1, exc))
     finally:
@@ -205,10 +224,11 @@ def audit_parallel(
     waiting forever. Here the parent's one thread reads the results of whichever worker is
     ready, and notices a worker that dies.
     """
-    tasks = list(parallel_tasks(path, engine.config.bucket_s))
+    tasks = list(parallel_tasks(path, engine.config.bucket_s, engine.config.hop_share / 2))
     jobs = max(1, min(jobs, len(tasks)))
     ctx = _context()
     taken = ctx.Value("q", 0)
+    eager = ctx.Value("b", False)  # set: chunks keep every diversity mask (``_joins_held``)
     room = ctx.Semaphore(2 * jobs)
     workers: list[BaseProcess] = []
     results: dict[Connection, BaseProcess] = {}
@@ -222,7 +242,8 @@ def audit_parallel(
         for _ in range(jobs - 1):
             reader, writer = ctx.Pipe(duplex=False)
             _widen(writer)
-            args = (tasks, taken, room, writer, engine.classifier.networks, engine.config.bouncer)
+            networks, bouncer = engine.classifier.networks, engine.config.bouncer
+            args = (tasks, taken, room, writer, networks, bouncer, eager)
             proc = ctx.Process(target=_serve, args=args, daemon=True)
             proc.start()
             writer.close()
@@ -237,12 +258,16 @@ def audit_parallel(
                 if not _ready(results, watched):
                     i = _take(taken, min(len(tasks), want + ahead))
                     if i is not None:
-                        done[i] = work_with(tasks[i], classify, model)
+                        task = _every_mask(tasks[i]) if eager.value else tasks[i]
+                        done[i] = work_with(task, classify, model)
                         mine.add(i)
                         continue
                 _receive(results, watched, done, path)
                 continue
-            runs, stats, nbytes, mismatch = result
+            if result[4] and _joins_held(result[0], engine.traffic.newest_bucket):
+                eager.value = True  # from now on every chunk keeps every mask
+                result = work_with(_every_mask(tasks[want]), classify, model)  # read again
+            runs, stats, nbytes, mismatch, _ = result
             engine.ingest_runs(runs, stats, path)
             if mismatch is not None:
                 engine.ingest_mismatch(mismatch)
@@ -276,6 +301,16 @@ def _widen(conn: Connection) -> None:
         fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (ImportError, AttributeError, OSError):  # not Linux, or over the system's limit
         pass
+
+
+def _joins_held(runs: Sequence[Run], newest: int | None) -> bool:
+    """Whether a run after the chunk's first joins a bucket the engine holds already: a line
+    older than the previous chunk's newest bucket opened the chunk (the same log given
+    twice), or that chunk ended with a line from a clock ahead of the rest. Such a run was
+    folded as a whole bucket with only its own heavy clients' diversity masks, but the bucket
+    it joins is not whole, so the chunk is read again with every mask. A chunk's runs only
+    grow, so its second run tells."""
+    return newest is not None and len(runs) > 1 and runs[1][0] <= newest
 
 
 def _take(taken: Synchronized[int], count: int) -> int | None:

@@ -346,3 +346,52 @@ def test_a_chunk_that_joins_a_held_bucket_gives_one_process_report(tmp_path: Pat
     assert reports[0] == reports[1]
     kinds = [f["kind"] for f in orjson.loads(reports[0])["findings"]]
     assert "suspected_hop" in kinds
+
+
+# Counts the chunks the parent reads a second time with every diversity mask: those whose inner
+# runs kept only their heavy clients' masks and join a bucket the engine holds.
+READ_AGAIN = (
+    PREAMBLE
+    + """
+real = parallel._joins_held
+again = []
+def joins_held(runs, newest):
+    found = real(runs, newest)
+    again.extend([1] if found else [])
+    return found
+parallel._joins_held = joins_held
+code = cli.main(sys.argv[1:])
+print("read-again", len(again), file=sys.stderr)
+sys.exit(code)
+"""
+)
+
+
+def test_a_log_given_twice_is_read_again_only_until_chunks_keep_every_mask(
+    tmp_path: Path,
+) -> None:
+    """Every bucket of a log's second copy joins the newest bucket of the first, so its chunks
+    must keep every diversity mask. The first chunk found so is read again and sets every
+    later one to keep them: only the chunks taken before that (at most ``2 * jobs`` ahead)
+    are read twice, not the whole second copy, and the report is one process's."""
+    one = tmp_path / "one.log"
+    write_log(GenConfig(lines=12_000, seed=6, rate=5.0), one)
+    log = tmp_path / "twice.log"
+    log.write_bytes(one.read_bytes() * 2)
+    chunks = len(parallel.plan(str(log), SMALL_CHUNK))
+    assert chunks >= 14
+    argv = ["replay", str(log), "--format", "json", "--no-progress"]
+    out = {}
+    for jobs in ("1", "2"):
+        out[jobs] = subprocess.run(
+            [sys.executable, "-c", READ_AGAIN, *argv, "--jobs", jobs],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+        assert out[jobs].returncode in (0, 1), out[jobs].stderr
+    assert out["2"].stdout == out["1"].stdout
+    again = int(out["2"].stderr.split("read-again")[-1].split()[0])
+    assert 1 <= again <= 1 + 2 * 2  # the first found, and those already taken (2 x 2 jobs)

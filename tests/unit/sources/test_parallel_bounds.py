@@ -48,7 +48,7 @@ def chunked(path: str, chunk: int, max_line_bytes: int) -> tuple[ParseStats, Cou
     keys: Counter[object] = Counter()
     nbytes = 0
     for start, end in plan(path, chunk):
-        task: Task = (path, start, end, BUCKET_S, max_line_bytes)
+        task: Task = (path, start, end, BUCKET_S, max_line_bytes, None)
         tally, part, n = count_chunk(task)
         stats.merge(part)
         nbytes += n
