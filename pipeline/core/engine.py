@@ -798,14 +798,14 @@ class Engine:
     # -- masked client IP -------------------------------------------------------------------
     def _evaluate_masked(self) -> None:
         cfg = self.config
-        window = self._timeline.window()
+        totals, internals = self._timeline.window_shares()
         # Entrypoints with an open finding are judged even when they left the window (share 0).
-        judged = set(window.ep_total)
+        judged = set(totals)
         judged |= {f.target for f in self._findings.values() if f.kind is Kind.MASKED_CLIENT_IP}
         for ep in judged:
-            total = window.ep_total.get(ep, 0)
+            total = totals.get(ep, 0)
             key = f"masked_client_ip:{ep}"
-            internal = window.ep_internal.get(ep, 0)
+            internal = internals.get(ep, 0)
             share = internal / total if total else 0.0
             active = key in self._findings
             if total >= cfg.masked_min_requests and share >= cfg.masked_share:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from itertools import compress, count, repeat
+from itertools import compress, count, islice, repeat
 from operator import itemgetter, le
 from typing import Protocol
 
@@ -553,37 +553,63 @@ class TrafficView(Protocol):
 class _ClosedCounters:
     """The counters (``Summary.merge(full=False)``) of a timeline's closed buckets that are
     still in its window, so that ``window()`` merges three summaries instead of every bucket:
-    judging reads the window at each bucket that closes, and a quiet log closes one every ~300
-    lines (15 merges each cost ~0.25 µs per line there).
+    live, the metrics read the window at every scrape, and a window may hold a week of buckets.
 
     Two stacks, in window order: ``front`` holds merges of every suffix of the older buckets
     (``front[0]`` covers them all), ``back`` the merge of the buckets closed since. The oldest
     bucket leaves from the front; an empty front is refilled from the back's buckets. Merging
     front, back and the open bucket in that order gives the same sums, and the same keys in the
     same order, as merging every bucket oldest first.
+
+    They catch up when read (``sync``), not as each bucket closes: a replay closes a bucket
+    every ~300 lines of quiet traffic and reads the window only at the end.
     """
 
-    __slots__ = ("_back", "_back_parts", "_front", "source")
+    __slots__ = ("_back", "_back_parts", "_front", "_ids", "source")
 
     def __init__(self) -> None:
         self.source: object = None  # the bucket deque these counters describe
+        self._ids: deque[int] = deque()  # the buckets covered, oldest first
         self._front: deque[Summary] = deque()
         self._back = Summary()
         self._back_parts: list[Summary] = []
 
-    def reset(self, closed: Iterable[Summary], source: object) -> None:
-        self.source = source
+    def sync(self, buckets: deque[tuple[int, Summary]]) -> None:
+        """Cover the closed buckets of ``buckets`` (all but the newest): drop those that left
+        the window, add those closed since. A bucket is never changed once closed, but a
+        Kafka partition's timeline replaces the whole deque (``source``): then start over."""
+        ids = self._ids
+        if self.source is not buckets:
+            self._reset(buckets)
+            return
+        oldest = buckets[0][0] if len(buckets) > 1 else None
+        while ids and (oldest is None or ids[0] < oldest):
+            ids.popleft()
+            self._pop()
+        new: list[tuple[int, Summary]] = []
+        for bucket, closed in islice(reversed(buckets), 1, None):
+            if ids and bucket <= ids[-1]:
+                break
+            new.append((bucket, closed))
+        for bucket, closed in reversed(new):
+            ids.append(bucket)
+            self._push(closed)
+
+    def _reset(self, buckets: deque[tuple[int, Summary]]) -> None:
+        self.source = buckets
+        self._ids.clear()
         self._front.clear()
         self._back, self._back_parts = Summary(), []
-        for s in closed:
-            self.push(s)
+        for bucket, closed in list(buckets)[:-1]:
+            self._ids.append(bucket)
+            self._push(closed)
 
-    def push(self, closed: Summary) -> None:
+    def _push(self, closed: Summary) -> None:
         """The newest bucket closed."""
         self._back.merge(closed, full=False)
         self._back_parts.append(closed)
 
-    def pop(self) -> None:
+    def _pop(self) -> None:
         """The oldest closed bucket left the window."""
         if not self._front:
             after: Summary | None = None
@@ -603,6 +629,30 @@ class _ClosedCounters:
         out.merge(self._back, full=False)
 
 
+class _WindowShares:
+    """Requests and internal-client requests per entrypoint over a timeline's closed buckets in
+    the window, added as a bucket closes and taken off as it leaves: what judging the masked
+    share reads at every close, for two additions instead of a merge of the window."""
+
+    __slots__ = ("internal", "source", "total")
+
+    def __init__(self) -> None:
+        self.source: object = None  # the bucket deque these sums describe
+        self.total: dict[str, int] = {}
+        self.internal: dict[str, int] = {}
+
+    def add(self, s: Summary, sign: int = 1) -> None:
+        for src, dst in ((s.ep_total, self.total), (s.ep_internal, self.internal)):
+            for ep, n in src.items():
+                dst[ep] = dst.get(ep, 0) + sign * n
+
+    def reset(self, closed: Iterable[Summary], source: object) -> None:
+        self.source = source
+        self.total, self.internal = {}, {}
+        for s in closed:
+            self.add(s)
+
+
 class Timeline:
     """Per-bucket summaries on the data's time line, a sliding window over them, a span total.
 
@@ -616,6 +666,7 @@ class Timeline:
         "_closed",
         "_pending",
         "_pending_classify",
+        "_shares",
         "_span_public",
         "bucket_s",
         "first_ts",
@@ -635,6 +686,7 @@ class Timeline:
         self._span_public = span_public
         self._buckets: deque[tuple[int, Summary]] = deque()
         self._closed = _ClosedCounters()
+        self._shares = _WindowShares()
         self.first_ts = 0.0
         self.last_ts = 0.0
         # The open bucket's keys counted by ``add_records`` and not yet folded into its summary.
@@ -742,28 +794,42 @@ class Timeline:
             return self._buckets[-1][1], closed
         if self._pending is not None:
             self.fold_pending()
-        self._sync_closed()
+        self._sync_shares()
         if self._buckets:
             if on_close is not None:
                 on_close()
             closed.append(self._buckets[-1][0])
             self.span.merge(self._buckets[-1][1], public=self._span_public)
-            self._closed.push(self._buckets[-1][1])
+            self._shares.add(self._buckets[-1][1])
         if fresh is None:  # the engine's own buckets defer the diversity masks (span_public)
             fresh = Summary(defer_diversity=not self._span_public)
         self._buckets.append((bucket, fresh))
         horizon = bucket - max(1, self.window_s // self.bucket_s)
         while self._buckets and self._buckets[0][0] <= horizon:
-            self._buckets.popleft()
-            self._closed.pop()
+            self._shares.add(self._buckets.popleft()[1], -1)
         return self._buckets[-1][1], closed
 
-    def _sync_closed(self) -> None:
-        """Rebuild the closed buckets' counters if the buckets were replaced (a Kafka
-        partition's timeline loads them from a snapshot)."""
-        if self._closed.source is not self._buckets:
+    def _sync_shares(self) -> None:
+        """Rebuild the window's shares if the buckets were replaced (a Kafka partition's
+        timeline loads them from a snapshot)."""
+        if self._shares.source is not self._buckets:
             closed = [s for _, s in list(self._buckets)[:-1]]
-            self._closed.reset(closed, self._buckets)
+            self._shares.reset(closed, self._buckets)
+
+    def window_shares(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Requests and internal-client requests per entrypoint in the window, as ``window()``
+        has them in ``ep_total`` and ``ep_internal`` (an entrypoint that left the window may
+        stay with 0): what the masked share is judged on at every close."""
+        if self._pending is not None:
+            self.fold_pending()
+        self._sync_shares()
+        total, internal = dict(self._shares.total), dict(self._shares.internal)
+        if self._buckets:
+            newest = self._buckets[-1][1]
+            for src, dst in ((newest.ep_total, total), (newest.ep_internal, internal)):
+                for ep, n in src.items():
+                    dst[ep] = dst.get(ep, 0) + n
+        return total, internal
 
     @property
     def newest_bucket(self) -> int | None:
@@ -796,7 +862,7 @@ class Timeline:
             self.fold_pending()
         out = Summary()
         if not full:
-            self._sync_closed()
+            self._closed.sync(self._buckets)
             self._closed.into(out)
             if self._buckets:
                 out.merge(self._buckets[-1][1], full=False)

@@ -479,6 +479,10 @@ class ClusterTimeline(Timeline):
     def window(self, *, full: bool = False) -> Summary:
         return self.view.window(full=full)
 
+    def window_shares(self) -> tuple[dict[str, int], dict[str, int]]:
+        window = self.view.window()
+        return dict(window.ep_total), dict(window.ep_internal)
+
     def whole(self) -> Summary:
         return self.view.whole()
 
