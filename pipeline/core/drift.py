@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -97,7 +97,7 @@ class DriftConfig(Protocol):
 
 
 Row = tuple[int, int, int]  # bucket, requests, internal (or the hop's) requests
-PubRow = tuple[int, int, dict[str, int]]  # bucket, requests, heavy public clients' requests
+PubRow = tuple[int, int, Mapping[str, int]]  # bucket, requests, heavy public clients' requests
 _requests = itemgetter(1)  # of a Row
 _internal = itemgetter(2)
 
@@ -259,10 +259,18 @@ class DriftTracker:
     def all_steps(self) -> list[Step]:
         return [*self.steps.values(), *self.hop_steps.values()]
 
-    def note(self, bucket: int, s: Summary, hops: Collection[str] = ()) -> bool:
+    def note(
+        self,
+        bucket: int,
+        s: Summary,
+        hops: Collection[str] = (),
+        heavy: Mapping[str, int] | None = None,
+    ) -> bool:
         """A bucket closed; True when a step was found, grew, returned or dropped.
 
-        ``hops``: the addresses judged suspected hops now; their share is searched for a step."""
+        ``hops``: the addresses judged suspected hops now; their share is searched for a step.
+        ``heavy``: the bucket's public clients with half of ``hop_share`` of its requests, in
+        order, when the caller has them (``HopTracker.note``); else worked out here."""
         if bucket <= self._last_noted:
             return False
         self._last_noted = bucket
@@ -283,13 +291,22 @@ class DriftTracker:
                 continue
             if rows[-1][0] == bucket:
                 changed |= self._judge(ep, rows, self.steps, self._internal_rule)
-        return self._note_hops(bucket, s, horizon, hops) or changed
+        return self._note_hops(bucket, s, horizon, hops, heavy) or changed
 
-    def _note_hops(self, bucket: int, s: Summary, horizon: int, hops: Collection[str]) -> bool:
+    def _note_hops(
+        self,
+        bucket: int,
+        s: Summary,
+        horizon: int,
+        hops: Collection[str],
+        heavy: Mapping[str, int] | None,
+    ) -> bool:
         pub = self._pub
         if s.total:
-            floor = self._cfg.hop_share / 2 * s.total
-            pub.append((bucket, s.total, {a: n for a, n in s.pub_count.items() if n >= floor}))
+            if heavy is None:
+                floor = self._cfg.hop_share / 2 * s.total
+                heavy = {a: n for a, n in s.pub_count.items() if n >= floor}
+            pub.append((bucket, s.total, heavy))
         while pub and pub[0][0] <= horizon:
             pub.popleft()
         for addr in [a for a, b in self._hop_from.items() if b <= horizon]:

@@ -647,9 +647,9 @@ class Engine:
 
     def _note_closed(self, bucket: int, summary: Summary) -> None:
         """A closed bucket's tallies: heavy public clients (hops), entrypoint shares (drift)."""
-        self._hops.note(bucket, summary)
+        heavy = self._hops.note(bucket, summary)
         self._evaluate_hops()
-        if self._drift.note(bucket, summary, self._suspected_hops()):
+        if self._drift.note(bucket, summary, self._suspected_hops(), heavy):
             self._evaluate_drift()
 
     def _suspected_hops(self) -> list[str]:

@@ -152,8 +152,9 @@ class HopTracker:
         """The newest bucket noted (-1 before any): where the engine asks for closed ones."""
         return self._last_noted
 
-    def note(self, bucket: int, s: Summary) -> None:
-        """A bucket closed (or the replay ended): keep its total and its heavy public clients.
+    def note(self, bucket: int, s: Summary) -> dict[str, int]:
+        """A bucket closed (or the replay ended): keep its total and its heavy public clients,
+        and return those clients' requests (what drift keeps of the bucket too).
 
         A bucket noted before is replaced (``aggregate``: a partition whose first lines came
         late changed a bucket already judged, ``ClusterTimeline.revised``)."""
@@ -162,16 +163,19 @@ class HopTracker:
         elif s.total:
             self._last_noted = bucket
         if not s.total:
-            return
+            return {}
         sites = values_mask(s.hosts, HOST_SHIFT) | values_mask(s.routers, ROUTER_SHIFT)
         _insert(self._buckets, (bucket, s.total, sites))
         floor = self._cfg.hop_share / 2 * s.total
         start = float(bucket * self._cfg.bucket_s)
+        heavy = {}
         for client, n, mask, ua_mask in s.heavy_diversity(floor):
             _insert(self._seen.setdefault(client, deque()), (bucket, n, mask, ua_mask))
             first = self._first.get(client)
             self._first[client] = start if first is None else min(first, start)
+            heavy[client] = n
         self._expire(self._last_noted)
+        return heavy
 
     def _forget(self, bucket: int) -> None:
         """Drop what was kept of ``bucket`` (it is noted again)."""
@@ -204,7 +208,9 @@ class HopTracker:
 
     def judge(self, last_ts: float, total: int, *, keep_peak: bool) -> list[Verdict]:
         """A verdict per tracked address; with ``keep_peak`` (replay) a suspected address keeps
-        its strongest verdict even after it calms down."""
+        its strongest verdict even after it calms down, and an address below the request
+        thresholds that never was suspected gets none: with a peak kept, nothing clears, so
+        such a verdict says nothing, and replay judges at every closed bucket."""
         cfg = self._cfg
         sites = 0
         for _, _, m in self._buckets:
@@ -212,11 +218,18 @@ class HopTracker:
         all_hosts, all_routers = field_count(sites, HOST_SHIFT), field_count(sites, ROUTER_SHIFT)
         out: list[Verdict] = []
         for client, rows in self._seen.items():
+            requests = sum(n for _, n, _, _ in rows)
+            if keep_peak and not (
+                requests >= cfg.hop_min_requests and total > 0 and requests / total >= cfg.hop_share
+            ):  # not suspected now, whatever its sites: its peak, if it had one (``_peaked``)
+                peak = self._peak.get(client)
+                if peak is not None:
+                    out.append(peak)
+                continue
             mask = ua_mask = 0
             for _, _, m, u in rows:
                 mask |= m
                 ua_mask |= u
-            requests = sum(n for _, n, _, _ in rows)
             hosts, routers = field_count(mask, HOST_SHIFT), field_count(mask, ROUTER_SHIFT)
             forwarded = field_count(mask, XFF_SHIFT)
             user_agents = field_count(ua_mask, 0)

@@ -59,3 +59,37 @@ def test_an_older_bucket_goes_in_its_place_and_expires_in_order() -> None:
     window = CFG.window_s // CFG.bucket_s
     tracker.note(START + window + 1, bucket(hop=0, others=60))  # START falls out of the window
     assert verdict(tracker)[1] == 60  # only START + 2 is left
+
+
+def test_replay_judges_only_an_address_that_is_or_was_suspected() -> None:
+    """With ``keep_peak`` (replay, which judges at every closed bucket) an address kept but
+    below the request thresholds gets no verdict unless it was suspected before: then its
+    peak, where the live verdict would be."""
+    tracker = HopTracker(CFG)
+
+    def judge(newest: int, *, keep_peak: bool) -> list[tuple[str, bool, int]]:
+        last = float((newest + 1) * CFG.bucket_s)
+        verdicts = tracker.judge(last, tracker.window_total(last), keep_peak=keep_peak)
+        return [(v.address, v.suspected, v.requests) for v in verdicts]
+
+    tracker.note(START, bucket(hop=12, others=60))  # heavy in its bucket (kept), 12 requests
+    assert judge(START, keep_peak=False) == [(HOP, False, 12)]
+    assert judge(START, keep_peak=True) == []
+    tracker.note(START + 1, bucket(hop=240, others=60))
+    assert judge(START + 1, keep_peak=True) == [(HOP, True, 252)]
+    window = CFG.window_s // CFG.bucket_s
+    tracker.note(START + window + 1, bucket(hop=12, others=60))  # the busy minutes left
+    assert judge(START + window + 1, keep_peak=False) == [(HOP, False, 12)]
+    assert judge(START + window + 1, keep_peak=True) == [(HOP, True, 252)]
+
+
+def test_note_returns_the_heavy_clients_drift_keeps() -> None:
+    """``HopTracker.note`` hands drift the bucket's public clients with half of ``hop_share``
+    of its requests, in order: what ``DriftTracker`` works out itself when not given them."""
+    tracker = HopTracker(CFG)
+    for i, (hop, others) in enumerate([(12, 60), (240, 60), (0, 60), (7, 60), (6, 0)]):
+        s = bucket(hop=hop, others=others)
+        floor = CFG.hop_share / 2 * s.total
+        want = [(a, n) for a, n in s.pub_count.items() if n >= floor]
+        assert list(tracker.note(START + i, s).items()) == want
+    assert list(tracker.note(START + 9, Summary()).items()) == []
