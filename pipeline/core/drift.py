@@ -69,7 +69,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
-from operator import itemgetter
+from operator import itemgetter, truediv
 from typing import Any, Protocol
 
 from pipeline.core import fixes
@@ -380,15 +380,7 @@ class DriftTracker:
     def _find(self, key: str, rows: Sequence[Row], rule: _Rule, *, hop: bool) -> Step | None:
         cfg = self._cfg
         n, least = len(rows), cfg.drift_min_buckets
-        if n < 2 * least:
-            return None
-        # Exact early "no": ``_held`` needs ``least`` rows at or after the split (itself at
-        # ``least`` or later) at or above the step's midpoint, which is never below
-        # ``rule.step / 2`` (the same float operations, so rounding cannot let one through).
-        # A stable share fails here in one pass instead of a ``_step`` per split, at every
-        # closed bucket, for every entrypoint.
-        half = rule.step / 2
-        if sum(1 for _, t, i in islice(rows, least, None) if i >= half * t) < least:
+        if n < 2 * least or self._no_step(rows, rule):
             return None
         all_t = sum(map(_requests, rows))
         all_i = sum(map(_internal, rows))
@@ -430,6 +422,26 @@ class DriftTracker:
             address=key if hop else None,
             floor_share=round(cfg.hop_share / 2, 4) if hop else 0.0,
         )
+
+    def _no_step(self, rows: Sequence[Row], rule: _Rule) -> bool:
+        """Exact early "no"s, each one pass instead of a ``_step`` per split, at every closed
+        bucket, for every entrypoint:
+
+        - ``_held`` needs ``drift_min_buckets`` rows at or after the split (itself at that
+          index or later) at or above the step's midpoint, which is never below
+          ``rule.step / 2`` (the same float operations, so rounding cannot let one through):
+          a share that stays low fails here.
+        - A part's share is an average of its rows' shares, so it lies between their lowest
+          and highest (a correctly rounded division keeps that order), and no step exceeds
+          the difference: a share that stays high (an entrypoint masked all along) fails here.
+          Every row has requests (buckets without any are not kept).
+        """
+        least = self._cfg.drift_min_buckets
+        half = rule.step / 2
+        if sum(1 for _, t, i in islice(rows, least, None) if i >= half * t) < least:
+            return True
+        shares: list[float] = list(map(truediv, map(_internal, rows), map(_requests, rows)))
+        return max(shares) - min(shares) < rule.step
 
     def _held(self, rows: Sequence[Row], k: int, midpoint: float) -> bool:
         """At least ``drift_min_buckets`` buckets after the split are above the step's midpoint

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from bench.generate import DEFAULT_START, GenConfig, generate
 from parsers.records import AccessRecord, ParseStats
 from parsers.traefik import TraefikParser
-from pipeline.core.engine import Engine
+from pipeline.core.drift import DriftTracker
+from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Kind, State
 from tests.support.engine import T0, FakeClock, events, feed, make_engine, rec
 
@@ -130,3 +135,36 @@ def test_a_share_that_rises_because_public_traffic_fell_is_no_step() -> None:
     engine.finish()
     (f,) = started(engine)
     assert f.evidence["changed_at"] == T0 + 15 * 60
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 300), st.floats(0, 1), st.booleans()), min_size=0, max_size=40
+    ),
+    st.integers(0, 40),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.sampled_from(["internal", "hop"]),
+)
+@example([(200, 0.5, False)] * 20, 10, 0.0, 1.0, "internal")  # a clear step
+@example([(200, 0.5, False)] * 20, 10, 0.0, 0.6, "internal")  # a step just above the rules
+@example([(200, 0.5, False)] * 20, 8, 0.05, 0.5, "hop")
+@example([(200, 0.5, False)] * 15, 10, 0.0, 1.0, "internal")  # just enough buckets after it
+def test_early_no_never_hides_a_step(
+    rows: list[tuple[int, float, bool]], split: int, low: float, high: float, which: str
+) -> None:
+    """``_no_step`` only answers "no" where the search over every split finds none: shares
+    that stay low, stay high, step from ``low`` to ``high`` at ``split`` with noise, or sit
+    right at the threshold it tests."""
+    tracker = DriftTracker(EngineConfig(), keep=True)
+    rule = tracker._internal_rule if which == "internal" else tracker._hop_rule
+    history = []
+    for b, (t, noise, edge) in enumerate(rows):
+        share = rule.step / 2 if edge else 0.8 * (low if b < split else high) + 0.2 * noise
+        history.append((b, t, round(t * share)))
+    found = tracker._find("web", history, rule, hop=which == "hop")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DriftTracker, "_no_step", lambda self, rows, rule: False)
+        searched = tracker._find("web", history, rule, hop=which == "hop")
+    assert found == searched
