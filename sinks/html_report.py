@@ -50,7 +50,11 @@ class ShareHistory(Timeline):
         classify: Classify,
         on_close: Callable[[], None] | None = None,
     ) -> list[int]:
-        for bucket, tally, _first, _last in runs:
+        newest = self.newest_bucket
+        for run_bucket, tally, _first, _last in runs:
+            # As the timeline files it: a run no newer than the newest bucket joins that one.
+            bucket = run_bucket if newest is None else max(run_bucket, newest)
+            newest = bucket
             row = self.history.setdefault(bucket, {})
             if isinstance(tally, Summary):
                 for ep, n in tally.ep_total.items():

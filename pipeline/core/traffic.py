@@ -25,6 +25,8 @@ CLIENTS_CAP = 8192  # top-client table is pruned back to half of this when full
 PENDING_CAP = 4096
 # Public keys a summary that defers its diversity masks keeps before it works them out anyway.
 DEFERRED_CAP = 2 * PENDING_CAP
+# Runs at the start of a parallel replay chunk that keep every diversity mask (RunTally).
+KEEP_LEADING_RUNS = 2
 
 _key = itemgetter(KEY)
 _ts = itemgetter(TS)
@@ -459,12 +461,15 @@ class RunTally:
     def __init__(
         self, bucket_s: int, classify: Classify | None = None, heavy_share: float | None = None
     ) -> None:
-        """``heavy_share`` (with ``classify``): a run between the first and the last is a
-        whole bucket unless the engine holds that bucket already (the caller checks,
-        ``partial_runs``), so its public clients' diversity masks are worked out only for
-        those with at least this share of its requests (half the engine's ``hop_share``: what
-        ``HopTracker.note`` reads, ``Summary.heavy_diversity``). The first and the last run
-        may be merged with another chunk's part, so they keep every mask."""
+        """``heavy_share`` (with ``classify``): a run after the second and before the last is
+        a whole bucket unless the engine holds that bucket already (the caller checks,
+        ``parallel._joins_held``), so its public clients' diversity masks are worked out only
+        for those with at least this share of its requests (half the engine's ``hop_share``:
+        what ``HopTracker.note`` reads, ``Summary.heavy_diversity``). The first and the last
+        run may be merged with another chunk's part, so they keep every mask, and so does the
+        second: a chunk that begins with a late line (a slow request, logged when it ended)
+        opens a run for that line's older bucket, and its second run is then the bucket the
+        previous chunk ended in."""
         self.bucket_s = bucket_s
         self._classify = classify
         self._heavy_share = heavy_share
@@ -499,12 +504,12 @@ class RunTally:
             counts.update(map(_key, records if whole else records[a:b]))
 
     def _fold_last(self, classify: Classify) -> None:
-        """Fold the newest run: a later one opens, so it is complete (the first run of the
-        chunk keeps every mask; see ``heavy_share``)."""
+        """Fold the newest run: a later one opens, so it is complete (the chunk's first two
+        runs keep every mask; see ``heavy_share``)."""
         bucket, counts, span = self.runs[-1]
         if isinstance(counts, Counter):
             share = self._heavy_share
-            inner = share is not None and len(self.runs) > 1
+            inner = share is not None and len(self.runs) > KEEP_LEADING_RUNS
             summary = Summary(defer_diversity=inner)
             summary.add_counts(counts, classify)
             if inner:
@@ -642,9 +647,17 @@ class _WindowShares:
         self.internal: dict[str, int] = {}
 
     def add(self, s: Summary, sign: int = 1) -> None:
+        """Add a bucket that closed (``sign`` 1) or take off one that left (-1). An entrypoint
+        whose sum comes back to 0 is dropped, as a merge of the window would not have it: a
+        log with an entrypoint a minute would otherwise be judged on all of them at every
+        close."""
         for src, dst in ((s.ep_total, self.total), (s.ep_internal, self.internal)):
             for ep, n in src.items():
-                dst[ep] = dst.get(ep, 0) + sign * n
+                left = dst.get(ep, 0) + sign * n
+                if left:
+                    dst[ep] = left
+                else:
+                    dst.pop(ep, None)
 
     def reset(self, closed: Iterable[Summary], source: object) -> None:
         self.source = source

@@ -479,6 +479,10 @@ class ClusterTimeline(Timeline):
     def window(self, *, full: bool = False) -> Summary:
         return self.view.window(full=full)
 
+    @property
+    def newest_bucket(self) -> int | None:
+        return self.view.newest_bucket()
+
     def window_shares(self) -> tuple[dict[str, int], dict[str, int]]:
         window = self.view.window()
         return dict(window.ep_total), dict(window.ep_internal)

@@ -7,8 +7,8 @@ workers. The parent feeds the folded buckets to the one engine in file order: a 
 opens is taken over as it is, one that spans two chunks is merged, and the engine closes and
 judges buckets exactly as a single-process replay does, so the report is the same.
 
-A bucket between a chunk's first and last is whole, so it works out the public clients'
-diversity masks only for the clients the engine's hop tracker reads (``RunTally``'s
+A bucket after a chunk's second and before its last is whole, so it works out the public
+clients' diversity masks only for the clients the engine's hop tracker reads (``RunTally``'s
 ``heavy_share``), as the engine's own buckets do. When such a bucket would join one the engine
 holds (the log given twice, a clock ahead), the chunk is read again with every mask, and so is
 every later chunk: reports never depend on it, and only the chunks already taken are read twice.
@@ -27,7 +27,7 @@ from parsers.traefik import MAX_LINE_BYTES, TraefikParser
 from pipeline.core.addresses import Classifier, Network
 from pipeline.core.bouncer import BouncerModel, BouncerSettings, MismatchTally, ModeCounts
 from pipeline.core.engine import Engine
-from pipeline.core.traffic import Classify, Run, RunTally
+from pipeline.core.traffic import KEEP_LEADING_RUNS, Classify, Run, RunTally
 from pipeline.errors import UsageError
 from pipeline.sources.readfile import text_batches
 
@@ -304,13 +304,14 @@ def _widen(conn: Connection) -> None:
 
 
 def _joins_held(runs: Sequence[Run], newest: int | None) -> bool:
-    """Whether a run after the chunk's first joins a bucket the engine holds already: a line
-    older than the previous chunk's newest bucket opened the chunk (the same log given
-    twice), or that chunk ended with a line from a clock ahead of the rest. Such a run was
-    folded as a whole bucket with only its own heavy clients' diversity masks, but the bucket
-    it joins is not whole, so the chunk is read again with every mask. A chunk's runs only
-    grow, so its second run tells."""
-    return newest is not None and len(runs) > 1 and runs[1][0] <= newest
+    """Whether an inner run (``RunTally``: after the first two, before the last) joins a
+    bucket the engine holds already: the chunk began more than a bucket back in time (the
+    same log given twice), or the chunk before ended with a line from a clock ahead of the
+    rest. Such a run was folded as a whole bucket with only its own heavy clients' diversity
+    masks, but the bucket it joins is not whole, so the chunk is read again with every mask.
+    A chunk's runs only grow, so its first inner run tells."""
+    first = KEEP_LEADING_RUNS
+    return newest is not None and len(runs) > first + 1 and runs[first][0] <= newest
 
 
 def _take(taken: Synchronized[int], count: int) -> int | None:

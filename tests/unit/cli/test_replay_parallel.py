@@ -19,6 +19,8 @@ import orjson
 import pytest
 
 from bench.generate import GenConfig, write_decisions, write_log
+from pipeline.core.traffic import Run as Bucket
+from pipeline.core.traffic import Summary
 from pipeline.sources import parallel
 from tests.support.auditor_cli import Run, _auditor  # noqa: F401 - the fixture
 from tests.support.crowdsec import traefik_json_line
@@ -330,7 +332,15 @@ def test_a_chunk_that_joins_a_held_bucket_gives_one_process_report(tmp_path: Pat
     kept only each worker bucket's own heavy clients' masks lost the hop here.)"""
     log = tmp_path / "skewed.log"
     _skewed_log(log)
-    argv = ["replay", str(log), "--format", "json", "--no-progress"]
+    reports = _reports(log, "json")
+    assert reports[0] == reports[1]
+    kinds = [f["kind"] for f in orjson.loads(reports[0])["findings"]]
+    assert "suspected_hop" in kinds
+
+
+def _reports(log: Path, fmt: str) -> list[str]:
+    """The report of ``--jobs 1`` and of ``--jobs 2``, the log cut in ``SMALL_CHUNK`` chunks."""
+    argv = ["replay", str(log), "--format", fmt, "--no-progress"]
     reports = []
     for jobs in ("1", "2"):
         out = subprocess.run(
@@ -343,9 +353,23 @@ def test_a_chunk_that_joins_a_held_bucket_gives_one_process_report(tmp_path: Pat
         )
         assert out.returncode in (0, 1), out.stderr
         reports.append(out.stdout)
-    assert reports[0] == reports[1]
-    kinds = [f["kind"] for f in orjson.loads(reports[0])["findings"]]
-    assert "suspected_hop" in kinds
+    return reports
+
+
+def test_the_html_report_files_late_lines_as_one_process_does(tmp_path: Path) -> None:
+    """The HTML report's share history (``ShareHistory``) files a run no newer than the newest
+    bucket under that bucket, as the timeline does: parallel chunks start with late lines
+    (the skewed log's second chunk, and the log given twice), and filed under their own
+    minutes they drew another curve than one process."""
+    skewed, twice = tmp_path / "skewed.log", tmp_path / "twice.log"
+    _skewed_log(skewed)
+    one = tmp_path / "one.log"
+    write_log(GenConfig(lines=6_000, seed=6, rate=5.0, masked_share=0.7), one)
+    twice.write_bytes(one.read_bytes() * 2)
+    for log in (skewed, twice):
+        reports = _reports(log, "html")
+        assert "<svg" in reports[0]
+        assert reports[0] == reports[1]
 
 
 # Counts the chunks the parent reads a second time with every diversity mask: those whose inner
@@ -394,4 +418,67 @@ def test_a_log_given_twice_is_read_again_only_until_chunks_keep_every_mask(
         assert out[jobs].returncode in (0, 1), out[jobs].stderr
     assert out["2"].stdout == out["1"].stdout
     again = int(out["2"].stderr.split("read-again")[-1].split()[0])
-    assert 1 <= again <= 1 + 2 * 2  # the first found, and those already taken (2 x 2 jobs)
+    # the chunk found, up to 2 x 2 jobs a worker holds, and up to 3 the parent read ahead
+    assert 1 <= again <= 1 + 2 * 2 + 3
+
+
+def test_only_an_inner_run_no_newer_than_the_held_bucket_is_read_again() -> None:
+    """A chunk's first two runs and its last keep every mask; the first inner run tells."""
+
+    def runs(*buckets: int) -> list[Bucket]:
+        return [(b, Summary(), 0.0, 0.0) for b in buckets]
+
+    assert not parallel._joins_held(runs(5, 6), 6)  # no inner run
+    assert not parallel._joins_held(runs(5, 6, 7), 6)
+    assert not parallel._joins_held(runs(5, 6, 7, 8), 6)  # a late first line, then on
+    assert not parallel._joins_held(runs(1, 2, 3, 4), None)  # the first chunk
+    assert parallel._joins_held(runs(1, 2, 3, 4), 6)  # the log again
+    assert parallel._joins_held(runs(4, 5, 6, 7), 6)
+
+
+def _late_start_log(path: Path) -> None:
+    """A first chunk (``SMALL_CHUNK``) of minutes 0-2, then a chunk that begins with a late
+    line of minute 1 (a slow request, logged when it ended) and goes on over minutes 2-6."""
+    import random
+
+    rnd = random.Random(2)
+    hosts = [f"{c}.example" for c in "abcdef"]
+
+    def line(minute: int, sec: int, pad: int = 0, client: str = "") -> bytes:
+        when = datetime(2025, 3, 14, 8, minute, sec, tzinfo=UTC)
+        client = client or f"203.0.{rnd.randint(1, 250)}.{rnd.randint(1, 250)}"
+        ua = "Mozilla/5.0 " + "z" * pad
+        text = traefik_json_line(client, "/x", host=rnd.choice(hosts), user_agent=ua, when=when)
+        return (text + "\n").encode()
+
+    first = b"".join(line(i // 60, i % 60, 9_000) for i in range(110))
+    head = first[: SMALL_CHUNK - 30_000]
+    head = head[: head.rindex(b"\n") + 1]
+    short = line(2, 0, 0, "198.51.100.9")
+    last = line(2, 0, SMALL_CHUNK - len(head) - len(short), "198.51.100.9")
+    assert len(head) + len(last) == SMALL_CHUNK
+    assert len(last) < 40_000  # not a line too long
+    second = [line(1, 50)] + [line(m, s) for m in range(2, 7) for s in range(0, 60, 3)]
+    path.write_bytes(head + last + b"".join(second))
+
+
+def test_a_chunk_that_begins_with_a_late_line_is_not_read_again(tmp_path: Path) -> None:
+    """Lines are logged in order of request end, so a chunk may begin with a line older than
+    the bucket the chunk before ended in: its second run is that bucket, kept with every mask,
+    and nothing is read twice (it was, and then every later chunk kept every mask)."""
+    log = tmp_path / "late.log"
+    _late_start_log(log)
+    argv = ["replay", str(log), "--format", "json", "--no-progress"]
+    out = {}
+    for jobs in ("1", "2"):
+        out[jobs] = subprocess.run(
+            [sys.executable, "-c", READ_AGAIN, *argv, "--jobs", jobs],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert out[jobs].returncode in (0, 1), out[jobs].stderr
+    assert out["2"].stdout == out["1"].stdout
+    assert "read-again 0" in out["2"].stderr
