@@ -338,22 +338,28 @@ def test_a_chunk_that_joins_a_held_bucket_gives_one_process_report(tmp_path: Pat
     assert "suspected_hop" in kinds
 
 
-def _reports(log: Path, fmt: str) -> list[str]:
-    """The report of ``--jobs 1`` and of ``--jobs 2``, the log cut in ``SMALL_CHUNK`` chunks."""
+def _both(script: str, log: Path, fmt: str = "json") -> list[subprocess.CompletedProcess[str]]:
+    """``script`` run as ``replay --jobs 1`` and as ``--jobs 2``, the log cut in
+    ``SMALL_CHUNK`` chunks; each must have written its report."""
     argv = ["replay", str(log), "--format", fmt, "--no-progress"]
-    reports = []
+    runs = []
     for jobs in ("1", "2"):
         out = subprocess.run(
-            [sys.executable, "-c", REPORT, *argv, "--jobs", jobs],
+            [sys.executable, "-c", script, *argv, "--jobs", jobs],
             capture_output=True,
             text=True,
             cwd=ROOT,
-            timeout=60,
+            timeout=120,
             check=False,
         )
         assert out.returncode in (0, 1), out.stderr
-        reports.append(out.stdout)
-    return reports
+        runs.append(out)
+    return runs
+
+
+def _reports(log: Path, fmt: str) -> list[str]:
+    """The report of ``--jobs 1`` and of ``--jobs 2``."""
+    return [out.stdout for out in _both(REPORT, log, fmt)]
 
 
 def test_the_html_report_files_late_lines_as_one_process_does(tmp_path: Path) -> None:
@@ -404,20 +410,9 @@ def test_a_log_given_twice_is_read_again_only_until_chunks_keep_every_mask(
     log.write_bytes(one.read_bytes() * 2)
     chunks = len(parallel.plan(str(log), SMALL_CHUNK))
     assert chunks >= 14
-    argv = ["replay", str(log), "--format", "json", "--no-progress"]
-    out = {}
-    for jobs in ("1", "2"):
-        out[jobs] = subprocess.run(
-            [sys.executable, "-c", READ_AGAIN, *argv, "--jobs", jobs],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
-        assert out[jobs].returncode in (0, 1), out[jobs].stderr
-    assert out["2"].stdout == out["1"].stdout
-    again = int(out["2"].stderr.split("read-again")[-1].split()[0])
+    one_job, two_jobs = _both(READ_AGAIN, log)
+    assert two_jobs.stdout == one_job.stdout
+    again = int(two_jobs.stderr.split("read-again")[-1].split()[0])
     # the chunk found, up to 2 x 2 jobs a worker holds, and up to 3 the parent read ahead
     assert 1 <= again <= 1 + 2 * 2 + 3
 
@@ -468,17 +463,6 @@ def test_a_chunk_that_begins_with_a_late_line_is_not_read_again(tmp_path: Path) 
     and nothing is read twice (it was, and then every later chunk kept every mask)."""
     log = tmp_path / "late.log"
     _late_start_log(log)
-    argv = ["replay", str(log), "--format", "json", "--no-progress"]
-    out = {}
-    for jobs in ("1", "2"):
-        out[jobs] = subprocess.run(
-            [sys.executable, "-c", READ_AGAIN, *argv, "--jobs", jobs],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-        assert out[jobs].returncode in (0, 1), out[jobs].stderr
-    assert out["2"].stdout == out["1"].stdout
-    assert "read-again 0" in out["2"].stderr
+    one_job, two_jobs = _both(READ_AGAIN, log)
+    assert two_jobs.stdout == one_job.stdout
+    assert "read-again 0" in two_jobs.stderr
