@@ -431,10 +431,11 @@ class DriftTracker:
           index or later) at or above the step's midpoint, which is never below
           ``rule.step / 2`` (the same float operations, so rounding cannot let one through):
           a share that stays low fails here.
-        - A part's share is an average of its rows' shares, so it lies between their lowest
-          and highest (a correctly rounded division keeps that order), and no step exceeds
-          the difference: a share that stays high (an entrypoint masked all along) fails here.
-          Every row has requests (buckets without any are not kept).
+        - A part's share is an average of its rows' shares weighted by their requests, so it
+          lies between their lowest and highest (a correctly rounded division keeps that
+          order), and no step exceeds the difference: a share that stays high (an
+          entrypoint masked all along) fails here. Every row has requests (buckets without
+          any are not kept).
         """
         least = self._cfg.drift_min_buckets
         half = rule.step / 2

@@ -831,8 +831,8 @@ class Timeline:
 
     def window_shares(self) -> tuple[dict[str, int], dict[str, int]]:
         """Requests and internal-client requests per entrypoint in the window, as ``window()``
-        has them in ``ep_total`` and ``ep_internal`` (an entrypoint that left the window may
-        stay with 0): what the masked share is judged on at every close."""
+        has them in ``ep_total`` and ``ep_internal``: what the masked share is judged on at
+        every close."""
         if self._pending is not None:
             self.fold_pending()
         self._sync_shares()

@@ -305,11 +305,12 @@ def _widen(conn: Connection) -> None:
 
 def _joins_held(runs: Sequence[Run], newest: int | None) -> bool:
     """Whether an inner run (``RunTally``: after the first two, before the last) joins a
-    bucket the engine holds already: the chunk began more than a bucket back in time (the
-    same log given twice), or the chunk before ended with a line from a clock ahead of the
-    rest. Such a run was folded as a whole bucket with only its own heavy clients' diversity
-    masks, but the bucket it joins is not whole, so the chunk is read again with every mask.
-    A chunk's runs only grow, so its first inner run tells."""
+    bucket the engine holds already: the chunk's first three buckets are no newer than the
+    engine's newest (the same log given twice; rarely, two late lines of rising minutes at
+    the chunk's start), or the chunk before ended with a line from a clock ahead of the rest.
+    Such a run was folded as a whole bucket with only its own heavy clients' diversity masks,
+    but the bucket it joins is not whole, so the chunk is read again with every mask. A
+    chunk's runs only grow, so its first inner run tells."""
     first = KEEP_LEADING_RUNS
     return newest is not None and len(runs) > first + 1 and runs[first][0] <= newest
 

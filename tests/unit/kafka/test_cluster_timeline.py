@@ -114,3 +114,17 @@ def test_a_hop_whose_partition_starts_late_is_still_counted_whole() -> None:
     hop = engine.findings[f"suspected_hop:{HOP}"]
     assert hop.evidence["heavy_minutes"] == 5  # minutes 0-4 again; minute 5 is still open
     assert hop.evidence["requests"] == 200
+
+
+def test_the_cluster_timeline_reads_its_newest_bucket_and_shares_from_the_view() -> None:
+    """It holds no buckets of its own: what a local timeline keeps (the newest bucket, the
+    window's per-entrypoint sums) comes from the cluster view."""
+    v = view()
+    tl = ClusterTimeline(v)
+    assert tl.newest_bucket is None
+    publish(v, 0, range(3))
+    publish(v, 1, range(2), client="10.42.0.12")
+    assert tl.newest_bucket == v.newest_bucket() == int(T0) // 60 + 2
+    window = v.window()
+    assert tl.window_shares() == (window.ep_total, window.ep_internal)
+    assert window.ep_internal and window.ep_total
