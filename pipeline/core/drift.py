@@ -74,6 +74,7 @@ from typing import Any, Protocol
 
 from pipeline.core import fixes
 from pipeline.core.findings import Finding, Kind, Severity
+from pipeline.core.hops import heavy_share
 from pipeline.core.traffic import Summary
 
 
@@ -260,17 +261,13 @@ class DriftTracker:
         return [*self.steps.values(), *self.hop_steps.values()]
 
     def note(
-        self,
-        bucket: int,
-        s: Summary,
-        hops: Collection[str] = (),
-        heavy: Mapping[str, int] | None = None,
+        self, bucket: int, s: Summary, hops: Collection[str], heavy: Mapping[str, int]
     ) -> bool:
         """A bucket closed; True when a step was found, grew, returned or dropped.
 
         ``hops``: the addresses judged suspected hops now; their share is searched for a step.
-        ``heavy``: the bucket's public clients with half of ``hop_share`` of its requests, in
-        order, when the caller has them (``HopTracker.note``); else worked out here."""
+        ``heavy``: the bucket's heavy public clients' requests, in order, as ``HopTracker.note``
+        found them (``hops.heavy_share``)."""
         if bucket <= self._last_noted:
             return False
         self._last_noted = bucket
@@ -299,13 +296,10 @@ class DriftTracker:
         s: Summary,
         horizon: int,
         hops: Collection[str],
-        heavy: Mapping[str, int] | None,
+        heavy: Mapping[str, int],
     ) -> bool:
         pub = self._pub
         if s.total:
-            if heavy is None:
-                floor = self._cfg.hop_share / 2 * s.total
-                heavy = {a: n for a, n in s.pub_count.items() if n >= floor}
             pub.append((bucket, s.total, heavy))
         while pub and pub[0][0] <= horizon:
             pub.popleft()
@@ -420,7 +414,7 @@ class DriftTracker:
             buckets_after=n - k,
             detected_at=float((rows[-1][0] + 1) * bucket_s),
             address=key if hop else None,
-            floor_share=round(cfg.hop_share / 2, 4) if hop else 0.0,
+            floor_share=round(heavy_share(cfg.hop_share), 4) if hop else 0.0,
         )
 
     def _no_step(self, rows: Sequence[Row], rule: _Rule) -> bool:

@@ -67,6 +67,13 @@ class HopConfig(Protocol):
     def hop_min_user_agents(self) -> int: ...
 
 
+def heavy_share(hop_share: float) -> float:
+    """The share of a bucket's requests that makes a public client heavy there: what the hop
+    tracker and drift keep of a bucket, and the only diversity masks a parallel replay chunk
+    works out for its inner buckets (``RunTally``); one rule, so all three agree to the bit."""
+    return hop_share / 2
+
+
 def _ratio(part: int, whole: int) -> float:
     return round(min(part / whole, 1.0), 4) if whole else 0.0
 
@@ -166,7 +173,7 @@ class HopTracker:
             return {}
         sites = values_mask(s.hosts, HOST_SHIFT) | values_mask(s.routers, ROUTER_SHIFT)
         _insert(self._buckets, (bucket, s.total, sites))
-        floor = self._cfg.hop_share / 2 * s.total
+        floor = heavy_share(self._cfg.hop_share) * s.total
         start = float(bucket * self._cfg.bucket_s)
         heavy = {}
         for client, n, mask, ua_mask in s.heavy_diversity(floor):

@@ -8,7 +8,7 @@ whatever the input size (top clients are pruned, distinct-value sets stop growin
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from itertools import compress, count, islice, repeat
 from operator import itemgetter, le
 from typing import Protocol
@@ -659,11 +659,21 @@ class _WindowShares:
                 else:
                     dst.pop(ep, None)
 
-    def reset(self, closed: Iterable[Summary], source: object) -> None:
-        self.source = source
-        self.total, self.internal = {}, {}
-        for s in closed:
-            self.add(s)
+    def sync(self, buckets: deque[tuple[int, Summary]]) -> None:
+        """Start over from the closed buckets (all but the newest) if the deque was replaced
+        (a Kafka partition's timeline loads its buckets from a snapshot)."""
+        if self.source is not buckets:
+            self.source = buckets
+            self.total, self.internal = {}, {}
+            for _, closed in list(buckets)[:-1]:
+                self.add(closed)
+
+    def plus(self, s: Summary) -> tuple[dict[str, int], dict[str, int]]:
+        """The sums with ``s`` (the open bucket) added, in new dicts."""
+        out = _WindowShares()
+        out.total, out.internal = dict(self.total), dict(self.internal)
+        out.add(s)
+        return out.total, out.internal
 
 
 class Timeline:
@@ -807,7 +817,7 @@ class Timeline:
             return self._buckets[-1][1], closed
         if self._pending is not None:
             self.fold_pending()
-        self._sync_shares()
+        self._shares.sync(self._buckets)
         if self._buckets:
             if on_close is not None:
                 on_close()
@@ -822,27 +832,16 @@ class Timeline:
             self._shares.add(self._buckets.popleft()[1], -1)
         return self._buckets[-1][1], closed
 
-    def _sync_shares(self) -> None:
-        """Rebuild the window's shares if the buckets were replaced (a Kafka partition's
-        timeline loads them from a snapshot)."""
-        if self._shares.source is not self._buckets:
-            closed = [s for _, s in list(self._buckets)[:-1]]
-            self._shares.reset(closed, self._buckets)
-
     def window_shares(self) -> tuple[dict[str, int], dict[str, int]]:
         """Requests and internal-client requests per entrypoint in the window, as ``window()``
         has them in ``ep_total`` and ``ep_internal``: what the masked share is judged on at
         every close."""
         if self._pending is not None:
             self.fold_pending()
-        self._sync_shares()
-        total, internal = dict(self._shares.total), dict(self._shares.internal)
-        if self._buckets:
-            newest = self._buckets[-1][1]
-            for src, dst in ((newest.ep_total, total), (newest.ep_internal, internal)):
-                for ep, n in src.items():
-                    dst[ep] = dst.get(ep, 0) + n
-        return total, internal
+        self._shares.sync(self._buckets)
+        if not self._buckets:
+            return {}, {}
+        return self._shares.plus(self._buckets[-1][1])
 
     @property
     def newest_bucket(self) -> int | None:

@@ -27,6 +27,7 @@ from parsers.traefik import MAX_LINE_BYTES, TraefikParser
 from pipeline.core.addresses import Classifier, Network
 from pipeline.core.bouncer import BouncerModel, BouncerSettings, MismatchTally, ModeCounts
 from pipeline.core.engine import Engine
+from pipeline.core.hops import heavy_share
 from pipeline.core.traffic import KEEP_LEADING_RUNS, Classify, Run, RunTally
 from pipeline.errors import UsageError
 from pipeline.sources.readfile import text_batches
@@ -172,6 +173,11 @@ def _every_mask(task: Task) -> Task:
     return (*task[:5], None)
 
 
+def _as_now(task: Task, eager: Synchronized[bool] | None) -> Task:
+    """The task as it is to be read now: with every mask once ``eager`` is set."""
+    return _every_mask(task) if eager is not None and eager.value else task
+
+
 def _serve(
     tasks: Sequence[Task],
     taken: Synchronized[int],
@@ -193,10 +199,7 @@ def _serve(
             i = _take(taken, len(tasks))
             if i is None:
                 return
-            task = tasks[i]
-            if eager is not None and eager.value:
-                task = _every_mask(task)
-            out.send((i, work(task)))
+            out.send((i, work(_as_now(tasks[i], eager))))
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
         out.send((-1, exc))
     finally:
@@ -224,7 +227,8 @@ def audit_parallel(
     waiting forever. Here the parent's one thread reads the results of whichever worker is
     ready, and notices a worker that dies.
     """
-    tasks = list(parallel_tasks(path, engine.config.bucket_s, engine.config.hop_share / 2))
+    share = heavy_share(engine.config.hop_share)
+    tasks = list(parallel_tasks(path, engine.config.bucket_s, share))
     jobs = max(1, min(jobs, len(tasks)))
     ctx = _context()
     taken = ctx.Value("q", 0)
@@ -258,8 +262,7 @@ def audit_parallel(
                 if not _ready(results, watched):
                     i = _take(taken, min(len(tasks), want + ahead))
                     if i is not None:
-                        task = _every_mask(tasks[i]) if eager.value else tasks[i]
-                        done[i] = work_with(task, classify, model)
+                        done[i] = work_with(_as_now(tasks[i], eager), classify, model)
                         mine.add(i)
                         continue
                 _receive(results, watched, done, path)

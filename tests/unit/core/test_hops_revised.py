@@ -85,7 +85,7 @@ def test_replay_judges_only_an_address_that_is_or_was_suspected() -> None:
 
 def test_note_returns_the_heavy_clients_drift_keeps() -> None:
     """``HopTracker.note`` hands drift the bucket's public clients with half of ``hop_share``
-    of its requests, in order: what ``DriftTracker`` works out itself when not given them."""
+    of its requests, in order: what ``DriftTracker`` keeps of each bucket."""
     tracker = HopTracker(CFG)
     for i, (hop, others) in enumerate([(12, 60), (240, 60), (0, 60), (7, 60), (6, 0)]):
         s = bucket(hop=hop, others=others)
