@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -98,6 +98,8 @@ class DriftConfig(Protocol):
 
 
 Row = tuple[int, int, int]  # bucket, requests, internal (or the hop's) requests
+# Each row's share and whether it reaches the smallest midpoint of a step (``_History``).
+Derived = tuple[Sequence[float], Sequence[bool]]
 PubRow = tuple[int, int, Mapping[str, int]]  # bucket, requests, heavy public clients' requests
 _requests = itemgetter(1)  # of a Row
 _internal = itemgetter(2)
@@ -227,6 +229,42 @@ class _Rule:
     step: float  # ... and this much above the share before it
 
 
+class _History:
+    """One entrypoint's rows over the history, with what ``DriftTracker._no_step`` reads of each
+    row (its share, and whether it reaches the smallest midpoint a step can have) worked out
+    once, as the row arrives: every close tests every entrypoint's whole history, and working
+    them out again each time was most of drift's cost on quiet traffic (a close every ~300
+    lines). Every row has requests (buckets without any are not kept)."""
+
+    __slots__ = ("_half", "high", "rows", "shares")
+
+    def __init__(self, half: float, rows: Iterable[Row] = ()) -> None:
+        self._half = half  # the internal rule's step / 2
+        self.rows: deque[Row] = deque()
+        self.shares: deque[float] = deque()
+        self.high: deque[bool] = deque()
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: Row) -> None:
+        _, t, i = row
+        self.rows.append(row)
+        self.shares.append(i / t)
+        self.high.append(i >= self._half * t)
+
+    def expire(self, horizon: int) -> None:
+        """Drop the rows of buckets at or before ``horizon``."""
+        rows = self.rows
+        while rows and rows[0][0] <= horizon:
+            rows.popleft()
+            self.shares.popleft()
+            self.high.popleft()
+
+    def since(self, bucket: int) -> _History:
+        """A history of the rows from ``bucket`` on (live: look for the next step from there)."""
+        return _History(self._half, (r for r in self.rows if r[0] >= bucket))
+
+
 class DriftTracker:
     """See module docstring. Pure: fed closed buckets, holds the steps found.
 
@@ -248,7 +286,7 @@ class DriftTracker:
     def __init__(self, cfg: DriftConfig, *, keep: bool) -> None:
         self._cfg = cfg
         self._keep = keep
-        self._hist: dict[str, deque[Row]] = {}
+        self._hist: dict[str, _History] = {}
         self._pub: deque[PubRow] = deque()
         self._hop_from: dict[str, int] = {}  # live: look for a hop's next step from here
         self._last_noted = -1
@@ -274,20 +312,25 @@ class DriftTracker:
         cfg = self._cfg
         horizon = bucket - max(2 * cfg.drift_min_buckets, cfg.drift_history_s // cfg.bucket_s)
         changed = False
+        hist = self._hist
+        rule = self._internal_rule
         for ep, total in s.ep_total.items():
             if total:
-                self._hist.setdefault(ep, deque()).append((bucket, total, s.ep_internal.get(ep, 0)))
-        for ep in list(self._hist):
-            rows = self._hist[ep]
-            while rows and rows[0][0] <= horizon:
-                rows.popleft()
+                h = hist.get(ep)
+                if h is None:
+                    h = hist[ep] = _History(rule.step / 2)
+                h.append((bucket, total, s.ep_internal.get(ep, 0)))
+        for ep in list(hist):
+            h = hist[ep]
+            h.expire(horizon)
+            rows = h.rows
             if not rows:
-                del self._hist[ep]
+                del hist[ep]
                 if not self._keep and self.steps.pop(ep, None) is not None:
                     changed = True  # its traffic left the history: nothing to judge any more
                 continue
             if rows[-1][0] == bucket:
-                changed |= self._judge(ep, rows, self.steps, self._internal_rule)
+                changed |= self._judge(ep, rows, self.steps, rule, derived=(h.shares, h.high))
         return self._note_hops(bucket, s, horizon, hops, heavy) or changed
 
     def _note_hops(
@@ -327,10 +370,11 @@ class DriftTracker:
         rule: _Rule,
         *,
         hop: bool = False,
+        derived: Derived | None = None,
     ) -> bool:
         step = steps.get(key)
         if step is None:
-            found = self._find(key, rows, rule, hop=hop)
+            found = self._find(key, rows, rule, hop=hop, derived=derived)
             if found is not None:
                 steps[key] = found
                 return True
@@ -346,7 +390,7 @@ class DriftTracker:
                 if hop:
                     self._hop_from[key] = back
                 else:
-                    self._hist[key] = deque(r for r in self._hist[key] if r[0] >= back)
+                    self._hist[key] = self._hist[key].since(back)
             return True
         _, t, i = rows[-1]  # still masked: the after part grows (evidence, not a new event)
         steps[key] = replace(
@@ -371,10 +415,13 @@ class DriftTracker:
             return None
         return recent[0][0]
 
-    def _find(self, key: str, rows: Sequence[Row], rule: _Rule, *, hop: bool) -> Step | None:
+    def _find(
+        self, key: str, rows: Sequence[Row], rule: _Rule, *, hop: bool, derived: Derived | None
+    ) -> Step | None:
+        """``derived``: the rows' shares and ``high`` flags (``_History``), if kept."""
         cfg = self._cfg
         n, least = len(rows), cfg.drift_min_buckets
-        if n < 2 * least or self._no_step(rows, rule):
+        if n < 2 * least or self._no_step(rows, rule, derived):
             return None
         all_t = sum(map(_requests, rows))
         all_i = sum(map(_internal, rows))
@@ -417,7 +464,7 @@ class DriftTracker:
             floor_share=round(heavy_share(cfg.hop_share), 4) if hop else 0.0,
         )
 
-    def _no_step(self, rows: Sequence[Row], rule: _Rule) -> bool:
+    def _no_step(self, rows: Sequence[Row], rule: _Rule, derived: Derived | None) -> bool:
         """Exact early "no"s, each one pass instead of a ``_step`` per split, at every closed
         bucket, for every entrypoint:
 
@@ -432,10 +479,16 @@ class DriftTracker:
           any are not kept).
         """
         least = self._cfg.drift_min_buckets
-        half = rule.step / 2
-        if sum(1 for _, t, i in islice(rows, least, None) if i >= half * t) < least:
-            return True
-        shares: list[float] = list(map(truediv, map(_internal, rows), map(_requests, rows)))
+        shares: Sequence[float]
+        if derived is None:
+            half = rule.step / 2
+            if sum(1 for _, t, i in islice(rows, least, None) if i >= half * t) < least:
+                return True
+            shares = list(map(truediv, map(_internal, rows), map(_requests, rows)))
+        else:  # the same tests on what ``_History`` worked out as each row arrived
+            shares, high = derived
+            if sum(islice(high, least, None)) < least:
+                return True
         return max(shares) - min(shares) < rule.step
 
     def _held(self, rows: Sequence[Row], k: int, midpoint: float) -> bool:

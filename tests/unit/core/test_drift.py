@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from bench.generate import DEFAULT_START, GenConfig, generate
 from parsers.records import AccessRecord, ParseStats
 from parsers.traefik import TraefikParser
-from pipeline.core.drift import DriftTracker
+from pipeline.core.drift import DriftTracker, _History
 from pipeline.core.engine import Engine, EngineConfig
 from pipeline.core.findings import Kind, State
+from pipeline.core.traffic import Summary
 from tests.support.engine import T0, FakeClock, events, feed, make_engine, rec
 
 RATE = 2.0  # requests per second: 120 a minute, a small site
@@ -163,8 +164,39 @@ def test_early_no_never_hides_a_step(
     for b, (t, noise, edge) in enumerate(rows):
         share = rule.step / 2 if edge else 0.8 * (low if b < split else high) + 0.2 * noise
         history.append((b, t, round(t * share)))
-    found = tracker._find("web", history, rule, hop=which == "hop")
+    hop = which == "hop"
+    found = tracker._find("web", history, rule, hop=hop, derived=None)
+    kept = _History(rule.step / 2, history)  # what note() keeps of an entrypoint's rows
+    found_kept = tracker._find("web", history, rule, hop=hop, derived=(kept.shares, kept.high))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DriftTracker, "_no_step", lambda self, rows, rule: False)
-        searched = tracker._find("web", history, rule, hop=which == "hop")
-    assert found == searched
+        mp.setattr(DriftTracker, "_no_step", lambda self, rows, rule, derived: False)
+        searched = tracker._find("web", history, rule, hop=hop, derived=None)
+    assert found == found_kept == searched
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 400), st.floats(0, 1)), min_size=1, max_size=90
+    ),
+    st.booleans(),
+)
+@example([(0, 200, 0.0)] * 10 + [(0, 200, 1.0)] * 10 + [(0, 200, 0.0)] * 10, False)  # returns
+def test_kept_shares_follow_the_rows(buckets: list[tuple[int, int, float]], keep: bool) -> None:
+    """What ``_History`` keeps per row matches its rows after every close: rows expire, an
+    entrypoint comes and goes, and live restarts a history where a step returned."""
+    cfg = EngineConfig(drift_history_s=1200)
+    tracker = DriftTracker(cfg, keep=keep)
+    half = tracker._internal_rule.step / 2
+    bucket = 0
+    for gap, total, share in buckets:
+        bucket += gap + 1
+        s = Summary()
+        if total:
+            s.ep_total["web"] = total
+            s.ep_internal["web"] = round(total * share)
+        tracker.note(bucket, s, (), {})
+        for h in tracker._hist.values():
+            assert list(h.shares) == [i / t for _, t, i in h.rows]
+            assert list(h.high) == [i >= half * t for _, t, i in h.rows]
+            assert all(b > bucket - 20 for b, _, _ in h.rows)
