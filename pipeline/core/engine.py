@@ -161,7 +161,7 @@ class Engine:
         self._classifier = classifier
         self.clock = clock
         # Its span needs no public clients' tables: nothing here reads them but closed buckets'.
-        self._timeline = timeline or Timeline(config.window_s, config.bucket_s, span_public=False)
+        self._timeline = timeline or Timeline(config.window_s, config.bucket_s, lean=True)
         self._stats: dict[str, ParseStats] = {}
         self._table = DecisionTable()  # every active decision, compactly
         self._judge: Classifier | None = None  # see _judging

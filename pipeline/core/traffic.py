@@ -90,6 +90,7 @@ class Summary:
     """Tallies of one stretch of traffic; mergeable."""
 
     __slots__ = (
+        "_borrowed",
         "_deferred",
         "by_class",
         "clients",
@@ -110,21 +111,33 @@ class Summary:
         "total",
     )
 
-    def __init__(self, *, defer_diversity: bool = False) -> None:
+    def __init__(
+        self, *, defer_diversity: bool = False, clients: dict[str, int] | None = None
+    ) -> None:
         """``defer_diversity``: ``add_counts`` keeps the public clients' keys (those of
         ``pub_count``, at most ``DEFERRED_CAP`` before it settles) instead of working out their
         diversity masks (``pub_mask``, ``pub_ua``; ~0.3 µs a key, a third of the fold), and
         ``heavy_diversity`` works them out for the few clients that can be hops. For the
         engine's own buckets, whose masks nothing else reads; anything that reads the tables
-        (``merge``, a snapshot) calls ``settle`` first."""
+        (``merge``, a snapshot) calls ``settle`` first.
+
+        ``clients``: count requests per client into this table (a timeline span's, borrowed)
+        instead of one of this summary's own. The span then holds them already when the bucket
+        closes, and merging a bucket's table into it was a loop per client at every close
+        (a sixth of the cost of a close on quiet traffic). A summary with a borrowed table adds
+        no clients to any merge (the table's owner counts them), prunes it only past twice
+        ``CLIENTS_CAP`` (its owner prunes it back when the bucket closes, as merging would), and
+        its own ``clients`` are not its alone: for the engine's buckets, whose clients nothing
+        reads but the span (``Timeline(lean=True)``)."""
         self._deferred: list[Key] | None = [] if defer_diversity else None
+        self._borrowed = clients is not None
         self.total = 0
         self.ep_total: dict[str, int] = {}
         self.ep_internal: dict[str, int] = {}
         self.ep_clients: dict[str, set[str]] = {}
         self.ep_visible: dict[str, int] = {}
         self.by_class: dict[tuple[str, AddrClass], int] = {}
-        self.clients: dict[str, int] = {}
+        self.clients: dict[str, int] = {} if clients is None else clients
         self.internal: dict[str, InternalClient] = {}
         self.internal_overflow = 0  # requests from internal addresses past INTERNAL_CAP
         self.hosts: set[str] = set()
@@ -201,7 +214,7 @@ class Summary:
         for k, n in per_class.items():
             by_class[k] = by_class.get(k, 0) + n
             ep_total[k[0]] = ep_total.get(k[0], 0) + n
-        if len(clients) > CLIENTS_CAP:
+        if len(clients) > (2 * CLIENTS_CAP if self._borrowed else CLIENTS_CAP):
             self._prune_clients()
         if deferred is not None and len(deferred) > DEFERRED_CAP:
             self.settle()  # exact at any point: a client joins pub_count at its first key
@@ -313,8 +326,10 @@ class Summary:
                 uas[client] = uas.get(client, 0) | ua
 
     def _prune_clients(self) -> None:
+        """Keep the top half of ``CLIENTS_CAP``, in place: a bucket may be counting into it."""
         keep = sorted(self.clients.items(), key=itemgetter(1), reverse=True)[: CLIENTS_CAP // 2]
-        self.clients = dict(keep)
+        self.clients.clear()
+        self.clients.update(keep)
 
     def merge(self, other: Summary, *, full: bool = True, public: bool = True) -> None:
         """Add ``other`` in, as if its keys had been added here.
@@ -348,9 +363,10 @@ class Summary:
             other.settle()
             self._merge_public(other)
         clients = self.clients
-        clients_get = clients.get
-        for client, n in other.clients.items():
-            clients[client] = clients_get(client, 0) + n
+        if not other._borrowed:  # else its owner, maybe self, counts them
+            clients_get = clients.get
+            for client, n in other.clients.items():
+                clients[client] = clients_get(client, 0) + n
         for ep, ep_set in other.ep_clients.items():
             _add_capped(self.ep_clients.setdefault(ep, set()), ep_set)
         for addr, ic in other.internal.items():
@@ -368,7 +384,7 @@ class Summary:
             for addr, n in hops.items():
                 if addr in mine_hops or len(mine_hops) < SET_CAP:
                     mine_hops[addr] = mine_hops.get(addr, 0) + n
-        if len(clients) > CLIENTS_CAP:
+        if len(clients) > (2 * CLIENTS_CAP if self._borrowed else CLIENTS_CAP):
             self._prune_clients()
 
     def top_clients(self, k: int) -> list[tuple[str, int]]:
@@ -687,10 +703,10 @@ class Timeline:
     __slots__ = (
         "_buckets",
         "_closed",
+        "_lean",
         "_pending",
         "_pending_classify",
         "_shares",
-        "_span_public",
         "bucket_s",
         "first_ts",
         "last_ts",
@@ -698,15 +714,18 @@ class Timeline:
         "window_s",
     )
 
-    def __init__(self, window_s: int, bucket_s: int, *, span_public: bool = True) -> None:
-        """``span_public=False``: the span (and ``whole()``) keeps no public clients' diversity
-        tables (``pub_*``, see ``Summary.merge``), and the buckets defer their masks
-        (``Summary(defer_diversity=True)``): the engine's own timeline, which reads them only
-        from closed buckets, and only of the clients that can be hops."""
+    def __init__(self, window_s: int, bucket_s: int, *, lean: bool = False) -> None:
+        """``lean``: the engine's own timeline, which reads the public clients' diversity
+        tables only from closed buckets, and only of the clients that can be hops, and the
+        clients' requests only from the span. So the span (and ``whole()``) keeps no diversity
+        tables (``pub_*``, see ``Summary.merge``), the buckets defer their masks
+        (``Summary(defer_diversity=True)``) and count their clients straight into the span's
+        table (``Summary(clients=...)``): a window merged from them (``window(full=True)``)
+        has no ``clients``."""
         self.window_s = window_s
         self.bucket_s = bucket_s
         self.span = Summary()  # everything folded so far except the open bucket
-        self._span_public = span_public
+        self._lean = lean
         self._buckets: deque[tuple[int, Summary]] = deque()
         self._closed = _ClosedCounters()
         self._shares = _WindowShares()
@@ -822,10 +841,14 @@ class Timeline:
             if on_close is not None:
                 on_close()
             closed.append(self._buckets[-1][0])
-            self.span.merge(self._buckets[-1][1], public=self._span_public)
+            self.span.merge(self._buckets[-1][1], public=not self._lean)
             self._shares.add(self._buckets[-1][1])
-        if fresh is None:  # the engine's own buckets defer the diversity masks (span_public)
-            fresh = Summary(defer_diversity=not self._span_public)
+        if fresh is None:
+            fresh = (
+                Summary(defer_diversity=True, clients=self.span.clients)
+                if self._lean
+                else Summary()
+            )
         self._buckets.append((bucket, fresh))
         horizon = bucket - max(1, self.window_s // self.bucket_s)
         while self._buckets and self._buckets[0][0] <= horizon:
@@ -894,11 +917,11 @@ class Timeline:
         return out
 
     def whole(self) -> Summary:
-        """Span total including the open bucket (see ``span_public``)."""
+        """Span total including the open bucket (see ``lean``)."""
         if self._pending is not None:
             self.fold_pending()
         out = Summary()
-        public = self._span_public
+        public = not self._lean
         out.merge(self.span, public=public)
         if self._buckets:
             out.merge(self._buckets[-1][1], public=public)

@@ -56,9 +56,10 @@ _REASONS = {r.value: r for r in SkipReason}
 
 # -- encoding --------------------------------------------------------------------------------
 # The top-client table is left out (only the replay report reads it, and it is the largest), and
-# so are the keys a summary that defers its diversity masks keeps (``settle`` runs first).
+# so are the keys a summary that defers its diversity masks keeps (``settle`` runs first), and
+# whether its top-client table is borrowed (a decoded summary owns its own, empty one).
 
-_SKIP_SLOTS = frozenset({"clients", "_deferred"})
+_SKIP_SLOTS = frozenset({"clients", "_deferred", "_borrowed"})
 _SCALARS = (int, float, str, bool)
 
 

@@ -10,10 +10,11 @@ in its span, and drift's early "no" must never hide a step the full search finds
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bench.generate import GenConfig, generate
@@ -115,7 +116,7 @@ def test_every_read_sees_the_lines_still_waiting() -> None:
 def test_the_engines_span_keeps_no_public_tables_but_reports_the_same() -> None:
     classify = Classifier(k3s_defaults()).classify
     lines = [rec("198.51.100.1", T0 + 70.0 * i, ua=f"agent/{i % 4}") for i in range(10)]
-    default, lean = Timeline(900, BUCKET_S), Timeline(900, BUCKET_S, span_public=False)
+    default, lean = Timeline(900, BUCKET_S), Timeline(900, BUCKET_S, lean=True)
     for tl in (default, lean):
         tl.add_runs(count_runs(lines, BUCKET_S), classify)
     assert default.span.pub_count and not lean.span.pub_count
@@ -124,6 +125,53 @@ def test_the_engines_span_keeps_no_public_tables_but_reports_the_same() -> None:
     for k in ("pub_count", "pub_mask", "pub_ua"):
         del full[k], light[k]
     assert light == full
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 40), st.integers(1, 4)), min_size=0, max_size=12),
+        min_size=1,
+        max_size=12,
+    ),
+    st.lists(st.integers(1, 30), min_size=1, max_size=10),
+)
+@example([[(7 * m + i, 1 + i % 3) for i in range(7)] for m in range(6)], [5])  # 42 clients
+def test_the_engines_buckets_count_clients_into_the_span_as_merging_would(
+    minutes: list[list[tuple[int, int]]], batches: list[int]
+) -> None:
+    """A lean timeline's buckets count their clients straight into the span's table: after
+    every batch, ``whole()`` has the table a timeline that merges each bucket's own at close
+    has, in the same order, pruned at the same moments (``CLIENTS_CAP`` 16, well under the 41
+    clients, over the 12 of one minute), fed by lines or by folded runs (parallel replay)."""
+    classify = Classifier(k3s_defaults()).classify
+    records = [
+        rec(f"198.51.100.{c}", T0 + 60.0 * m + i)
+        for m, minute in enumerate(minutes)
+        for i, (c, n) in enumerate(minute)
+        for _ in range(n)
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(traffic, "CLIENTS_CAP", 16)
+        default, lean, folded = (
+            Timeline(900, BUCKET_S),
+            Timeline(900, BUCKET_S, lean=True),
+            Timeline(900, BUCKET_S, lean=True),
+        )
+        for batch in cut(records, batches):
+            default.add_records(batch, classify)
+            lean.add_records(batch, classify)
+            runs = []
+            for bucket, counts, lo, hi in count_runs(batch, BUCKET_S):
+                summary = Summary()  # what a parallel replay worker sends
+                assert isinstance(counts, Counter)
+                summary.add_counts(counts, classify)
+                runs.append((bucket, summary, lo, hi))
+            folded.add_runs(runs, classify)
+            want = list(default.whole().clients.items())
+            assert list(lean.whole().clients.items()) == want
+            assert list(folded.whole().clients.items()) == want
+    assert lean.window(full=True).clients == {}  # they are the span's alone
 
 
 def generated(minutes: int, rate: float, **kw: Any) -> list[AccessRecord]:
