@@ -165,9 +165,11 @@ class Summary:
                 _add_capped(values, list(map(get, counts)))
         clients = self.clients
         clients_get = clients.get
-        adders: dict[str, Callable[[str], object]] = {}
-        per_class: dict[tuple[str, AddrClass], int] = {}
-        per_class_get = per_class.get
+        # Per entrypoint met: how to add a client to its set, and its requests per class (one
+        # lookup a key; a (entrypoint, class) tuple key cost a tuple and its hash a key), and
+        # the order the pairs first came in, which ``by_class`` keeps however keys are split.
+        eps: dict[str, tuple[Callable[[str], object], dict[AddrClass, int]]] = {}
+        order: list[tuple[str, AddrClass]] = []
         internal_classes = INTERNAL_CLASSES
         public = AddrClass.PUBLIC
         pub_count = self.pub_count
@@ -179,13 +181,17 @@ class Summary:
         for key, n in counts.items():
             ep, client = key[0], key[1]
             clients[client] = clients_get(client, 0) + n
-            add = adders.get(ep)
-            if add is None:
-                add = adders[ep] = self._ep_adder(ep, len(counts))
+            add, per_class = eps.get(ep) or eps.setdefault(
+                ep, (self._ep_adder(ep, len(counts)), {})
+            )
             add(client)
             cls = classify(client).cls
-            k = (ep, cls)
-            per_class[k] = per_class_get(k, 0) + n
+            seen = per_class.get(cls)
+            if seen is None:
+                per_class[cls] = n
+                order.append((ep, cls))
+            else:
+                per_class[cls] = seen + n
             if cls is public:
                 # A public client's requests and diversity mask (``suspected_hop``), the first
                 # PUBLIC_CAP clients only; inline, as most keys are public.
@@ -211,7 +217,8 @@ class Summary:
                 self._add_internal(key, n, cls, classify)
         by_class = self.by_class
         ep_total = self.ep_total
-        for k, n in per_class.items():
+        for k in order:
+            n = eps[k[0]][1][k[1]]
             by_class[k] = by_class.get(k, 0) + n
             ep_total[k[0]] = ep_total.get(k[0], 0) + n
         if len(clients) > (2 * CLIENTS_CAP if self._borrowed else CLIENTS_CAP):
@@ -289,7 +296,8 @@ class Summary:
         deferred = self._deferred
         if deferred:
             self._deferred = []
-            self._add_diversity(deferred, heavy)
+            if heavy:
+                self._add_diversity(deferred, heavy)
         masks, uas = self.pub_mask, self.pub_ua
         return [(c, n, masks.get(c, 0), uas.get(c, 0)) for c, n in heavy.items()]
 
