@@ -56,6 +56,7 @@ _NUMBERS = ("status", "size", "count", "dur")
 
 
 _SECONDS = tuple(f":{sec:02d}" for sec in range(60))
+_OFFSETS = tuple(float(sec) for sec in range(60))
 
 
 class _Seconds(dict[str, float]):
@@ -85,11 +86,15 @@ class _Seconds(dict[str, float]):
         base = _iso_epoch(minute + ":00+00:00")
         if len(self) > _TS_CACHE_LIMIT - 60:
             self.clear()
-        times = [0.0] * 60 if base is None else [base + i for i in range(60)]
-        self.update(
-            (minute + tail, t if 0.0 <= t <= _MAX_TS else 0.0)
-            for tail, t in zip(_SECONDS, times, strict=True)
-        )
+        keys = map(minute.__add__, _SECONDS)
+        if base is not None and base >= 0.0 and base + 59.0 <= _MAX_TS:
+            # In C: a minute opens every ~300 lines of a quiet log (5 requests/s).
+            self.update(zip(keys, map(base.__add__, _OFFSETS), strict=True))
+        else:  # a minute at the ends of the range (or unreadable): each second on its own
+            times = [0.0] * 60 if base is None else [base + i for i in range(60)]
+            self.update(
+                (k, t if 0.0 <= t <= _MAX_TS else 0.0) for k, t in zip(keys, times, strict=True)
+            )
         return self[key]
 
     def put(self, key: str, value: float | None) -> float:
