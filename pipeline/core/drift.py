@@ -230,16 +230,16 @@ class _Rule:
 
 
 class _History:
-    """One entrypoint's rows over the history, with what ``DriftTracker._no_step`` reads of each
-    row (its share, and whether it reaches the smallest midpoint a step can have) worked out
-    once, as the row arrives: every close tests every entrypoint's whole history, and working
-    them out again each time was most of drift's cost on quiet traffic (a close every ~300
-    lines). Every row has requests (buckets without any are not kept)."""
+    """One entrypoint's (or suspected hop's) rows over the history, with what
+    ``DriftTracker._no_step`` reads of each row (its share, and whether it reaches the smallest
+    midpoint a step can have) worked out once, as the row arrives: every close tests every
+    history, and working them out again each time was most of drift's cost on quiet traffic
+    (a close every ~300 lines). Every row has requests (buckets without any are not kept)."""
 
     __slots__ = ("_half", "high", "rows", "shares")
 
     def __init__(self, half: float, rows: Iterable[Row] = ()) -> None:
-        self._half = half  # the internal rule's step / 2
+        self._half = half  # its rule's step / 2
         self.rows: deque[Row] = deque()
         self.shares: deque[float] = deque()
         self.high: deque[bool] = deque()
@@ -274,6 +274,7 @@ class DriftTracker:
         "_cfg",
         "_hist",
         "_hop_from",
+        "_hop_hist",
         "_hop_rule",
         "_internal_rule",
         "_keep",
@@ -289,6 +290,10 @@ class DriftTracker:
         self._hist: dict[str, _History] = {}
         self._pub: deque[PubRow] = deque()
         self._hop_from: dict[str, int] = {}  # live: look for a hop's next step from here
+        # The rows of each address judged at the last close, from its ``_hop_from`` on, kept
+        # as they grow: rebuilt from ``_pub`` at every close they cost a pass over the history
+        # and ``_no_step`` another, for each suspected hop.
+        self._hop_hist: dict[str, tuple[int, _History]] = {}
         self._last_noted = -1
         self._internal_rule = _Rule(cfg.drift_share, cfg.drift_step)
         self._hop_rule = _Rule(cfg.hop_share, cfg.hop_share)
@@ -356,10 +361,26 @@ class DriftTracker:
         if pub[-1][0] != bucket:
             return False
         changed = False
-        for addr in sorted({*hops, *self.hop_steps}):
+        kept = self._hop_hist
+        rule = self._hop_rule
+        judged = sorted({*hops, *self.hop_steps})
+        for addr in judged:
             start = self._hop_from.get(addr, -1)
-            rows = [(b, t, heavy.get(addr, 0)) for b, t, heavy in pub if b >= start]
-            changed |= self._judge(addr, rows, self.hop_steps, self._hop_rule, hop=True)
+            cached = kept.get(addr)
+            if cached is None or cached[0] != start:  # newly judged, or live looks afresh
+                h = _History(
+                    rule.step / 2, ((b, t, n.get(addr, 0)) for b, t, n in pub if b >= start)
+                )
+                kept[addr] = (start, h)
+            else:
+                h = cached[1]
+                h.append((bucket, s.total, heavy.get(addr, 0)))
+                h.expire(horizon)
+            changed |= self._judge(
+                addr, h.rows, self.hop_steps, rule, hop=True, derived=(h.shares, h.high)
+            )
+        for addr in kept.keys() - set(judged):
+            del kept[addr]
         return changed
 
     def _judge(

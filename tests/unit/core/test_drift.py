@@ -200,3 +200,43 @@ def test_kept_shares_follow_the_rows(buckets: list[tuple[int, int, float]], keep
             assert list(h.shares) == [i / t for _, t, i in h.rows]
             assert list(h.high) == [i >= half * t for _, t, i in h.rows]
             assert all(b > bucket - 20 for b, _, _ in h.rows)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # buckets without traffic before this one
+            st.integers(0, 400),  # requests
+            st.dictionaries(st.sampled_from("abc"), st.integers(0, 400), max_size=3),  # heavy
+            st.sets(st.sampled_from("abc")),  # judged suspected hops now
+        ),
+        min_size=1,
+        max_size=90,
+    ),
+    st.booleans(),
+)
+@example(  # "a" carries everyone from bucket 10 to 20, then leaves: a step, and live a return
+    [(0, 200, {"a": 200 if 10 <= m < 20 else 0}, {"a"}) for m in range(30)], False
+)
+def test_kept_hop_rows_judge_as_rows_rebuilt_each_close(
+    closes: list[tuple[int, int, dict[str, int], set[str]]], keep: bool
+) -> None:
+    """A suspected hop's rows are kept from close to close (``_hop_hist``) instead of rebuilt
+    from the history: the same steps, returns and changes as a tracker that rebuilds them at
+    every close, while hops come and go and live restarts a hop's history after a return."""
+    cfg = EngineConfig(drift_history_s=1200)
+    kept, rebuilt = DriftTracker(cfg, keep=keep), DriftTracker(cfg, keep=keep)
+    bucket = 0
+    for gap, total, drawn, hops in closes:
+        bucket += gap + 1
+        s = Summary()
+        s.total = total
+        heavy = {a: min(n, total) for a, n in drawn.items()}
+        rebuilt._hop_hist.clear()  # nothing kept: every hop's rows come from the history
+        assert kept.note(bucket, s, hops, heavy) == rebuilt.note(bucket, s, hops, heavy)
+        assert kept.hop_steps == rebuilt.hop_steps
+        if kept._pub and kept._pub[-1][0] == bucket:  # it judged: what it kept is current
+            for addr, (start, h) in kept._hop_hist.items():
+                rows = [(b, t, n.get(addr, 0)) for b, t, n in kept._pub if b >= start]
+                assert list(h.rows) == rows
