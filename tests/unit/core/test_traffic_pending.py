@@ -9,6 +9,7 @@ in its span, and drift's early "no" must never hide a step the full search finds
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import Counter
 from typing import Any
@@ -143,7 +144,8 @@ def test_the_engines_buckets_count_clients_into_the_span_as_merging_would(
     """A lean timeline's buckets count their clients straight into the span's table: after
     every batch, ``whole()`` has the table a timeline that merges each bucket's own at close
     has, in the same order, pruned at the same moments (``CLIENTS_CAP`` 16, well under the 41
-    clients, over the 12 of one minute), fed by lines or by folded runs (parallel replay)."""
+    clients, over the 12 of one minute), fed by lines or by folded runs (parallel replay), and
+    the same at the end when nothing read it before."""
     classify = Classifier(k3s_defaults()).classify
     records = [
         rec(f"198.51.100.{c}", T0 + 60.0 * m + i)
@@ -153,10 +155,11 @@ def test_the_engines_buckets_count_clients_into_the_span_as_merging_would(
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(traffic, "CLIENTS_CAP", 16)
-        default, lean, folded = (
+        default, lean, folded, unread = (
             Timeline(900, BUCKET_S),
             Timeline(900, BUCKET_S, lean=True),
             Timeline(900, BUCKET_S, lean=True),
+            Timeline(900, BUCKET_S, lean=True),  # folded runs too, read only at the end
         )
         for batch in cut(records, batches):
             default.add_records(batch, classify)
@@ -168,15 +171,49 @@ def test_the_engines_buckets_count_clients_into_the_span_as_merging_would(
                 summary.add_counts(counts, classify)
                 runs.append((bucket, summary, lo, hi))
             folded.add_runs(runs, classify)
+            unread.add_runs([(b, copy.deepcopy(r), lo, hi) for b, r, lo, hi in runs], classify)
             want = list(default.whole().clients.items())
             assert list(lean.whole().clients.items()) == want
             assert list(folded.whole().clients.items()) == want
+        assert list(unread.whole().clients.items()) == list(default.whole().clients.items())
     assert lean.window(full=True).clients == {}  # they are the span's alone
 
 
 def generated(minutes: int, rate: float, **kw: Any) -> list[AccessRecord]:
     cfg = GenConfig(lines=int(minutes * 60 * rate), seed=3, rate=rate, clients=300, **kw)
     return TraefikParser().parse([ln.rstrip(b"\n") for ln in generate(cfg)], ParseStats())
+
+
+@pytest.mark.parametrize(("window_s", "reads"), [(120, False), (900, False), (900, True)])
+def test_the_engines_span_takes_closed_buckets_in_batches(window_s: int, reads: bool) -> None:
+    """A lean timeline merges closed buckets into its span ``SPAN_BATCH`` at a time and holds
+    none back past its window (2 buckets, or 15): the span and ``whole()`` are those of merging
+    each bucket as it closes, read only at the end or every few batches (a read merges what
+    waits)."""
+    classify = Classifier(k3s_defaults()).classify
+    records = generated(60, 2.0)
+    default, lean = Timeline(window_s, BUCKET_S), Timeline(window_s, BUCKET_S, lean=True)
+    closes = 0
+
+    def check() -> None:  # lean's on_close: the bucket that closes is still the newest
+        nonlocal closes
+        closes += 1
+        held = [id(s) for _, s in lean._buckets]
+        assert all(id(s) in held for s in lean._unmerged)
+        assert len(lean._unmerged) < traffic.SPAN_BATCH
+
+    for i, batch in enumerate(cut(records, [50] * len(records))):
+        default.add_records(batch, classify)
+        lean.add_records(batch, classify, check)
+        if reads and i % 7 == 0:
+            assert lean.by_class() == default.by_class()
+    assert closes > 3 * traffic.SPAN_BATCH
+    # The lean span has no public tables, and its client table is its buckets' too.
+    skip = {"pub_count", "pub_mask", "pub_ua", "clients"}
+    assert ordered_state(lean.span, skip) == ordered_state(default.span, skip)
+    assert ordered_state(lean.whole(), skip - {"clients"}) == ordered_state(
+        default.whole(), skip - {"clients"}
+    )
 
 
 def replay(records: list[AccessRecord], *, by_records: bool, batch: int) -> Engine:
