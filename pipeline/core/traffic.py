@@ -803,7 +803,7 @@ class Timeline:
         self._pending = None
         classify = self._pending_classify
         if pending and classify is not None and self._buckets:
-            self.add_runs([(self._buckets[-1][0], pending, 0.0, 0.0)], classify)
+            self._buckets[-1][1].add_counts(pending, classify)  # what add_runs would do
 
     def add_runs(
         self,
