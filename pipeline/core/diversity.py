@@ -14,6 +14,8 @@ come from ``zlib.crc32``, not ``hash()`` (salted per process).
 
 from __future__ import annotations
 
+from functools import reduce
+from operator import or_
 from zlib import crc32
 
 # 21 bits a field, so a whole mask fits a signed 64-bit integer: orjson (the snapshot writer)
@@ -27,17 +29,28 @@ MASK_LIMIT = 1 << (3 * FIELD_BITS)  # every valid mask is below this (snapshot d
 PUBLIC_CAP = 2048  # public clients tallied per summary (first come): a hop is among the first
 _BIT_CACHE_CAP = 1 << 16
 
-_bits: dict[str, int] = {}
+
+class _Bits(dict[str, int]):
+    """``bit``'s cache, answering a miss itself, so that ``values_mask`` looks values up in C
+    (``map`` over ``__getitem__``): the hop tracker takes a mask of every closed bucket's hosts
+    and routers, a close every ~300 lines of quiet traffic."""
+
+    __slots__ = ()
+
+    def __missing__(self, value: str) -> int:
+        if len(self) >= _BIT_CACHE_CAP:
+            self.clear()
+        b = self[value] = 0 if value in ("", "-") else 1 << (crc32(value.encode()) % FIELD_BITS)
+        return b
+
+
+_bits = _Bits()
+_bit_of = _bits.__getitem__
 
 
 def bit(value: str) -> int:
     """The bit (0-20) of a value; "-", "" (absent) set none. Cached: hosts repeat."""
-    b = _bits.get(value)
-    if b is None:
-        if len(_bits) >= _BIT_CACHE_CAP:
-            _bits.clear()
-        b = _bits[value] = 0 if value in ("", "-") else 1 << (crc32(value.encode()) % FIELD_BITS)
-    return b
+    return _bit_of(value)
 
 
 UA_BITS: dict[str, int] = {}  # ua_bit's cache (traffic.py reads it inline)
@@ -69,7 +82,4 @@ def field_count(mask: int, shift: int) -> int:
 
 
 def values_mask(values: set[str], shift: int) -> int:
-    m = 0
-    for v in values:
-        m |= bit(v)
-    return m << shift
+    return reduce(or_, map(_bit_of, values), 0) << shift

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import reduce
+from operator import itemgetter, or_
 from typing import Any, Protocol, TypeVar
 
 from pipeline.core.diversity import (
@@ -121,6 +123,9 @@ class Verdict:
             "lockout": False,
         }
 
+
+_total = itemgetter(1)  # of a kept bucket: (bucket, total, sites mask)
+_sites = itemgetter(2)
 
 Row = TypeVar("Row", bound=tuple[int, ...])  # a kept row; its first item is its bucket
 
@@ -211,7 +216,7 @@ class HopTracker:
         """Requests in the noted buckets of the window (``last_ts`` slides it when quiet)."""
         if last_ts and self._buckets:
             self._expire(max(self._last_noted, int(last_ts) // self._cfg.bucket_s))
-        return sum(t for _, t, _ in self._buckets)
+        return sum(map(_total, self._buckets))
 
     def judge(self, last_ts: float, total: int, *, keep_peak: bool) -> list[Verdict]:
         """A verdict per tracked address; with ``keep_peak`` (replay) a suspected address keeps
@@ -219,9 +224,7 @@ class HopTracker:
         thresholds that never was suspected gets none: with a peak kept, nothing clears, so
         such a verdict says nothing, and replay judges at every closed bucket."""
         cfg = self._cfg
-        sites = 0
-        for _, _, m in self._buckets:
-            sites |= m
+        sites = reduce(or_, map(_sites, self._buckets), 0)
         all_hosts, all_routers = field_count(sites, HOST_SHIFT), field_count(sites, ROUTER_SHIFT)
         out: list[Verdict] = []
         for client, rows in self._seen.items():

@@ -293,7 +293,7 @@ class Summary:
         and from then on holds no masks of lighter clients, which no reader of a closed bucket
         asks for."""
         counts = self.pub_count
-        heavy = {c: counts[c] for c in compress(counts, map(le, repeat(least), counts.values()))}
+        heavy = dict(compress(counts.items(), map(le, repeat(least), counts.values())))
         deferred = self._deferred
         if deferred:
             self._deferred = []
@@ -678,17 +678,9 @@ class _WindowShares:
         self.internal: dict[str, int] = {}
 
     def add(self, s: Summary, sign: int = 1) -> None:
-        """Add a bucket that closed (``sign`` 1) or take off one that left (-1). An entrypoint
-        whose sum comes back to 0 is dropped, as a merge of the window would not have it: a
-        log with an entrypoint a minute would otherwise be judged on all of them at every
-        close."""
-        for src, dst in ((s.ep_total, self.total), (s.ep_internal, self.internal)):
-            for ep, n in src.items():
-                left = dst.get(ep, 0) + sign * n
-                if left:
-                    dst[ep] = left
-                else:
-                    dst.pop(ep, None)
+        """Add a bucket that closed (``sign`` 1) or take off one that left (-1)."""
+        _add_sums(self.total, s.ep_total, sign)
+        _add_sums(self.internal, s.ep_internal, sign)
 
     def sync(self, buckets: deque[tuple[int, Summary]]) -> None:
         """Start over from the closed buckets (all but the newest) if the deque was replaced
@@ -701,10 +693,22 @@ class _WindowShares:
 
     def plus(self, s: Summary) -> tuple[dict[str, int], dict[str, int]]:
         """The sums with ``s`` (the open bucket) added, in new dicts."""
-        out = _WindowShares()
-        out.total, out.internal = dict(self.total), dict(self.internal)
-        out.add(s)
-        return out.total, out.internal
+        total, internal = dict(self.total), dict(self.internal)
+        _add_sums(total, s.ep_total, 1)
+        _add_sums(internal, s.ep_internal, 1)
+        return total, internal
+
+
+def _add_sums(dst: dict[str, int], src: Mapping[str, int], sign: int) -> None:
+    """``sign`` times ``src`` into ``dst``. An entrypoint whose sum comes back to 0 is dropped,
+    as a merge of the window would not have it: a log with an entrypoint a minute would
+    otherwise be judged on all of them at every close."""
+    for ep, n in src.items():
+        left = dst.get(ep, 0) + sign * n
+        if left:
+            dst[ep] = left
+        else:
+            dst.pop(ep, None)
 
 
 class Timeline:
