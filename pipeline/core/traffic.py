@@ -130,7 +130,16 @@ class Summary:
         no clients to any merge (the table's owner counts them), prunes it only past twice
         ``CLIENTS_CAP`` (its owner prunes it back when the bucket closes, as merging would), and
         its own ``clients`` are not its alone: for the engine's buckets, whose clients nothing
-        reads but the span (``Timeline(lean=True)``)."""
+        reads but the span (``Timeline(lean=True)``).
+
+        The span's table is the one merging tables of their own gives unless a bucket has more
+        than ``CLIENTS_CAP`` distinct clients (a flood from many addresses in one minute). A
+        table of its own then pruned itself, and a lighter client it dropped counted again
+        from 0; the shared one is pruned only past twice the cap, ranked over the span, so its
+        counts are then nearer the truth. A parallel replay worker's buckets keep tables of
+        their own, so in such a minute ``--jobs 2`` can keep other light clients than
+        ``--jobs 1`` (as before: ``--jobs 1`` folded a bucket ``PENDING_CAP`` keys at a time,
+        a worker in one go, and each pruned at other moments)."""
         self._deferred: list[Key] | None = [] if defer_diversity else None
         self._borrowed = clients is not None
         self.total = 0
@@ -714,7 +723,8 @@ def _add_sums(dst: dict[str, int], src: Mapping[str, int], sign: int) -> None:
 class Timeline:
     """Per-bucket summaries on the data's time line, a sliding window over them, a span total.
 
-    Closed buckets fold into ``span`` immediately; the window keeps the last ``window_s`` worth.
+    Closed buckets fold into ``span`` as they close (a lean timeline's a few at a time, see
+    ``_merge_closed``); the window keeps the last ``window_s`` worth.
     Data that arrives late (older than the newest bucket) joins the newest bucket: logs are close
     to time-ordered and exact placement of stragglers is not worth a per-line cost.
     """
@@ -907,6 +917,9 @@ class Timeline:
 
     @span.setter
     def span(self, summary: Summary) -> None:
+        """Replace the span (a Kafka partition's timeline loading a snapshot). Not for a lean
+        timeline: its open bucket counts its clients into the span's table."""
+        assert not self._lean, "a lean timeline's buckets count into its span's table"
         self._unmerged.clear()
         self._span = summary
 

@@ -179,6 +179,28 @@ def test_the_engines_buckets_count_clients_into_the_span_as_merging_would(
     assert lean.window(full=True).clients == {}  # they are the span's alone
 
 
+def test_a_flood_minute_keeps_truer_counts_in_the_shared_client_table() -> None:
+    """More distinct clients in one minute than ``CLIENTS_CAP`` (16 here): a bucket with a table
+    of its own pruned it mid-minute, and a light client it dropped counted again from 0; the
+    lean timeline's shared table is pruned only past twice the cap, so it keeps the true count,
+    and it never holds more than that after a fold."""
+    classify = Classifier(k3s_defaults()).classify
+    first = [rec(f"198.51.100.{c}", T0 + c) for c in range(24)]  # one request each
+    again = [rec("198.51.100.20", T0 + 30.0 + i) for i in range(10)]  # the 21st, ten more
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(traffic, "CLIENTS_CAP", 16)
+        own, lean = Timeline(900, BUCKET_S), Timeline(900, BUCKET_S, lean=True)
+        for tl in (own, lean):
+            tl.add_records(first, classify)
+            tl.whole()  # a read (a scrape, a blast radius) folds what waits
+            tl.add_records(again, classify)
+            newest = tl.newest()
+            assert newest is not None
+            assert len(newest[1].clients) <= 2 * 16
+        assert lean.whole().clients["198.51.100.20"] == 11
+        assert own.whole().clients["198.51.100.20"] == 10  # dropped at 1, then 10 more
+
+
 def generated(minutes: int, rate: float, **kw: Any) -> list[AccessRecord]:
     cfg = GenConfig(lines=int(minutes * 60 * rate), seed=3, rate=rate, clients=300, **kw)
     return TraefikParser().parse([ln.rstrip(b"\n") for ln in generate(cfg)], ParseStats())
