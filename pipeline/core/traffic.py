@@ -817,7 +817,9 @@ class Timeline:
         self._pending = None
         classify = self._pending_classify
         if pending and classify is not None and self._buckets:
-            self._buckets[-1][1].add_counts(pending, classify)  # what add_runs would do
+            # Through add_runs, which a subclass may watch (html_report.ShareHistory files
+            # every run's shares for the chart).
+            self.add_runs([(self._buckets[-1][0], pending, 0.0, 0.0)], classify)
 
     def add_runs(
         self,
