@@ -69,7 +69,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
-from operator import itemgetter, truediv
+from operator import itemgetter
 from typing import Any, Protocol
 
 from pipeline.core import fixes
@@ -98,8 +98,6 @@ class DriftConfig(Protocol):
 
 
 Row = tuple[int, int, int]  # bucket, requests, internal (or the hop's) requests
-# Each row's share and whether it reaches the smallest midpoint of a step (``_History``).
-Derived = tuple[Sequence[float], Sequence[bool]]
 PubRow = tuple[int, int, Mapping[str, int]]  # bucket, requests, heavy public clients' requests
 _requests = itemgetter(1)  # of a Row
 _internal = itemgetter(2)
@@ -234,12 +232,14 @@ class _History:
     ``DriftTracker._no_step`` reads of each row (its share, and whether it reaches the smallest
     midpoint a step can have) worked out once, as the row arrives: every close tests every
     history, and working them out again each time was most of drift's cost on quiet traffic
-    (a close every ~300 lines). Every row has requests (buckets without any are not kept)."""
+    (a close every ~300 lines). Every row has requests (buckets without any are not kept). It
+    is judged by its ``rule``, the one its flags were worked out for."""
 
-    __slots__ = ("_half", "high", "rows", "shares")
+    __slots__ = ("_half", "high", "rows", "rule", "shares")
 
-    def __init__(self, half: float, rows: Iterable[Row] = ()) -> None:
-        self._half = half  # its rule's step / 2
+    def __init__(self, rule: _Rule, rows: Iterable[Row] = ()) -> None:
+        self.rule = rule
+        self._half = rule.step / 2
         self.rows: deque[Row] = deque()
         self.shares: deque[float] = deque()
         self.high: deque[bool] = deque()
@@ -262,7 +262,7 @@ class _History:
 
     def since(self, bucket: int) -> _History:
         """A history of the rows from ``bucket`` on (live: look for the next step from there)."""
-        return _History(self._half, (r for r in self.rows if r[0] >= bucket))
+        return _History(self.rule, (r for r in self.rows if r[0] >= bucket))
 
 
 class DriftTracker:
@@ -323,7 +323,7 @@ class DriftTracker:
             if total:
                 h = hist.get(ep)
                 if h is None:
-                    h = hist[ep] = _History(rule.step / 2)
+                    h = hist[ep] = _History(rule)
                 h.append((bucket, total, s.ep_internal.get(ep, 0)))
         for ep in list(hist):
             h = hist[ep]
@@ -335,7 +335,7 @@ class DriftTracker:
                     changed = True  # its traffic left the history: nothing to judge any more
                 continue
             if rows[-1][0] == bucket:
-                changed |= self._judge(ep, rows, self.steps, rule, derived=(h.shares, h.high))
+                changed |= self._judge(ep, h, self.steps)
         return self._note_hops(bucket, s, horizon, hops, heavy) or changed
 
     def _note_hops(
@@ -368,34 +368,22 @@ class DriftTracker:
             start = self._hop_from.get(addr, -1)
             cached = kept.get(addr)
             if cached is None or cached[0] != start:  # newly judged, or live looks afresh
-                h = _History(
-                    rule.step / 2, ((b, t, n.get(addr, 0)) for b, t, n in pub if b >= start)
-                )
+                h = _History(rule, ((b, t, n.get(addr, 0)) for b, t, n in pub if b >= start))
                 kept[addr] = (start, h)
             else:
                 h = cached[1]
                 h.append((bucket, s.total, heavy.get(addr, 0)))
                 h.expire(horizon)
-            changed |= self._judge(
-                addr, h.rows, self.hop_steps, rule, hop=True, derived=(h.shares, h.high)
-            )
+            changed |= self._judge(addr, h, self.hop_steps, hop=True)
         for addr in kept.keys() - set(judged):
             del kept[addr]
         return changed
 
-    def _judge(
-        self,
-        key: str,
-        rows: Sequence[Row],
-        steps: dict[str, Step],
-        rule: _Rule,
-        *,
-        hop: bool = False,
-        derived: Derived | None = None,
-    ) -> bool:
+    def _judge(self, key: str, h: _History, steps: dict[str, Step], *, hop: bool = False) -> bool:
+        rows = h.rows
         step = steps.get(key)
         if step is None:
-            found = self._find(key, rows, rule, hop=hop, derived=derived)
+            found = self._find(key, h, hop=hop)
             if found is not None:
                 steps[key] = found
                 return True
@@ -436,13 +424,11 @@ class DriftTracker:
             return None
         return recent[0][0]
 
-    def _find(
-        self, key: str, rows: Sequence[Row], rule: _Rule, *, hop: bool, derived: Derived | None
-    ) -> Step | None:
-        """``derived``: the rows' shares and ``high`` flags (``_History``), if kept."""
+    def _find(self, key: str, h: _History, *, hop: bool) -> Step | None:
         cfg = self._cfg
+        rows, rule = h.rows, h.rule
         n, least = len(rows), cfg.drift_min_buckets
-        if n < 2 * least or self._no_step(rows, rule, derived):
+        if n < 2 * least or self._no_step(h):
             return None
         all_t = sum(map(_requests, rows))
         all_i = sum(map(_internal, rows))
@@ -485,9 +471,10 @@ class DriftTracker:
             floor_share=round(heavy_share(cfg.hop_share), 4) if hop else 0.0,
         )
 
-    def _no_step(self, rows: Sequence[Row], rule: _Rule, derived: Derived | None) -> bool:
-        """Exact early "no"s, each one pass instead of a ``_step`` per split, at every closed
-        bucket, for every entrypoint:
+    def _no_step(self, h: _History) -> bool:
+        """Exact early "no"s, each one pass over what ``_History`` worked out as each row
+        arrived, instead of a ``_step`` per split, at every closed bucket, for every
+        entrypoint:
 
         - ``_held`` needs ``drift_min_buckets`` rows at or after the split (itself at that
           index or later) at or above the step's midpoint, which is never below
@@ -500,17 +487,9 @@ class DriftTracker:
           any are not kept).
         """
         least = self._cfg.drift_min_buckets
-        shares: Sequence[float]
-        if derived is None:
-            half = rule.step / 2
-            if sum(1 for _, t, i in islice(rows, least, None) if i >= half * t) < least:
-                return True
-            shares = list(map(truediv, map(_internal, rows), map(_requests, rows)))
-        else:  # the same tests on what ``_History`` worked out as each row arrived
-            shares, high = derived
-            if sum(islice(high, least, None)) < least:
-                return True
-        return max(shares) - min(shares) < rule.step
+        if sum(islice(h.high, least, None)) < least:
+            return True
+        return max(h.shares) - min(h.shares) < h.rule.step
 
     def _held(self, rows: Sequence[Row], k: int, midpoint: float) -> bool:
         """At least ``drift_min_buckets`` buckets after the split are above the step's midpoint

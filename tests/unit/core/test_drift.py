@@ -165,13 +165,12 @@ def test_early_no_never_hides_a_step(
         share = rule.step / 2 if edge else 0.8 * (low if b < split else high) + 0.2 * noise
         history.append((b, t, round(t * share)))
     hop = which == "hop"
-    found = tracker._find("web", history, rule, hop=hop, derived=None)
-    kept = _History(rule.step / 2, history)  # what note() keeps of an entrypoint's rows
-    found_kept = tracker._find("web", history, rule, hop=hop, derived=(kept.shares, kept.high))
+    kept = _History(rule, history)  # what note() keeps of an entrypoint's or a hop's rows
+    found = tracker._find("web", kept, hop=hop)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DriftTracker, "_no_step", lambda self, rows, rule, derived: False)
-        searched = tracker._find("web", history, rule, hop=hop, derived=None)
-    assert found == found_kept == searched
+        mp.setattr(DriftTracker, "_no_step", lambda self, h: False)
+        searched = tracker._find("web", kept, hop=hop)
+    assert found == searched
 
 
 @settings(max_examples=100, deadline=None)

@@ -323,11 +323,9 @@ def test_drifts_early_no_never_hides_a_step(hop: bool) -> None:
             i = round(t * rng.choice(shares)) + rng.choice([-1, 0, 0, 1])
             rows.append((b, t, min(t, max(0, i))))
         want = reference_find(tracker, rows, rule)
-        step = tracker._find("k", rows, rule, hop=hop, derived=None)
+        step = tracker._find("k", _History(rule, rows), hop=hop)  # rows as note() keeps them
         got = None if step is None else (step.buckets_before, step.requests_before)
         assert got == want
-        kept = _History(rule.step / 2, rows)  # an entrypoint's rows as note() keeps them
-        assert tracker._find("k", rows, rule, hop=hop, derived=(kept.shares, kept.high)) == step
         found += want is not None
     assert found > 100  # the histories do hold steps, not only noise
 
@@ -338,12 +336,7 @@ def test_drifts_early_no_keeps_a_step_held_just_at_its_midpoint() -> None:
     tracker = DriftTracker(EngineConfig(), keep=True)
     shares = [0.0] * 10 + [1.0, 1.0, 0.25, 0.25, 0.25, 0.25]
     rows: list[Row] = [(b, 20, round(20 * s)) for b, s in enumerate(shares)]
-    rule = tracker._internal_rule
-    step = tracker._find("websecure", rows, rule, hop=False, derived=None)
+    step = tracker._find("websecure", _History(tracker._internal_rule, rows), hop=False)
     assert step is not None
-    kept = _History(rule.step / 2, rows)
-    assert (
-        tracker._find("websecure", rows, rule, hop=False, derived=(kept.shares, kept.high)) == step
-    )
     assert (step.buckets_before, step.share_before, step.share_after) == (10, 0.0, 0.5)
     assert reference_find(tracker, rows, tracker._internal_rule) == (10, 200)
