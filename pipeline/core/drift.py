@@ -229,36 +229,59 @@ class _Rule:
 
 class _History:
     """One entrypoint's (or suspected hop's) rows over the history, with what
-    ``DriftTracker._no_step`` reads of each row (its share, and whether it reaches the smallest
-    midpoint a step can have) worked out once, as the row arrives: every close tests every
-    history, and working them out again each time was most of drift's cost on quiet traffic
-    (a close every ~300 lines). Every row has requests (buckets without any are not kept). It
-    is judged by its ``rule``, the one its flags were worked out for."""
+    ``DriftTracker._no_step`` reads of them kept up to date as rows arrive and leave: every
+    close tests every history, and working it out again each time was most of drift's cost on
+    quiet traffic (a close every ~300 lines). So each row's flag (does it reach the smallest
+    midpoint a step can have), their count, and the highest and lowest share, each from a
+    deque of the rows that can still be the highest (lowest) once older ones leave. Every row
+    has requests (buckets without any are not kept), and rows come in bucket order. It is
+    judged by its ``rule``, the one its flags were worked out for."""
 
-    __slots__ = ("_half", "high", "rows", "rule", "shares")
+    __slots__ = ("_half", "_highest", "_lowest", "high", "highs", "rows", "rule")
 
     def __init__(self, rule: _Rule, rows: Iterable[Row] = ()) -> None:
         self.rule = rule
         self._half = rule.step / 2
         self.rows: deque[Row] = deque()
-        self.shares: deque[float] = deque()
         self.high: deque[bool] = deque()
+        self.highs = 0  # rows whose flag is set
+        # (bucket, share), shares falling (rising) from the front: the front is the highest
+        # (lowest) share of the rows kept.
+        self._highest: deque[tuple[int, float]] = deque()
+        self._lowest: deque[tuple[int, float]] = deque()
         for row in rows:
             self.append(row)
 
     def append(self, row: Row) -> None:
-        _, t, i = row
+        b, t, i = row
+        share = i / t
         self.rows.append(row)
-        self.shares.append(i / t)
-        self.high.append(i >= self._half * t)
+        flag = i >= self._half * t
+        self.high.append(flag)
+        self.highs += flag
+        highest, lowest = self._highest, self._lowest
+        while highest and highest[-1][1] <= share:
+            highest.pop()
+        highest.append((b, share))
+        while lowest and lowest[-1][1] >= share:
+            lowest.pop()
+        lowest.append((b, share))
 
     def expire(self, horizon: int) -> None:
         """Drop the rows of buckets at or before ``horizon``."""
         rows = self.rows
         while rows and rows[0][0] <= horizon:
             rows.popleft()
-            self.shares.popleft()
-            self.high.popleft()
+            self.highs -= self.high.popleft()
+        for extreme in (self._highest, self._lowest):
+            while extreme and extreme[0][0] <= horizon:
+                extreme.popleft()
+
+    def spread(self) -> float:
+        """The highest share less the lowest (0.0 without rows)."""
+        if not self.rows:
+            return 0.0
+        return self._highest[0][1] - self._lowest[0][1]
 
     def since(self, bucket: int) -> _History:
         """A history of the rows from ``bucket`` on (live: look for the next step from there)."""
@@ -472,9 +495,9 @@ class DriftTracker:
         )
 
     def _no_step(self, h: _History) -> bool:
-        """Exact early "no"s, each one pass over what ``_History`` worked out as each row
-        arrived, instead of a ``_step`` per split, at every closed bucket, for every
-        entrypoint:
+        """Exact early "no"s from what ``_History`` keeps up to date as rows arrive and leave
+        (a count, a look at its first ``drift_min_buckets`` flags, two extremes), instead of a
+        ``_step`` per split, at every closed bucket, for every entrypoint:
 
         - ``_held`` needs ``drift_min_buckets`` rows at or after the split (itself at that
           index or later) at or above the step's midpoint, which is never below
@@ -487,9 +510,9 @@ class DriftTracker:
           any are not kept).
         """
         least = self._cfg.drift_min_buckets
-        if sum(islice(h.high, least, None)) < least:
+        if h.highs - sum(islice(h.high, least)) < least:  # the flags set after the first least
             return True
-        return max(h.shares) - min(h.shares) < h.rule.step
+        return h.spread() < h.rule.step
 
     def _held(self, rows: Sequence[Row], k: int, midpoint: float) -> bool:
         """At least ``drift_min_buckets`` buckets after the split are above the step's midpoint

@@ -167,6 +167,9 @@ class Engine:
         self._judge: Classifier | None = None  # see _judging
         self._full: dict[str, ActiveDecision] = {}  # those on internal targets, whole
         self._findings: dict[str, Finding] = {}
+        # The same findings by kind: each close judges some kinds, and a scan of every finding
+        # per close grows with the findings (an internal_ban per decision on an internal target).
+        self._of_kind: dict[Kind, dict[str, Finding]] = {}
         self._raised_total: dict[tuple[Kind, Severity], int] = {}
         self._events: list[FindingEvent] = []
         self._masked_peak: dict[str, float] = {}
@@ -272,7 +275,7 @@ class Engine:
 
     @property
     def _format_sources(self) -> set[str]:
-        return {f.target for f in self._findings.values() if f.kind is Kind.LOG_FORMAT}
+        return {f.target for f in self._kind(Kind.LOG_FORMAT).values()}
 
     def apply(self, delta: DecisionDelta) -> None:
         """Apply a decision delta; a startup delta replaces the whole state (LAPI resync).
@@ -519,23 +522,34 @@ class Engine:
         """
         old = self._findings.get(finding.key)
         mark = finding.summary if material is None else material
+        self._file(finding, old)
         if old is None:
-            self._findings[finding.key] = finding
             self._material[finding.key] = mark
             k = (finding.kind, finding.severity)
             self._raised_total[k] = self._raised_total.get(k, 0) + 1
             self._events.append(FindingEvent(State.RAISED, finding, self.clock()))
         elif old.severity != finding.severity or self._material.get(finding.key) != mark:
-            self._findings[finding.key] = finding
             self._material[finding.key] = mark
             self._events.append(FindingEvent(State.UPDATED, finding, self.clock()))
-        else:
-            self._findings[finding.key] = finding  # refresh evidence silently
+        # else: the evidence is refreshed silently
+
+    def _file(self, finding: Finding, old: Finding | None) -> None:
+        """Keep ``finding`` under its key, and in its kind's index (a key may change kind)."""
+        key = finding.key
+        self._findings[key] = finding
+        if old is not None and old.kind is not finding.kind:
+            self._of_kind[old.kind].pop(key, None)
+        self._of_kind.setdefault(finding.kind, {})[key] = finding
+
+    def _kind(self, kind: Kind) -> Mapping[str, Finding]:
+        """The active findings of one kind, by key."""
+        return self._of_kind.get(kind, {})
 
     def _clear(self, key: str) -> None:
         old = self._findings.pop(key, None)
         self._material.pop(key, None)
         if old is not None:
+            self._of_kind[old.kind].pop(key, None)
             self._events.append(FindingEvent(State.CLEARED, old, self.clock()))
 
     # -- decisions --------------------------------------------------------------------------
@@ -657,7 +671,7 @@ class Engine:
         whose share of all requests drift searches for a step."""
         if not self._hops.active:
             return []
-        return [f.target for f in self._findings.values() if f.kind is Kind.SUSPECTED_HOP]
+        return [f.target for f in self._kind(Kind.SUSPECTED_HOP).values()]
 
     def _evaluate_drift(self) -> None:
         wanted = set()
@@ -665,8 +679,8 @@ class Engine:
             f = drift.finding(step, self.config.bucket_s)
             wanted.add(f.key)
             self._emit(f, material=(step.changed_at, step.returned_at))
-        for key, f in list(self._findings.items()):
-            if f.kind is Kind.MASKING_STARTED and key.startswith("masking_") and key not in wanted:
+        for key in list(self._kind(Kind.MASKING_STARTED)):
+            if key.startswith("masking_") and key not in wanted:
                 self._clear(key)
 
     def bans_on(self, value: str) -> list[Decision]:
@@ -690,7 +704,7 @@ class Engine:
         cfg = self.config
         last = self._timeline.last_ts
         total = self._hops.window_total(last)
-        open_keys = {k for k, f in self._findings.items() if f.kind is Kind.SUSPECTED_HOP}
+        open_keys = set(self._kind(Kind.SUSPECTED_HOP))
         for verdict in self._hops.judge(last, total, keep_peak=not cfg.clear_recovered):
             key = f"suspected_hop:{verdict.address}"
             open_keys.discard(key)
@@ -801,7 +815,7 @@ class Engine:
         totals, internals = self._timeline.window_shares()
         # Entrypoints with an open finding are judged even when they left the window (share 0).
         judged = set(totals)
-        judged |= {f.target for f in self._findings.values() if f.kind is Kind.MASKED_CLIENT_IP}
+        judged |= {f.target for f in self._kind(Kind.MASKED_CLIENT_IP).values()}
         for ep in judged:
             total = totals.get(ep, 0)
             key = f"masked_client_ip:{ep}"

@@ -125,6 +125,7 @@ class Verdict:
 
 
 _total = itemgetter(1)  # of a kept bucket: (bucket, total, sites mask)
+_requests = itemgetter(1)  # of a client's row: (bucket, requests, mask, User-Agent mask)
 _sites = itemgetter(2)
 
 Row = TypeVar("Row", bound=tuple[int, ...])  # a kept row; its first item is its bucket
@@ -224,11 +225,12 @@ class HopTracker:
         thresholds that never was suspected gets none: with a peak kept, nothing clears, so
         such a verdict says nothing, and replay judges at every closed bucket."""
         cfg = self._cfg
-        sites = reduce(or_, map(_sites, self._buckets), 0)
-        all_hosts, all_routers = field_count(sites, HOST_SHIFT), field_count(sites, ROUTER_SHIFT)
+        # The sites of the window, worked out for the first address that needs them: in replay
+        # most closes judge none (a close every ~300 lines of quiet traffic).
+        all_sites: tuple[int, int] | None = None
         out: list[Verdict] = []
         for client, rows in self._seen.items():
-            requests = sum(n for _, n, _, _ in rows)
+            requests = sum(map(_requests, rows))
             if keep_peak and not (
                 requests >= cfg.hop_min_requests and total > 0 and requests / total >= cfg.hop_share
             ):  # not suspected now, whatever its sites: its peak, if it had one (``_peaked``)
@@ -236,6 +238,10 @@ class HopTracker:
                 if peak is not None:
                     out.append(peak)
                 continue
+            if all_sites is None:
+                sites = reduce(or_, map(_sites, self._buckets), 0)
+                all_sites = field_count(sites, HOST_SHIFT), field_count(sites, ROUTER_SHIFT)
+            all_hosts, all_routers = all_sites
             mask = ua_mask = 0
             for _, _, m, u in rows:
                 mask |= m

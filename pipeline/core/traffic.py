@@ -7,6 +7,7 @@ whatever the input size (top clients are pruned, distinct-value sets stop growin
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from itertools import compress, count, islice, repeat
@@ -302,7 +303,14 @@ class Summary:
         and from then on holds no masks of lighter clients, which no reader of a closed bucket
         asks for."""
         counts = self.pub_count
-        heavy = dict(compress(counts.items(), map(le, repeat(least), counts.values())))
+        # Requests are whole: ``n >= least`` exactly when ``n >= ceil(least)``, an int compare
+        # (a float one converts every count); and a bucket often has no client that heavy.
+        floor: float = math.ceil(least) if 0 < least < math.inf else least
+        values = counts.values()
+        if counts and max(values) >= floor:
+            heavy = dict(compress(counts.items(), map(le, repeat(floor), values)))
+        else:
+            heavy = {}
         deferred = self._deferred
         if deferred:
             self._deferred = []

@@ -176,14 +176,21 @@ def test_early_no_never_hides_a_step(
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 400), st.floats(0, 1)), min_size=1, max_size=90
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 400),
+            st.floats(0, 1) | st.sampled_from([0.0, 0.5, 1.0]),  # ties: equal shares
+        ),
+        min_size=1,
+        max_size=90,
     ),
     st.booleans(),
 )
 @example([(0, 200, 0.0)] * 10 + [(0, 200, 1.0)] * 10 + [(0, 200, 0.0)] * 10, False)  # returns
 def test_kept_shares_follow_the_rows(buckets: list[tuple[int, int, float]], keep: bool) -> None:
-    """What ``_History`` keeps per row matches its rows after every close: rows expire, an
-    entrypoint comes and goes, and live restarts a history where a step returned."""
+    """What ``_History`` keeps of its rows (flags, their count, the spread of shares) matches
+    them after every close: rows expire, an entrypoint comes and goes, and live restarts a
+    history where a step returned."""
     cfg = EngineConfig(drift_history_s=1200)
     tracker = DriftTracker(cfg, keep=keep)
     half = tracker._internal_rule.step / 2
@@ -196,8 +203,10 @@ def test_kept_shares_follow_the_rows(buckets: list[tuple[int, int, float]], keep
             s.ep_internal["web"] = round(total * share)
         tracker.note(bucket, s, (), {})
         for h in tracker._hist.values():
-            assert list(h.shares) == [i / t for _, t, i in h.rows]
+            shares = [i / t for _, t, i in h.rows]
+            assert h.spread() == max(shares) - min(shares)
             assert list(h.high) == [i >= half * t for _, t, i in h.rows]
+            assert h.highs == sum(h.high)
             assert all(b > bucket - 20 for b, _, _ in h.rows)
 
 

@@ -57,7 +57,7 @@ def test_settled_is_eager(records: list[AccessRecord], sizes: list[int], cap: in
 @given(
     traffic_lines(max_size=200),
     st.lists(st.integers(1, 60), min_size=1, max_size=6),
-    st.sampled_from([0.0, 1.0, 3.0, 0.1, 10.0]),
+    st.sampled_from([0.0, 1.0, 3.0, 0.1, 10.0, 2.5, 0.1 * 30, 0.1 * 3]),
     st.sampled_from([traffic.PUBLIC_CAP, 1, 2]),
     st.integers(0, 6),
 )
