@@ -643,3 +643,29 @@ def test_memory_caps_internal_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(engine.traffic.window(full=True).internal) <= 1000
     monkeypatch.undo()
     assert 0 < traffic.INTERNAL_CAP <= 1 << 20
+
+
+def test_findings_by_kind_follow_every_change_of_the_findings() -> None:
+    """The index the closes read (``_kind``) holds exactly the active findings of each kind,
+    after raising, updating, a key that changes kind (an outside checker's), and clearing."""
+    from pipeline.core.findings import Finding
+
+    engine, _ = make_engine()
+
+    def f(kind: Kind, target: str) -> Finding:
+        return Finding(kind, Severity.HIGH, target, f"{kind.value} {target}", {}, "fix", key=target)
+
+    def index() -> dict[str, Kind]:
+        return {key: kind for kind in Kind for key in engine._kind(kind)}
+
+    def truth() -> dict[str, Kind]:
+        return {key: found.kind for key, found in engine.findings.items()}
+
+    engine.replace_findings("g", [f(Kind.LOG_FORMAT, "a"), f(Kind.SUSPECTED_HOP, "b")])
+    assert index() == truth() == {"g:a": Kind.LOG_FORMAT, "g:b": Kind.SUSPECTED_HOP}
+    assert engine._format_sources == {"a"}
+    engine.replace_findings("g", [f(Kind.MASKED_CLIENT_IP, "a"), f(Kind.SUSPECTED_HOP, "b")])
+    assert index() == truth() == {"g:a": Kind.MASKED_CLIENT_IP, "g:b": Kind.SUSPECTED_HOP}
+    assert engine._format_sources == set()
+    engine.replace_findings("g", [f(Kind.MASKED_CLIENT_IP, "a")])
+    assert index() == truth() == {"g:a": Kind.MASKED_CLIENT_IP}
