@@ -304,13 +304,9 @@ class Summary:
         asks for."""
         counts = self.pub_count
         # Requests are whole: ``n >= least`` exactly when ``n >= ceil(least)``, an int compare
-        # (a float one converts every count); and a bucket often has no client that heavy.
+        # (a float one converts every count).
         floor: float = math.ceil(least) if 0 < least < math.inf else least
-        values = counts.values()
-        if counts and max(values) >= floor:
-            heavy = dict(compress(counts.items(), map(le, repeat(floor), values)))
-        else:
-            heavy = {}
+        heavy = dict(compress(counts.items(), map(le, repeat(floor), counts.values())))
         deferred = self._deferred
         if deferred:
             self._deferred = []
