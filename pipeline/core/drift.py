@@ -254,6 +254,7 @@ class _History:
 
     def append(self, row: Row) -> None:
         b, t, i = row
+        assert not self.rows or self.rows[-1][0] < b, "rows come in bucket order"
         share = i / t
         self.rows.append(row)
         flag = i >= self._half * t

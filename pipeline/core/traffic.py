@@ -305,8 +305,8 @@ class Summary:
         counts = self.pub_count
         # Requests are whole: ``n >= least`` exactly when ``n >= ceil(least)``, an int compare
         # (a float one converts every count).
-        floor: float = math.ceil(least) if 0 < least < math.inf else least
-        heavy = dict(compress(counts.items(), map(le, repeat(floor), counts.values())))
+        at_least: float = math.ceil(least) if 0 < least < math.inf else least
+        heavy = dict(compress(counts.items(), map(le, repeat(at_least), counts.values())))
         deferred = self._deferred
         if deferred:
             self._deferred = []

@@ -187,6 +187,7 @@ def test_early_no_never_hides_a_step(
     st.booleans(),
 )
 @example([(0, 200, 0.0)] * 10 + [(0, 200, 1.0)] * 10 + [(0, 200, 0.0)] * 10, False)  # returns
+@example([(0, 200, 0.0)] * 5 + [(0, 200, 1.0)] * 5, True)  # flags set from the least-th row on
 def test_kept_shares_follow_the_rows(buckets: list[tuple[int, int, float]], keep: bool) -> None:
     """What ``_History`` keeps of its rows (flags, their count, the spread of shares) matches
     them after every close: rows expire, an entrypoint comes and goes, and live restarts a
@@ -207,6 +208,11 @@ def test_kept_shares_follow_the_rows(buckets: list[tuple[int, int, float]], keep
             assert h.spread() == max(shares) - min(shares)
             assert list(h.high) == [i >= half * t for _, t, i in h.rows]
             assert h.highs == sum(h.high)
+            least, step = cfg.drift_min_buckets, tracker._internal_rule.step
+            # _no_step's answer is the rule on the rows themselves (flags after the first
+            # ``least``, the spread of the shares), not only a safe one
+            plain = sum(list(h.high)[least:]) < least or max(shares) - min(shares) < step
+            assert tracker._no_step(h) == plain
             assert all(b > bucket - 20 for b, _, _ in h.rows)
 
 

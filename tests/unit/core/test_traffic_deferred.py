@@ -8,6 +8,7 @@ eager answer: ``settle`` (merges and snapshots call it) the whole tables in the 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -116,3 +117,25 @@ def test_kept_keys_are_bounded_and_settle_exactly() -> None:
     assert len(deferred.pub_count) == 1_000
     deferred.settle()
     assert ordered(deferred) == ordered(eager)
+
+
+@pytest.mark.parametrize(
+    ("least", "want"),
+    [
+        (2.0, ["b", "c"]),
+        (2.5, ["c"]),  # between two counts: the next whole number up
+        (3.0, ["c"]),
+        (math.nextafter(3.0, math.inf), []),  # a hair above a count leaves it out
+        (0.0, ["a", "b", "c"]),
+        (-1.0, ["a", "b", "c"]),
+        (math.inf, []),
+        (math.nan, []),  # compares false, as the float rule did
+    ],
+)
+def test_heavy_clients_by_whole_counts(least: float, want: list[str]) -> None:
+    """``heavy_diversity`` compares whole counts with ``ceil(least)``: the float rule's answer
+    at every threshold, fractional, at a count, just above one, or not finite."""
+    s = Summary(defer_diversity=True)
+    s.pub_count.update({"a": 1, "b": 2, "c": 3})
+    assert [c for c, *_ in s.heavy_diversity(least)] == want
+    assert want == [c for c, n in s.pub_count.items() if n >= least]
