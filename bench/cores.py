@@ -1,6 +1,7 @@
 """Both cores, on busy and on quiet traffic: the replay targets, measured side by side.
 
-    .venv/bin/python -m bench.cores [--lines 1000000] [--repeat 3] [--json bench/out/cores.json]
+    .venv/bin/python -m bench.cores [--lines 1000000] [--repeat 3] [--hot-rounds 6]
+        [--json bench/out/cores.json]
 
 ``make bench`` (bench/run.py) runs these rounds as its main measurements; this module alone
 runs just them. Two workloads come from ``bench.generate`` alike but for the request rate:
@@ -12,6 +13,8 @@ floor and the one-process hot path (bench/inproc.py), then ``auditor replay`` wi
 ``--jobs 1``, ``--jobs 2`` and its default jobs. Each ratio is taken between runs of the same
 round, moments apart (paired), and the verdict is the median of those ratios over the rounds;
 their range is shown, so a noisy machine shows as a wide range rather than a wrong median.
+Then ``--hot-rounds`` more paired rounds measure only the floor and the hot path: the
+one-process targets have the smallest margins, and these rounds are cheap.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bench.run import OUT, TARGETS, Measure, e2e, inproc
 BUSY_RATE = 50.0  # GenConfig's default: the main file of make bench
 QUIET_RATE = 5.0
 JOBS = (1, 2)
+HOT_ROUNDS = 6  # extra rounds of the floor and hot path (measure_inproc_round)
 
 GOALS = {
     "default_x_floor": 1.0,  # auditor replay, default jobs, >= this x the one-process floor
@@ -98,6 +102,29 @@ def measure_round(w: Workload, index: int, parse: bool = False) -> Round:
     r.steps["default"] = e2e(w.log, w.decisions)
     r.digests = {k: m.digest for k, m in r.steps.items() if m.kind == "e2e"}
     return r
+
+
+def measure_inproc_round(w: Workload, index: int) -> Round:
+    """The floor and the hot path only: an extra round for the two one-process targets.
+
+    Their margins are the smallest (quiet/busy within a few hundredths of 1.10, the quiet hot
+    path within one of 0.60 x floor) and this VM moves ±5 % between runs, so three rounds'
+    median flipped between runs of the same code (bench/RESULTS.md). These rounds cost a
+    fraction of a full one (no replay end to end) and narrow the median's spread."""
+    r = Round(w.name, index, load=os.getloadavg()[0])
+    r.steps["floor"] = inproc("floor", w.log, w.decisions)
+    r.steps["hot"] = inproc("hot", w.log, w.decisions)
+    return r
+
+
+def inproc_rounds(workloads: list[Workload], first: int, n: int) -> list[Round]:
+    """``n`` paired rounds of ``measure_inproc_round``, numbered on from ``first``."""
+    out = []
+    for i in range(first, first + n):
+        for w in rounds_order(workloads, i):
+            print(f"in-process round {i - first + 1}/{n}: {w.name}", file=sys.stderr)
+            out.append(measure_inproc_round(w, i))
+    return out
 
 
 def rounds_order(workloads: list[Workload], index: int) -> list[Workload]:
@@ -209,14 +236,16 @@ def summarize(rounds: list[Round]) -> dict[str, Any]:
         )
         for name in names
     }
+    replays = [r for r in rounds if r.digests]  # in-process rounds run no replay
     same = {
-        name: all(len(set(r.digests.values())) == 1 for r in rounds if r.workload == name)
-        and len({d for r in rounds if r.workload == name for d in r.digests.values()}) == 1
+        name: all(len(set(r.digests.values())) == 1 for r in replays if r.workload == name)
+        and len({d for r in replays if r.workload == name for d in r.digests.values()}) == 1
         for name in names
     }
     return {
         "workloads": names,
         "rounds": len(by_index),
+        "replay_rounds": len({r.index for r in replays}),
         "rows": rows,
         "quiet_vs_busy": {k: _stats(v) for k, v in quiet_vs_busy.items() if v},
         "replay_peak_rss_mb": rss,
@@ -348,8 +377,10 @@ def describe(summary: dict[str, Any]) -> str:
                 f"hot path {label} per line, quiet / busy (paired): {q['median']:.3f} "
                 f"({q['min']:.3f}-{q['max']:.3f})"
             )
+    rounds, replays = summary["rounds"], summary["replay_rounds"]
+    extra = f" (replay rows: {replays})" if replays != rounds else ""
     lines.append(
-        f"median (min-max) over {summary['rounds']} paired rounds; load average at each "
+        f"median (min-max) over {rounds} paired rounds{extra}; load average at each "
         f"workload's start: {summary['loadavg']}"
     )
     return "\n".join(lines)
@@ -389,7 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lines", type=int, default=1_000_000, help="lines in each workload")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--masked-share", type=float, default=0.1)
-    p.add_argument("--repeat", type=int, default=3, help="paired rounds")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="paired rounds, replays end to end included"
+    )
+    p.add_argument(
+        "--hot-rounds",
+        type=int,
+        default=HOT_ROUNDS,
+        help="extra paired rounds of the floor and hot path only (default %(default)s)",
+    )
     p.add_argument("--data-dir", type=Path, default=OUT)
     p.add_argument("--json", type=Path, default=OUT / "cores.json")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
@@ -401,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in rounds_order(ws, i):
             print(f"round {i + 1}/{args.repeat}: {w.name}", file=sys.stderr)
             rounds.append(measure_round(w, i))
+    rounds += inproc_rounds(ws, max(1, args.repeat), max(0, args.hot_rounds))
     summary = summarize(rounds)
     goals = targets(summary)
     errors = [f"{r.workload} {k}: {m.error}" for r in rounds for k, m in r.steps.items() if m.error]

@@ -7,7 +7,8 @@
    reader + ``orjson.loads`` per line, bench/inproc.py), the one-process hot path
    (``pipeline.cli.replay.audit_path``; on busy also ``parse``, which splits it), and
    ``auditor replay FILE --decisions FILE --format json`` as a subprocess, start-up included,
-   with ``--jobs 1``, ``--jobs 2`` and its default jobs
+   with ``--jobs 1``, ``--jobs 2`` and its default jobs; then ``--hot-rounds`` more rounds of
+   the floor and the hot path alone, for the one-process targets, whose margins are smallest
 2. the replay targets from those rounds, each a median of ratios paired within a round
 3. ``auditor replay`` with the main file given 10 times (streaming: peak RSS must not grow)
 4. peers answering the same question: naive Python, msgspec partial decode, jq, Miller
@@ -499,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=OUT, help="where the generated input lives")
     p.add_argument("--repeat", type=int, default=3, help="runs of each fast measurement (best)")
     p.add_argument(
+        "--hot-rounds",
+        type=int,
+        help="extra paired rounds of the floor and hot path only, for the one-process "
+        "targets (default: bench/cores.py's HOT_ROUNDS; 0 with --quick)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="one run each, no 10x replay, short live phases (smoke test)",
@@ -544,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
             if w.log == log:  # the main file's table: best of the rounds
                 for key, m in r.steps.items():
                     best[key] = m if key not in best else best[key].better(m)
+    hot_rounds = args.hot_rounds
+    if hot_rounds is None:
+        hot_rounds = 0 if args.quick else cores.HOT_ROUNDS
+    rounds += cores.inproc_rounds(workloads, repeat, max(0, hot_rounds))
     floor, parse_m, hot, e2e1 = best["floor"], best["parse"], best["hot"], best["default"]
     e2e_jobs = [best[f"jobs{j}"] for j in cores.JOBS]
     e2e10 = None

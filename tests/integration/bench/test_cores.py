@@ -19,7 +19,8 @@ STEPS = {"floor", "hot", "jobs1", "jobs2", "default"}
 
 def test_cores_quick_run_covers_busy_and_quiet(tmp_path: Path) -> None:
     out = tmp_path / "cores.json"
-    argv = ["--lines", "2000", "--repeat", "2", "--data-dir", str(tmp_path), "--json", str(out)]
+    argv = ["--lines", "2000", "--repeat", "2", "--hot-rounds", "2"]
+    argv += ["--data-dir", str(tmp_path), "--json", str(out)]
     r = subprocess.run(
         [sys.executable, "-m", "bench.cores", *argv],
         cwd=ROOT,
@@ -34,15 +35,20 @@ def test_cores_quick_run_covers_busy_and_quiet(tmp_path: Path) -> None:
     assert res["workloads"]["quiet"]["rate"] < res["workloads"]["busy"]["rate"]
     rounds = res["rounds"]
     assert sorted((x["workload"], x["round"]) for x in rounds) == [
-        ("busy", 0),
-        ("busy", 1),
-        ("quiet", 0),
-        ("quiet", 1),
+        (w, i) for w in ("busy", "quiet") for i in range(4)
     ]
     for x in rounds:
-        assert set(x["steps"]) == STEPS
+        # Rounds 2 and 3 are the extra in-process ones: the floor and the hot path only.
+        assert set(x["steps"]) == (STEPS if x["round"] < 2 else {"floor", "hot"})
         assert all(s["error"] is None and s["lines"] == 2000 for s in x["steps"].values())
-    assert res["summary"]["reports_identical"] == {"busy": True, "quiet": True}
+    summary = res["summary"]
+    assert (summary["rounds"], summary["replay_rounds"]) == (4, 2)
+    assert summary["reports_identical"] == {"busy": True, "quiet": True}
+    for w in ("busy", "quiet"):  # the hot path's rows take every round, the replays' their own
+        assert len(summary["rows"]["hot_x_floor"][w]["runs"]) == 4
+        assert len(summary["rows"]["speedup"][w]["runs"]) == 2
+    assert len(summary["quiet_vs_busy"]["wall"]["runs"]) == 4
+    assert "over 4 paired rounds (replay rows: 2)" in r.stdout
     names = {t["target"] for t in res["targets"]}
     for workload in ("busy", "quiet"):
         assert f"auditor replay, default jobs, >= 1.0 x floor ({workload})" in names
