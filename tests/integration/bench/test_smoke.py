@@ -110,6 +110,8 @@ def test_harness_quick_run_agrees_everywhere(tmp_path: Path) -> None:
             "--lines",
             "2000",
             "--quick",
+            "--hot-rounds",  # --quick alone runs none
+            "1",
             "--no-live",
             "--data-dir",
             str(tmp_path),
@@ -159,6 +161,9 @@ def test_harness_quick_run_agrees_everywhere(tmp_path: Path) -> None:
         assert f"speed-up of 2 jobs over 1 >= 1.7 ({workload})" in names
         assert f"auditor replay, default jobs, >= 1.0 x floor ({workload})" in names
     assert all(t["met"] in (True, False, None) for t in res["targets"])  # None: not measured
+    cores = res["cores"]["summary"]  # one full round and the in-process one asked for
+    assert (cores["rounds"], cores["replay_rounds"]) == (2, 1)
+    assert len(cores["quiet_vs_busy"]["wall"]["runs"]) == 2
 
 
 @pytest.mark.parametrize("traefik", [2, 3])
