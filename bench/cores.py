@@ -37,7 +37,7 @@ from bench.run import OUT, TARGETS, Measure, e2e, inproc
 BUSY_RATE = 50.0  # GenConfig's default: the main file of make bench
 QUIET_RATE = 5.0
 JOBS = (1, 2)
-HOT_ROUNDS = 6  # extra rounds of the floor and hot path (measure_inproc_round)
+HOT_ROUNDS = 6  # extra rounds of the floor and hot path alone (inproc_rounds)
 
 GOALS = {
     "default_x_floor": 1.0,  # auditor replay, default jobs, >= this x the one-process floor
@@ -90,40 +90,35 @@ class Round:
     load: float = 0.0
 
 
-def measure_round(w: Workload, index: int, parse: bool = False) -> Round:
-    """floor, (parse,) hot, replay --jobs 1, --jobs 2 and default, one after the other."""
+def measure_round(w: Workload, index: int, parse: bool = False, replays: bool = True) -> Round:
+    """floor, (parse,) hot, then (with ``replays``) replay --jobs 1, --jobs 2 and default, one
+    after the other."""
     r = Round(w.name, index, load=os.getloadavg()[0])
     r.steps["floor"] = inproc("floor", w.log, w.decisions)
     if parse:
         r.steps["parse"] = inproc("parse", w.log, w.decisions)
     r.steps["hot"] = inproc("hot", w.log, w.decisions)
-    for jobs in JOBS:
-        r.steps[f"jobs{jobs}"] = e2e(w.log, w.decisions, jobs=jobs)
-    r.steps["default"] = e2e(w.log, w.decisions)
+    if replays:
+        for jobs in JOBS:
+            r.steps[f"jobs{jobs}"] = e2e(w.log, w.decisions, jobs=jobs)
+        r.steps["default"] = e2e(w.log, w.decisions)
     r.digests = {k: m.digest for k, m in r.steps.items() if m.kind == "e2e"}
     return r
 
 
-def measure_inproc_round(w: Workload, index: int) -> Round:
-    """The floor and the hot path only: an extra round for the two one-process targets.
-
-    Their margins are the smallest (quiet/busy within a few hundredths of 1.10, the quiet hot
-    path within one of 0.60 x floor) and this VM moves ±5 % between runs, so three rounds'
-    median flipped between runs of the same code (bench/RESULTS.md). These rounds cost a
-    fraction of a full one (no replay end to end) and narrow the median's spread."""
-    r = Round(w.name, index, load=os.getloadavg()[0])
-    r.steps["floor"] = inproc("floor", w.log, w.decisions)
-    r.steps["hot"] = inproc("hot", w.log, w.decisions)
-    return r
-
-
 def inproc_rounds(workloads: list[Workload], first: int, n: int) -> list[Round]:
-    """``n`` paired rounds of ``measure_inproc_round``, numbered on from ``first``."""
+    """``n`` paired rounds of the floor and the hot path alone, numbered on from ``first``.
+
+    The two one-process targets have the smallest margins (quiet/busy within a few hundredths
+    of 1.10, the quiet hot path within one of 0.60 x floor) and this VM moves ±5 % between
+    runs, so three rounds' median flipped between runs of the same code (bench/RESULTS.md).
+    These rounds cost a fraction of a full one (no replay end to end) and narrow the median's
+    spread."""
     out = []
     for i in range(first, first + n):
         for w in rounds_order(workloads, i):
             print(f"in-process round {i - first + 1}/{n}: {w.name}", file=sys.stderr)
-            out.append(measure_inproc_round(w, i))
+            out.append(measure_round(w, i, replays=False))
     return out
 
 
